@@ -1,0 +1,216 @@
+"""The `ft` command line: one thin function per subcommand.
+
+Each function parses its arguments, loads the config and calls a stage. Nothing
+heavy is imported at module level (not even pydantic), so `ft --help` stays instant;
+stages import torch and friends inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ft_cli import __version__
+from ft_cli.errors import EXIT_CODES, EXIT_OOM, FtError, NotImplementedYet
+
+_EXIT_CODE_HELP = "Exit codes: " + "; ".join(f"{code} {text.split(':')[0].split(' (')[0]}" for code, text in EXIT_CODES.items())
+
+app = typer.Typer(
+    name="ft",
+    help="Fine-tune language models: prepare data, train (SFT/DPO/GRPO; full, LoRA, QLoRA), merge, resume.",
+    epilog=_EXIT_CODE_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+config_app = typer.Typer(
+    help="Show or check a config file.", no_args_is_help=True, rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]}
+)
+app.add_typer(config_app, name="config")
+
+ConfigPath = Annotated[Path, typer.Argument(help="YAML config file.", show_default=False)]
+Overrides = Annotated[
+    Optional[list[str]], typer.Argument(help="Overrides as key.sub=value, e.g. training.learning_rate=1e-4 lora.r=32.", show_default=False)
+]
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"ft {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", "-V", help="Print the version and exit.", callback=_version_callback, is_eager=True)
+    ] = False,
+) -> None:
+    """Fine-tune language models."""
+
+
+@app.command()
+def prepare(
+    inputs: Annotated[list[str], typer.Argument(help="Data files, directories or a Hugging Face dataset name.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output JSONL file.", show_default=False)],
+    data_format: Annotated[str, typer.Option("--format", "-f", help="auto|alpaca|sharegpt|chat|completion|preference|prompt-only")] = "auto",
+    template: Annotated[Optional[str], typer.Option(help="Prompt template name or .jinja path.")] = None,
+    map_: Annotated[Optional[list[str]], typer.Option("--map", help="Column mapping target=source (repeatable).")] = None,
+    skip_invalid: Annotated[bool, typer.Option(help="Write good records and a .rejects.jsonl instead of failing.")] = False,
+    model: Annotated[Optional[str], typer.Option(help="Model or tokenizer path for token statistics.")] = None,
+    max_seq_length: Annotated[Optional[int], typer.Option(help="Report (or drop) records longer than this.")] = None,
+    eval_split: Annotated[float, typer.Option(help="Fraction written to a separate eval file.")] = 0.0,
+    dedupe: Annotated[bool, typer.Option(help="Drop exact duplicate records.")] = False,
+    preview: Annotated[int, typer.Option(help="Print N rendered records with trained tokens highlighted.")] = 0,
+) -> None:
+    """Convert raw data into validated training JSONL.
+
+    Reads Alpaca, ShareGPT, chat messages, plain text, preference and prompt-only data.
+    """
+    raise NotImplementedYet("prepare", 3)
+
+
+@app.command()
+def train(
+    config: ConfigPath,
+    overrides: Overrides = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate config and data, report the plan, load no weights.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Train into an output_dir that holds another run.")] = False,
+) -> None:
+    """Train a model: SFT, DPO or GRPO; full, LoRA or QLoRA.
+
+    CONFIG is a YAML file; overrides such as training.learning_rate=1e-4 follow it.
+    """
+    from ft_cli.config import load_config
+
+    load_config(config, overrides)  # a stub still refuses a bad config the way the real command will
+    raise NotImplementedYet("train", 4)
+
+
+@app.command()
+def merge(
+    adapter_dir: Annotated[Path, typer.Argument(help="LoRA adapter directory, e.g. out/run/lora_weights.", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory (default: next to the adapter).")] = None,
+    base: Annotated[Optional[str], typer.Option(help="Base model (default: from adapter_config.json).")] = None,
+    dtype: Annotated[str, typer.Option(help="fp32|bf16|fp16")] = "fp32",
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the logit comparison.")] = False,
+) -> None:
+    """Merge a LoRA adapter into its base model.
+
+    Exports safetensors and verifies that the merged model matches base + adapter.
+    """
+    raise NotImplementedYet("merge", 6)
+
+
+@app.command()
+def resume(
+    output_dir: Annotated[Path, typer.Argument(help="Run directory of the interrupted run.", show_default=False)],
+    overrides: Overrides = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Resume from this checkpoint instead of the newest complete one.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Resume even if the config or data changed.")] = False,
+) -> None:
+    """Continue an interrupted or preempted run.
+
+    Starts from the newest complete checkpoint with the run's own config.
+    """
+    raise NotImplementedYet("resume", 7)
+
+
+@config_app.command("show")
+def config_show(
+    config: ConfigPath,
+    overrides: Overrides = None,
+    sources: Annotated[bool, typer.Option("--sources", help="Show where each value comes from.")] = False,
+) -> None:
+    """Print the resolved config (defaults + file + overrides), secrets redacted."""
+    from ft_cli.config import config_to_dict, dump_yaml, load_config
+
+    loaded = load_config(config, overrides)
+    resolved = config_to_dict(loaded.config)
+    if not sources:
+        typer.echo(dump_yaml(resolved), nl=False)
+        return
+    from ft_cli.config import flatten
+
+    for key, value in flatten(resolved).items():
+        typer.echo(f"{key} = {value!r}  # {loaded.source_of(key)}")
+
+
+@config_app.command("validate")
+def config_validate(config: ConfigPath, overrides: Overrides = None) -> None:
+    """Check a config without running anything; exit 0 when it is valid, 2 otherwise."""
+    from ft_cli.config import load_config
+
+    loaded = load_config(config, overrides)
+    cfg = loaded.config
+    mode = ("QLoRA" if cfg.model.load_in_4bit or cfg.model.load_in_8bit else "LoRA") if cfg.uses_lora else "full fine-tuning"
+    typer.echo(f"{config}: valid ({cfg.method}, {mode}, model {cfg.model.path})")
+
+
+@config_app.command("reference", hidden=True)
+def config_reference() -> None:
+    """Print the config reference table in Markdown (embedded in README.md)."""
+    from ft_cli.config import reference_table
+
+    typer.echo(reference_table())
+
+
+@app.command("tiny-model")
+def tiny_model(
+    out_dir: Annotated[Path, typer.Argument(help="Directory to write the model and tokenizer to.", show_default=False)],
+    arch: Annotated[str, typer.Option(help="llama|qwen2")] = "llama",
+    seed: Annotated[int, typer.Option(help="Seed for weights and tokenizer.")] = 0,
+    tie_word_embeddings: Annotated[bool, typer.Option(help="Share input embeddings and lm_head.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing directory.")] = False,
+) -> None:
+    """Build a tiny offline model for tests and demos.
+
+    A ~140k-parameter Llama or Qwen2 with a byte-level BPE tokenizer and a chat
+    template, seeded and built without any download.
+    """
+    from ft_cli.tiny import build_tiny_model
+
+    path = build_tiny_model(out_dir, arch=arch, seed=seed, tie_word_embeddings=tie_word_embeddings, overwrite=overwrite)
+    typer.echo(f"tiny {arch} model written to {path}")
+
+
+@app.command("env")
+def env() -> None:
+    """Print versions and hardware for bug reports."""
+    from ft_cli.env_report import environment_report
+
+    typer.echo(environment_report())
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app and turn user errors into one line and an exit code.
+
+    Typer's standalone mode already handles usage errors (exit 2), --help and
+    Ctrl-C (exit 130); what reaches us here is ft's own errors and real bugs.
+    """
+    from typer.main import get_command
+
+    try:
+        get_command(app).main(args=argv, prog_name="ft")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except FtError as exc:
+        from ft_cli.config import redact_text
+
+        typer.echo(f"error: {redact_text(exc.render())}", err=True)
+        return exc.exit_code
+    except Exception as exc:
+        if not _is_out_of_memory(exc):
+            raise
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        typer.echo(f"error: out of memory: {first_line}", err=True)
+        return EXIT_OOM
+    return 0

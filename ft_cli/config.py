@@ -1,0 +1,576 @@
+"""The one config that every stage reads: schema, YAML loading, dotted overrides,
+error messages that name the file, line and dotted key, and redacted dumps.
+
+Only pydantic and PyYAML are imported here, never the ML stack, so validating a
+config is instant and happens before anything heavy loads.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from ft_cli.errors import ConfigError
+
+# --------------------------------------------------------------------------- schema
+
+# transformers.training_args.OptimizerNames, copied so validating a config never
+# imports transformers; tests/test_config.py keeps this list equal to the real enum.
+OPTIMIZERS = (
+    "adamw_torch", "adamw_torch_fused", "adamw_torch_xla", "adamw_torch_npu_fused",
+    "adafactor", "adamw_anyprecision", "adamw_torch_4bit",
+    "adamw_torch_8bit", "ademamix", "sgd", "adagrad", "adamw_bnb_8bit", "adamw_8bit",
+    "ademamix_8bit", "lion_8bit", "lion_32bit", "paged_adamw_32bit", "paged_adamw_8bit",
+    "paged_ademamix_32bit", "paged_ademamix_8bit", "paged_lion_32bit", "paged_lion_8bit",
+    "rmsprop", "rmsprop_bnb", "rmsprop_bnb_8bit", "rmsprop_bnb_32bit", "galore_adamw",
+    "galore_adamw_8bit", "galore_adafactor", "galore_adamw_layerwise",
+    "galore_adamw_8bit_layerwise", "galore_adafactor_layerwise", "lomo", "adalomo",
+    "grokadamw", "schedule_free_radam", "schedule_free_adamw", "schedule_free_sgd",
+    "apollo_adamw", "apollo_adamw_layerwise", "stable_adamw",
+)  # fmt: skip
+
+# transformers.trainer_utils.SchedulerType, kept equal to the enum by the same test.
+SCHEDULERS = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+    "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr", "warmup_stable_decay", "greedy",
+)  # fmt: skip
+
+REDACTED = "***"  # what a secret is replaced with in every dump and message
+_DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    path: str = Field(description="Local directory or Hugging Face hub id of the base model.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to load.")
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="Weights and compute dtype; auto = bf16 on GPUs that support it, else fp32."
+    )
+    load_in_4bit: bool = Field(False, description="Quantize the base model to 4 bits with bitsandbytes (QLoRA).")
+    load_in_8bit: bool = Field(False, description="Quantize the base model to 8 bits with bitsandbytes.")
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit quantization data type.")
+    bnb_4bit_use_double_quant: bool = Field(True, description="Also quantize the quantization constants.")
+    max_seq_length: PositiveInt = Field(2048, description="Longest training sequence in tokens.")
+    trust_remote_code: bool = Field(False, description="Run modelling code shipped with the model (only for models you trust).")
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"] = Field(
+        "auto", description="Attention kernel; auto lets transformers choose."
+    )
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype_alias(cls, value: Any) -> Any:
+        return _DTYPE_ALIASES.get(value, value) if isinstance(value, str) else value
+
+
+class LoraSection(Section):
+    enabled: bool = Field(True, description="Train LoRA adapters; false (or no lora section) = full fine-tuning.")
+    r: PositiveInt = Field(16, description="LoRA rank.")
+    alpha: PositiveInt = Field(32, description="LoRA scaling numerator (peft's lora_alpha).")
+    dropout: Fraction = Field(0.05, description="Dropout on the LoRA input.")
+    target_modules: Union[str, list[str]] = Field(
+        "all-linear", description="Modules to adapt: all-linear, a regex, or a list of module names."
+    )
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases to train.")
+    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+    use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r).")
+    modules_to_save: list[str] | None = Field(None, description="Extra modules trained in full and saved with the adapter.")
+
+
+class DataSection(Section):
+    train: str | None = Field(None, description="Training data: a JSONL from `ft prepare` or any format it reads.")
+    eval: str | None = Field(None, description="Evaluation data file.")
+    eval_split: Fraction = Field(0.0, description="Fraction of the training data held out for evaluation.")
+    format: Literal["auto", "alpaca", "sharegpt", "chat", "completion", "preference", "prompt-only"] = Field(
+        "auto", description="Input data format; auto detects it."
+    )
+    template: str = Field("tokenizer", description="Prompt template: tokenizer (the model's chat template), a name in templates/, or a .jinja path.")
+
+
+class TrainingSection(Section):
+    output_dir: str = Field("out/run", description="Run directory: checkpoints, weights, metrics, ft_run.yaml.")
+    num_train_epochs: PositiveFloat = Field(3.0, description="Passes over the training data (ignored when max_steps > 0).")
+    max_steps: int = Field(-1, ge=-1, description="Total optimizer steps; -1 = use num_train_epochs.")
+    per_device_train_batch_size: PositiveInt = Field(2, description="Micro-batch size per device.")
+    per_device_eval_batch_size: PositiveInt = Field(2, description="Evaluation batch size per device.")
+    gradient_accumulation_steps: PositiveInt = Field(4, description="Micro-batches per optimizer step.")
+    learning_rate: PositiveFloat = Field(2e-4, description="Peak learning rate.")
+    lr_scheduler_type: Literal[SCHEDULERS] = Field("cosine", description="Learning-rate schedule (transformers SchedulerType).")  # type: ignore[valid-type]
+    warmup_steps: Union[NonNegativeInt, NonNegativeFloat] = Field(
+        0, description="Learning-rate warm-up: steps (>= 1) or a fraction of all steps (< 1), as in transformers 5."
+    )
+    weight_decay: NonNegativeFloat = Field(0.0, description="AdamW weight decay.")
+    max_grad_norm: NonNegativeFloat = Field(1.0, description="Gradient clipping norm; 0 disables clipping.")
+    optim: Literal[OPTIMIZERS] = Field(  # type: ignore[valid-type]
+        "adamw_torch_fused", description="Optimizer (transformers OptimizerNames); fused AdamW falls back cleanly on CPU."
+    )
+    gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass to save memory.")
+    packing: bool = Field(False, description="Pack several short examples into each sequence.")
+    logging_steps: PositiveInt = Field(10, description="Log metrics every N optimizer steps.")
+    eval_steps: PositiveInt | None = Field(None, description="Evaluate every N steps (default: logging_steps when there is eval data).")
+    save_steps: PositiveInt = Field(100, description="Save a checkpoint every N steps.")
+    save_total_limit: PositiveInt | None = Field(3, description="Keep at most N checkpoints (the newest complete one is never deleted).")
+    seed: int = Field(42, description="Random seed for data order, initialisation and dropout.")
+    report_to: Literal["none", "tensorboard", "wandb"] = Field("none", description="Experiment tracker.")
+    run_name: str | None = Field(None, description="Run name shown in the tracker.")
+    push_to_hub: bool = Field(False, description="Upload the result to the Hugging Face hub.")
+    hub_model_id: str | None = Field(None, description="Hub repository for push_to_hub.")
+    hub_token: SecretStr | None = Field(None, description="Hub token; prefer the HF_TOKEN environment variable. Never written to any file or log.")
+
+    @field_validator("hub_token", mode="before")
+    @classmethod
+    def _redacted_means_unset(cls, value: Any) -> Any:
+        # A dumped config (ft_run.yaml) holds the redaction marker; reading it back must not use it as a token.
+        return None if value == REDACTED else value
+
+
+class DpoSection(Section):
+    beta: PositiveFloat = Field(0.1, description="DPO temperature: strength of the pull towards the reference model.")
+    loss_type: str = Field("sigmoid", description="TRL DPO loss type.")
+
+
+class RewardSpec(Section):
+    name: str = Field(description="Built-in reward name, `file.py:function` or `module:function`.")
+    weight: float = Field(1.0, description="Weight of this reward in the sum.")
+
+
+class GrpoSection(Section):
+    num_generations: Annotated[int, Field(ge=2)] = Field(8, description="Completions sampled per prompt.")
+    max_completion_length: PositiveInt = Field(256, description="Longest sampled completion in tokens.")
+    rewards: list[Union[str, RewardSpec]] = Field(
+        default_factory=lambda: ["format_tags", "exact_answer"],
+        description="Reward functions: names or {name, weight} items.",
+    )
+
+
+class Config(Section):
+    method: Literal["sft", "dpo", "grpo"] = Field("sft", description="Training method.")
+    backend: Literal["auto", "unsloth", "accelerate"] = Field(
+        "auto", description="auto = Unsloth on one CUDA GPU when installed, otherwise accelerate."
+    )
+    distributed: Literal["none", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"] = Field(
+        "none", description="Multi-process strategy."
+    )
+    model: ModelSection
+    lora: LoraSection | None = Field(None, description="LoRA settings; absent = full fine-tuning.")
+    data: DataSection = Field(default_factory=DataSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    dpo: DpoSection = Field(default_factory=DpoSection)
+    grpo: GrpoSection = Field(default_factory=GrpoSection)
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.lora is not None and self.lora.enabled
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-4` as a float (YAML 1.2), not as the string PyYAML's 1.1 rules give."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml_value(text: str) -> Any:
+    """Parse one override value as YAML (`1e-4`, `true`, `[q_proj, v_proj]`, `null`)."""
+    return yaml.load(text, Loader=_Loader)
+
+
+def _key_lines(node: yaml.Node, prefix: str, lines: dict[str, int], duplicates: list[str]) -> None:
+    """Map every dotted key to its line, and note keys that appear twice in one mapping."""
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        key = str(key_node.value)
+        dotted = f"{prefix}{key}"
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            duplicates.append(f"{line}: {dotted}: duplicate key (first set on line {seen[key]})")
+        seen[key] = line
+        lines[dotted] = line
+        _key_lines(value_node, dotted + ".", lines, duplicates)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class LoadedConfig:
+    """A validated config and where each value came from (for messages and `config show --sources`)."""
+
+    config: Config
+    path: Path | None
+    sources: dict[str, str] = field(default_factory=dict)  # dotted key -> "file.yaml:LINE" | "command line"
+
+    def source_of(self, dotted: str) -> str:
+        return self.sources.get(dotted, "default")
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {dotted.key: leaf value}."""
+    if not isinstance(data, dict) or not data:
+        return {prefix[:-1]: data} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(flatten(value, f"{prefix}{key}."))
+    return out
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    parsed = []
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
+            problems.append(f"override '{item}': expected key.sub=value, e.g. training.learning_rate=1e-4")
+            continue
+        try:
+            parsed.append((key, parse_yaml_value(raw)))
+        except yaml.YAMLError as exc:
+            problems.append(f"override '{item}': value is not valid YAML ({_one_line(str(exc))})")
+    if problems:
+        raise ConfigError("invalid command-line override(s):", problems)
+    return parsed
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> LoadedConfig:
+    """Read a YAML config, apply `key.sub=value` overrides, validate everything and
+    raise one ConfigError that lists every problem with its file, line and dotted key."""
+    overrides = overrides or []
+    data: dict = dict(base or {})
+    sources: dict[str, str] = {key: "command line" for key in flatten(data)}
+    file_label = str(path) if path is not None else "command line"
+
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found" if not path.exists() else f"{path}: not a file")
+        try:
+            text = path.read_text(encoding="utf-8")
+            node = yaml.compose(text, Loader=_Loader)
+            loaded = yaml.load(text, Loader=_Loader)
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text") from None
+        except yaml.MarkedYAMLError as exc:
+            line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
+            raise ConfigError(f"{path}:{line}: invalid YAML: {exc.problem}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of config sections at the top level, got {type(loaded).__name__}")
+        lines: dict[str, int] = {}
+        duplicates: list[str] = []
+        _key_lines(node, "", lines, duplicates)
+        if duplicates:
+            raise ConfigError(f"{path}: duplicate keys:", [f"{path}:{d}" for d in duplicates])
+        for dotted in flatten(loaded):
+            sources[dotted] = f"{path}:{lines.get(dotted, '?')}"
+        for dotted, line in lines.items():
+            sources.setdefault(dotted, f"{path}:{line}")
+        data = _deep_merge(data, loaded)
+
+    for dotted, value in parse_overrides(overrides):
+        _set_dotted(data, dotted, value)
+        for key in [k for k in sources if k == dotted or k.startswith(dotted + ".")]:
+            del sources[key]
+        sources[dotted] = "command line"
+
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        problems = _describe_errors(exc, sources, file_label)
+        raise ConfigError(f"{file_label}: invalid config ({len(problems)} problem{'s' * (len(problems) > 1)}):", problems) from None
+
+    loaded_config = LoadedConfig(config, path, sources)
+    combination_problems = [
+        f"{_where(sources, key, file_label)}: {key}: {message}" for key, message in check_combinations(config)
+    ]
+    if combination_problems:
+        raise ConfigError(f"{file_label}: impossible combination of settings:", combination_problems)
+    return loaded_config
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def check_combinations(config: Config) -> list[tuple[str, str]]:
+    """Settings that are valid one by one but not together, as (dotted key, message)."""
+    problems = []
+    model = config.model
+    if model.load_in_4bit and model.load_in_8bit:
+        problems.append(("model.load_in_8bit", "cannot quantize to 4 and 8 bits at once; set only one of load_in_4bit / load_in_8bit"))
+    if (model.load_in_4bit or model.load_in_8bit) and not config.uses_lora:
+        key = "model.load_in_4bit" if model.load_in_4bit else "model.load_in_8bit"
+        problems.append((key, "quantized weights cannot be fine-tuned in full; add a `lora:` section (QLoRA) or set it to false"))
+    if config.backend == "unsloth" and config.distributed != "none":
+        problems.append(("backend", f"unsloth runs on a single GPU only; use backend: accelerate with distributed: {config.distributed}"))
+    if config.data.eval and config.data.eval_split > 0:
+        problems.append(("data.eval_split", "give either data.eval (a file) or data.eval_split (a fraction), not both"))
+    if config.method == "grpo":
+        global_batch = config.training.per_device_train_batch_size * config.training.gradient_accumulation_steps
+        if global_batch % config.grpo.num_generations:
+            problems.append((
+                "grpo.num_generations",
+                f"per_device_train_batch_size x gradient_accumulation_steps = {global_batch} must be divisible by "
+                f"num_generations = {config.grpo.num_generations}",
+            ))
+    return problems
+
+
+# --------------------------------------------------------------------------- error messages
+
+
+def _schema_fields(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:
+    """Every dotted key of the schema mapped to its field info (sections included)."""
+    out: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        out[dotted] = info
+        section = _section_type(info.annotation)
+        if section is not None:
+            out.update(_schema_fields(section, dotted + "."))
+    return out
+
+
+def _section_type(annotation: Any) -> type[Section] | None:
+    candidates = [annotation, *typing.get_args(annotation)]
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, Section):
+            return candidate
+    return None
+
+
+SCHEMA_KEYS = _schema_fields(Config)
+
+# Names users bring from peft, older transformers or other tools, and what ft calls them.
+RENAMED_KEYS = {
+    "training.warmup_ratio": "training.warmup_steps (a value below 1 is a fraction of all steps)",
+    "lora.lora_alpha": "lora.alpha",
+    "lora.lora_dropout": "lora.dropout",
+    "lora.lora_r": "lora.r",
+    "model.torch_dtype": "model.dtype",
+    "model.name": "model.path",
+    "model.model_name_or_path": "model.path",
+    "training.max_seq_length": "model.max_seq_length",
+}
+
+
+def suggest(name: str, choices: list[str]) -> str | None:
+    matches = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def _where(sources: dict[str, str], dotted: str, file_label: str) -> str:
+    parts = dotted.split(".")
+    for end in range(len(parts), 0, -1):
+        source = sources.get(".".join(parts[:end]))
+        if source:
+            return source
+    return "default" if file_label == "command line" else file_label
+
+
+def describe_type(annotation: Any) -> str:
+    """Say in words what a field accepts ('a number > 0', 'one of sft, dpo, grpo')."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Annotated:
+        base = describe_type(args[0])
+        for meta in getattr(args[1], "metadata", []) if len(args) > 1 else []:
+            for attr, symbol in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+                if getattr(meta, attr, None) is not None:
+                    base += f" {symbol} {getattr(meta, attr)}"
+        return base
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in args)
+    if origin in (Union, types.UnionType):
+        parts = [describe_type(a) for a in args if a is not type(None)]
+        text = " or ".join(parts)
+        return text + " or null" if type(None) in args else text
+    if origin is list:
+        return f"a list of {describe_type(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
+    if isinstance(annotation, type) and issubclass(annotation, Section):
+        return "a mapping"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", SecretStr: "a string"}.get(
+        annotation, getattr(annotation, "__name__", str(annotation))
+    )
+
+
+def _field_description(info: Any) -> str:
+    text = describe_type(info.annotation)
+    for meta in info.metadata:
+        for attr, symbol in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+            if getattr(meta, attr, None) is not None:
+                text += f" {symbol} {getattr(meta, attr)}"
+    return text
+
+
+def _describe_errors(exc: ValidationError, sources: dict[str, str], file_label: str) -> list[str]:
+    problems: dict[str, str] = {}
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        # Union members add their type name to the location; keep the longest real key.
+        dotted = ""
+        for end in range(len(loc), 0, -1):
+            candidate = ".".join(loc[:end])
+            if candidate in SCHEMA_KEYS:
+                dotted = candidate
+                break
+        if error["type"] == "extra_forbidden":
+            full = ".".join(loc)
+            parent = full.rpartition(".")[0]
+            siblings = [k.rpartition(".")[2] for k in SCHEMA_KEYS if k.rpartition(".")[0] == parent]
+            hint = suggest(loc[-1], siblings) or None
+            hint_full = f"{parent}.{hint}" if hint and parent else hint
+            if not hint_full:  # maybe the key is in the wrong section
+                hint_full = suggest(full, list(SCHEMA_KEYS)) or next(
+                    (k for k in SCHEMA_KEYS if k.rpartition(".")[2] == loc[-1]), None
+                )
+            message = "unknown key" + (f"; did you mean {hint_full}?" if hint_full else "")
+            if full in RENAMED_KEYS:
+                message = f"unknown key; use {RENAMED_KEYS[full]}"
+            problems[full] = f"{_where(sources, full, file_label)}: {full}: {message}"
+            continue
+        if not dotted:
+            dotted = ".".join(loc) or "(top level)"
+        if dotted in problems:
+            continue
+        given = error.get("input")
+        if error["type"] == "missing":
+            section = _section_type(SCHEMA_KEYS[dotted].annotation) if dotted in SCHEMA_KEYS else None
+            if section is not None:  # a whole section is missing: name the key inside it that is required
+                inner = next(name for name, info in section.model_fields.items() if info.is_required())
+                dotted = f"{dotted}.{inner}"
+            message = f"required, expected {_field_description(SCHEMA_KEYS[dotted])}" if dotted in SCHEMA_KEYS else "required"
+        elif dotted in SCHEMA_KEYS:
+            info = SCHEMA_KEYS[dotted]
+            message = f"expected {_field_description(info)}, got {_show(given)}"
+            if typing.get_origin(info.annotation) is Literal and isinstance(given, str):
+                hint = suggest(given, [str(a) for a in typing.get_args(info.annotation)])
+                if hint:
+                    message += f"; did you mean {hint}?"
+        else:
+            message = f"{error['msg']}, got {_show(given)}"
+        problems[dotted] = f"{_where(sources, dotted, file_label)}: {dotted}: {message}"
+    return list(problems.values())
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "null"
+    return str(value)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+# --------------------------------------------------------------------------- secrets and dumps
+
+SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "OPENAI_API_KEY", "HF_API_TOKEN")
+_SECRET_KEY = re.compile(r"(^|_)(token|api_key|apikey|password|passwd|secret|key)$", re.I)
+_SECRET_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
+
+
+def _secret_values() -> list[str]:
+    return [v for name in SECRET_ENV_VARS if len(v := os.environ.get(name, "")) >= 8]
+
+
+def redact_text(text: str) -> str:
+    """Remove secret values (from the environment, or shaped like a hub token) from any text."""
+    for secret in _secret_values():
+        text = text.replace(secret, REDACTED)
+    return _SECRET_VALUE.sub(REDACTED, text)
+
+
+def redact(data: Any, key: str = "") -> Any:
+    """A copy of a nested dict/list with secrets replaced: fields named like a secret, and secret values anywhere."""
+    if isinstance(data, dict):
+        return {k: redact(v, str(k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [redact(v, key) for v in data]
+    if isinstance(data, SecretStr) or (_SECRET_KEY.search(key) and data not in (None, "")):
+        return REDACTED
+    if isinstance(data, str):
+        return redact_text(data)
+    return data
+
+
+def config_to_dict(config: Config) -> dict:
+    """The resolved config as plain data, secrets redacted: what `ft config show` prints and ft_run.yaml stores."""
+    return redact(config.model_dump(mode="python"))
+
+
+def dump_yaml(data: dict) -> str:
+    return yaml.safe_dump(redact(data), sort_keys=False, allow_unicode=True, default_flow_style=False)
+
+
+def reference_table() -> str:
+    """The config reference in Markdown, generated from the schema (README.md embeds it; a test compares)."""
+    rows = ["| key | type | default | description |", "| --- | --- | --- | --- |"]
+    for dotted, info in SCHEMA_KEYS.items():
+        if _section_type(info.annotation) is not None and dotted != "lora":
+            continue
+        if info.is_required():
+            default = "required"
+        else:
+            value = info.get_default(call_default_factory=True)
+            default = "—" if value is None else f"`{yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}`"
+        kind = _field_description(info).replace("|", "\\|")
+        rows.append(f"| `{dotted}` | {kind} | {default} | {info.description or ''} |")
+    return "\n".join(rows)

@@ -1,0 +1,83 @@
+"""Shared fixtures: offline environment, the tiny model (built once), and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+REAL_DATA = REPO.parent / "shared" / "data" / "real"
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "WANDB_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """Any accidental download fails loudly instead of hanging on a closed network."""
+    for key, value in OFFLINE_ENV.items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from ft_cli.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama", arch="llama")
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def ft_executable() -> list[str]:
+    """The installed `ft` console script next to this interpreter, as a user runs it."""
+    script = Path(sys.executable).with_name("ft")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "ft_cli"]
+
+
+def run_ft(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 300) -> Result:
+    full_env = {**os.environ, **OFFLINE_ENV, **(env or {})}
+    proc = subprocess.run(
+        [*ft_executable(), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=timeout,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def ft():
+    return run_ft
+
+
+@pytest.fixture
+def write_yaml(tmp_path):
+    def write(text: str, name: str = "run.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
+
+
+def pytest_report_header(config):
+    return f"ft executable: {' '.join(ft_executable())}; real data: {REAL_DATA} ({'present' if REAL_DATA.exists() else 'missing'})"
+
+
