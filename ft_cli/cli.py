@@ -15,7 +15,8 @@ import typer
 from ft_cli import __version__
 from ft_cli.errors import EXIT_CODES, EXIT_OOM, FtError, NotImplementedYet
 
-_EXIT_CODE_HELP = "Exit codes: " + "; ".join(f"{code} {text.split(':')[0].split(' (')[0]}" for code, text in EXIT_CODES.items())
+# "\b" keeps click from re-wrapping the list, so each code stays on its own line.
+_EXIT_CODE_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
 
 app = typer.Typer(
     name="ft",

@@ -121,6 +121,9 @@ def build_tiny_model(
 
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a 500 KB save needs no progress bar
 
     tokenizer = build_tokenizer(seed)
     config = build_model_config(arch, tokenizer, tie_word_embeddings)

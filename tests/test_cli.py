@@ -1,0 +1,144 @@
+"""The CLI as a user runs it: help, exit codes, one-line errors, stubs, env."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from ft_cli.errors import EXIT_CODES, EXIT_NOT_IMPLEMENTED, EXIT_USAGE
+
+HEAVY = ("torch", "transformers", "trl", "peft", "datasets", "unsloth", "accelerate", "bitsandbytes")
+COMMANDS = [[], ["prepare"], ["train"], ["merge"], ["resume"], ["tiny-model"], ["env"], ["config"], ["config", "show"], ["config", "validate"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "ft")
+def test_help_imports_none_of_the_ml_stack(command):
+    """`ft ... --help` must stay instant: none of the ML stack may load."""
+    code = (
+        "import sys\n"
+        "from ft_cli.cli import main\n"
+        f"rc = main({command + ['--help']!r})\n"
+        f"loaded = [m for m in {HEAVY!r} if m in sys.modules]\n"
+        "print('LOADED', loaded, rc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "LOADED [] 0" in out, out
+    assert "Usage: ft" in out
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "ft")
+def test_every_command_has_help(ft, command):
+    result = ft(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage: ft" in result.stdout
+
+
+def test_python_dash_m_works():
+    out = subprocess.run([sys.executable, "-m", "ft_cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    assert "prepare" in out.stdout and "train" in out.stdout and "merge" in out.stdout and "resume" in out.stdout
+
+
+def test_version(ft):
+    import ft_cli
+
+    result = ft("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"ft {ft_cli.__version__}"
+
+
+def test_help_lists_exit_codes(ft):
+    out = ft("--help").stdout
+    for code, meaning in EXIT_CODES.items():
+        assert f"{code:>3}  {meaning}" in out
+
+
+@pytest.mark.parametrize(
+    "args,command,issue",
+    [
+        (["prepare", "x.json", "-o", "y.jsonl"], "prepare", 3),
+        (["merge", "out/lora_weights"], "merge", 6),
+        (["resume", "out/run"], "resume", 7),
+    ],
+)
+def test_open_issue_stubs_say_so_with_their_own_exit_code(ft, args, command, issue):
+    result = ft(*args)
+    assert result.returncode == EXIT_NOT_IMPLEMENTED
+    assert result.stderr.strip().startswith(f"error: `ft {command}` is not implemented yet (tracked in issue #{issue})")
+    assert "Traceback" not in result.stderr
+
+
+def test_train_validates_the_config_before_the_stub(ft, write_yaml):
+    bad = write_yaml("model:\n  path: m\ntraining:\n  learning_rat: 1\n")
+    result = ft("train", bad)
+    assert result.returncode == EXIT_USAGE
+    assert f"{bad}:4: training.learning_rat: unknown key; did you mean training.learning_rate?" in result.stderr
+    assert "Traceback" not in result.stderr
+    good = write_yaml("model:\n  path: m\n", "good.yaml")
+    assert ft("train", good).returncode == EXIT_NOT_IMPLEMENTED
+
+
+def test_config_validate_bad_override_one_line_no_traceback(ft, write_yaml):
+    path = write_yaml("model:\n  path: m\n")
+    result = ft("config", "validate", path, "training.learning_rate=abc")
+    assert result.returncode == EXIT_USAGE
+    assert result.stderr.splitlines() == [
+        f"error: {path}: invalid config (1 problem):",
+        "  command line: training.learning_rate: expected a number > 0, got 'abc'",
+    ]
+    ok = ft("config", "validate", path, "lora.r=8")
+    assert ok.returncode == 0 and "valid (sft, LoRA, model m)" in ok.stdout
+
+
+def test_missing_config_file(ft, tmp_path):
+    result = ft("config", "validate", tmp_path / "missing.yaml")
+    assert result.returncode == EXIT_USAGE
+    assert result.stderr.strip() == f"error: {tmp_path / 'missing.yaml'}: config file not found"
+
+
+def test_usage_error_exit_code(ft):
+    result = ft("train", "--no-such-flag")
+    assert result.returncode == EXIT_USAGE
+    assert "No such option" in result.stderr
+
+
+def test_config_show_prints_resolved_config_with_secrets_redacted(ft, write_yaml):
+    token = "hf_" + "x1y2z3" * 6
+    path = write_yaml(f"model:\n  path: m\ntraining:\n  hub_token: {token}\n  run_name: uses-envsecret-value\n")
+    result = ft("config", "show", path, "training.seed=7", env={"WANDB_API_KEY": "envsecret-value"})
+    assert result.returncode == 0, result.stderr
+    import yaml
+
+    shown = yaml.safe_load(result.stdout)
+    assert shown["training"]["seed"] == 7
+    assert shown["training"]["hub_token"] == "***"
+    assert shown["training"]["run_name"] == "uses-***"
+    assert token not in result.stdout and "envsecret-value" not in result.stdout
+    sources = ft("config", "show", path, "training.seed=7", "--sources").stdout
+    assert "training.seed = 7  # command line" in sources
+    assert f"model.path = 'm'  # {path}:2" in sources
+    assert "training.learning_rate = 0.0002  # default" in sources
+
+
+def test_errors_never_echo_a_secret(ft, write_yaml):
+    token = "hf_" + "q9" * 15
+    path = write_yaml(f"model:\n  path: m\ntraining:\n  hub_token: [{token}]\n")
+    result = ft("config", "validate", path)
+    assert result.returncode == EXIT_USAGE
+    assert token not in result.stderr and "training.hub_token" in result.stderr
+
+
+def test_env_report_is_a_pasteable_block(ft):
+    result = ft("env")
+    assert result.returncode == 0
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "```" and lines[-1] == "```"
+    import torch
+    import transformers
+    import trl
+
+    for name, version in (("torch", torch.__version__), ("transformers", transformers.__version__), ("trl", trl.__version__)):
+        assert f"- {name}: {version}" in lines
+    assert any(line.startswith("- accelerator: ") for line in lines)
+    assert "- unsloth: " in result.stdout
