@@ -120,7 +120,7 @@ class TrainingSection(Section):
     weight_decay: NonNegativeFloat = Field(0.0, description="AdamW weight decay.")
     max_grad_norm: NonNegativeFloat = Field(1.0, description="Gradient clipping norm; 0 disables clipping.")
     optim: Literal[OPTIMIZERS] = Field(  # type: ignore[valid-type]
-        "adamw_torch_fused", description="Optimizer (transformers OptimizerNames); fused AdamW falls back cleanly on CPU."
+        "adamw_torch_fused", description="Optimizer (transformers OptimizerNames)."
     )
     gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass to save memory.")
     packing: bool = Field(False, description="Pack several short examples into each sequence.")
@@ -419,25 +419,33 @@ def _where(sources: dict[str, str], dotted: str, file_label: str) -> str:
     return "default" if file_label == "command line" else file_label
 
 
+def _constraints(metadata: list) -> str:
+    bounds = [
+        f"{symbol} {getattr(meta, attr)}"
+        for meta in metadata
+        for attr, symbol in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+        if getattr(meta, attr, None) is not None
+    ]
+    return " " + " and ".join(bounds) if bounds else ""
+
+
 def describe_type(annotation: Any) -> str:
-    """Say in words what a field accepts ('a number > 0', 'one of sft, dpo, grpo')."""
+    """Say in words what a field accepts ('an integer > 0', 'one of sft, dpo, grpo')."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin is Annotated:
-        base = describe_type(args[0])
-        for meta in getattr(args[1], "metadata", []) if len(args) > 1 else []:
-            for attr, symbol in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
-                if getattr(meta, attr, None) is not None:
-                    base += f" {symbol} {getattr(meta, attr)}"
-        return base
+        return describe_type(args[0]) + _constraints([m for extra in args[1:] for m in getattr(extra, "metadata", [extra])])
     if origin is Literal:
-        return "one of " + ", ".join(str(a) for a in args)
+        shown = ", ".join(str(a) for a in args[:8])
+        return f"one of {shown}" + (f", ... ({len(args)} names, see the transformers docs)" if len(args) > 8 else "")
     if origin in (Union, types.UnionType):
-        parts = [describe_type(a) for a in args if a is not type(None)]
-        text = " or ".join(parts)
+        text = " or ".join(describe_type(a) for a in args if a is not type(None))
         return text + " or null" if type(None) in args else text
     if origin is list:
-        return f"a list of {describe_type(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
+        if not args:
+            return "a list"
+        item = describe_type(args[0])
+        return f"a list of {item.split(' ', 1)[1]}s" if " or " not in item else f"a list, each {item}"
     if isinstance(annotation, type) and issubclass(annotation, Section):
         return "a mapping"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string", SecretStr: "a string"}.get(
@@ -446,12 +454,7 @@ def describe_type(annotation: Any) -> str:
 
 
 def _field_description(info: Any) -> str:
-    text = describe_type(info.annotation)
-    for meta in info.metadata:
-        for attr, symbol in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
-            if getattr(meta, attr, None) is not None:
-                text += f" {symbol} {getattr(meta, attr)}"
-    return text
+    return describe_type(info.annotation) + _constraints(info.metadata)
 
 
 def _describe_errors(exc: ValidationError, sources: dict[str, str], file_label: str) -> list[str]:

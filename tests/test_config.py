@@ -112,7 +112,7 @@ def test_unknown_keys_and_values_get_did_you_mean(write_yaml, text, override, ex
         ("training:\n  learning_rate: fast\n", "training.learning_rate: expected a number > 0, got 'fast'"),
         ("training:\n  per_device_train_batch_size: 0\n", "training.per_device_train_batch_size: expected an integer > 0, got 0"),
         ("training:\n  gradient_checkpointing: maybe\n", "training.gradient_checkpointing: expected true or false, got 'maybe'"),
-        ("lora:\n  dropout: 1.5\n", "lora.dropout: expected a number >= 0 < 1, got 1.5"),
+        ("lora:\n  dropout: 1.5\n", "lora.dropout: expected a number >= 0 and < 1, got 1.5"),
         ("lora:\n  target_modules: 5\n", "lora.target_modules: expected a string or a list of strings, got 5"),
         ("training: 3\n", "training: expected a mapping, got 3"),
         ("training:\n  optim: adamw\n", "training.optim: expected one of"),
