@@ -504,7 +504,13 @@ def _describe_errors(exc: ValidationError, sources: dict[str, str], file_label: 
         else:
             message = f"{error['msg']}, got {_show(given)}"
         problems[dotted] = f"{_where(sources, dotted, file_label)}: {dotted}: {message}"
-    return list(problems.values())
+    return sorted(problems.values(), key=_reading_order)
+
+
+def _reading_order(problem: str) -> tuple[int, int]:
+    """File problems by line, then command-line ones, so the list reads like the file."""
+    match = re.match(r"[^:]*:(\d+): ", problem)
+    return (0, int(match.group(1))) if match else (1, 0)
 
 
 def _show(value: Any) -> str:

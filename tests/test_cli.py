@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from ft_cli.errors import EXIT_CODES, EXIT_NOT_IMPLEMENTED, EXIT_USAGE
+from ft_cli.errors import EXIT_CODES, EXIT_NOT_IMPLEMENTED, EXIT_USAGE, DataError, Preempted
 
 HEAVY = ("torch", "transformers", "trl", "peft", "datasets", "unsloth", "accelerate", "bitsandbytes")
 COMMANDS = [[], ["prepare"], ["train"], ["merge"], ["resume"], ["tiny-model"], ["env"], ["config"], ["config", "show"], ["config", "validate"]]
@@ -142,3 +142,53 @@ def test_env_report_is_a_pasteable_block(ft):
         assert f"- {name}: {version}" in lines
     assert any(line.startswith("- accelerator: ") for line in lines)
     assert "- unsloth: " in result.stdout
+
+
+def _probe_app(error: BaseException):
+    """A stand-in Typer app whose only job is to raise `error`, to test main()'s mapping."""
+    import typer
+
+    probe = typer.Typer()
+
+    @probe.command()
+    def boom() -> None:
+        raise error
+
+    @probe.command()
+    def other() -> None:  # a second command keeps Typer in multi-command mode, like ft
+        pass
+
+    return probe
+
+
+def _oom():
+    import torch
+
+    return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+@pytest.mark.parametrize(
+    "make_error,code,message",
+    [
+        (_oom, 3, "error: out of memory: CUDA out of memory. Tried to allocate 2.00 GiB"),
+        (MemoryError, 3, "error: out of memory: MemoryError"),
+        (lambda: DataError("data.jsonl:7: messages[1].role: unknown role"), 2, "error: data.jsonl:7: messages[1].role: unknown role"),
+        (lambda: Preempted("checkpoint-40 saved; requeue and run ft resume"), 75, "error: checkpoint-40 saved; requeue"),
+        (KeyboardInterrupt, 130, ""),
+    ],
+    ids=["cuda-oom", "memoryerror", "data-error", "preempted", "ctrl-c"],
+)
+def test_main_maps_failures_to_documented_exit_codes(monkeypatch, capsys, make_error, code, message):
+    from ft_cli import cli
+
+    monkeypatch.setattr(cli, "app", _probe_app(make_error()))
+    assert cli.main(["boom"]) == code
+    assert capsys.readouterr().err.strip().startswith(message)
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    from ft_cli import cli
+
+    monkeypatch.setattr(cli, "app", _probe_app(ZeroDivisionError("a real bug")))
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["boom"])

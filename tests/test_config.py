@@ -137,6 +137,9 @@ def test_every_problem_is_reported_at_once(write_yaml):
     joined = "\n".join(problems)
     for key in ("model.path: required", "model.dtype", "training.seed", "training.warmup_steps", "lora.alpha"):
         assert key in joined
+    # Reading order: the file's problems by line, then the command line's.
+    assert [p.split(": ")[0].rpartition(":")[2] for p in problems[:4]] == ["1", "2", "4", "5"]
+    assert problems[-1].startswith("command line: lora.alpha")
 
 
 def test_missing_model_path_is_required(write_yaml):
