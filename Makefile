@@ -10,7 +10,7 @@ FT     := $(VENV)/bin/ft
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast demo bench clean help
+.PHONY: install test test-fast demo bench readme-reference clean help
 
 help:
 	@echo "make demo    build a tiny model and run ft end to end on examples/ (CPU, offline)"
@@ -39,6 +39,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
+
+# Regenerate the config reference table in README.md from the schema.
+readme-reference: $(STAMP)
+	$(PY) -c "import re, pathlib; from ft_cli.config import reference_table as t; p = pathlib.Path('README.md'); \
+	p.write_text(re.sub(r'(<!-- config-reference:start -->\n).*?(\n<!-- config-reference:end -->)', lambda m: m[1] + t() + m[2], p.read_text(), flags=re.S))"
 
 clean:
 	rm -rf $(VENV) out/demo .pytest_cache

@@ -1,8 +1,8 @@
 """The `ft` command line: one thin function per subcommand.
 
-Each function parses its arguments, loads the config and calls a stage. Nothing
-heavy is imported at module level (not even pydantic), so `ft --help` stays instant;
-stages import torch and friends inside the functions that need them.
+Each function parses its arguments, loads the config and calls a stage. Only typer
+is imported at module level, so `ft --help` stays instant; config handling and the
+stages (torch and friends) are imported inside the functions that need them.
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ config_app = typer.Typer(
 )
 app.add_typer(config_app, name="config")
 
-ConfigPath = Annotated[Path, typer.Argument(help="YAML config file.", show_default=False)]
+ConfigPath = Annotated[Path, typer.Argument(help="YAML config file.", show_default=False, metavar="CONFIG")]
 Overrides = Annotated[
-    Optional[list[str]], typer.Argument(help="Overrides as key.sub=value, e.g. training.learning_rate=1e-4 lora.r=32.", show_default=False)
+    Optional[list[str]],
+    typer.Argument(help="Overrides as key.sub=value, e.g. training.learning_rate=1e-4 lora.r=32.", show_default=False, metavar="[KEY=VALUE]..."),
 ]
 
 

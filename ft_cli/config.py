@@ -8,7 +8,6 @@ config is instant and happens before anything heavy loads.
 from __future__ import annotations
 
 import difflib
-import os
 import re
 import types
 import typing
@@ -20,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from ft_cli.errors import ConfigError
+from ft_cli.redaction import REDACTED, is_secret_key, redact, redact_text
 
 # --------------------------------------------------------------------------- schema
 
@@ -45,7 +45,6 @@ SCHEDULERS = (
     "cosine_warmup_with_min_lr", "warmup_stable_decay", "greedy",
 )  # fmt: skip
 
-REDACTED = "***"  # what a secret is replaced with in every dump and message
 _DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -155,10 +154,15 @@ class RewardSpec(Section):
 class GrpoSection(Section):
     num_generations: Annotated[int, Field(ge=2)] = Field(8, description="Completions sampled per prompt.")
     max_completion_length: PositiveInt = Field(256, description="Longest sampled completion in tokens.")
-    rewards: list[Union[str, RewardSpec]] = Field(
-        default_factory=lambda: ["format_tags", "exact_answer"],
-        description="Reward functions: names or {name, weight} items.",
+    rewards: list[RewardSpec] = Field(
+        default_factory=lambda: [RewardSpec(name="format_tags"), RewardSpec(name="exact_answer")],
+        description="Reward functions: each a name (weight 1) or a {name, weight} mapping.",
     )
+
+    @field_validator("rewards", mode="before")
+    @classmethod
+    def _name_is_shorthand(cls, value: Any) -> Any:
+        return [{"name": item} if isinstance(item, str) else item for item in value] if isinstance(value, list) else value
 
 
 class Config(Section):
@@ -184,12 +188,27 @@ class Config(Section):
 # --------------------------------------------------------------------------- YAML
 
 
+_INT, _FLOAT, _BOOL = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool"
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads `1e-4` as a float (YAML 1.2), not as the string PyYAML's 1.1 rules give."""
+    """SafeLoader with YAML 1.2 scalars: `1e-4` is a float, `0100` is 100 (not octal 64),
+    `1:30` is a string (not 90) and `yes`/`on` are strings, as users of other tools expect."""
+
+    def construct_yaml_int(self, node: yaml.Node) -> int:
+        text = self.construct_scalar(node)
+        base = 16 if text[:2] in ("0x", "0X") else 8 if text[:2] == "0o" else 10
+        return int(text[2:] if base == 8 else text, base)
 
 
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag not in (_INT, _FLOAT, _BOOL)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Loader.add_implicit_resolver(_INT, re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0[xX][0-9a-fA-F]+)$"), list("-+0123456789"))
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
+    _FLOAT,
     re.compile(
         r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
         |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
@@ -200,30 +219,43 @@ _Loader.add_implicit_resolver(
     ),
     list("-+0123456789."),
 )
+_Loader.add_constructor(_INT, _Loader.construct_yaml_int)
 
 
 def parse_yaml_value(text: str) -> Any:
-    """Parse one override value as YAML (`1e-4`, `true`, `[q_proj, v_proj]`, `null`)."""
+    """Parse one override value as YAML (`1e-4`, `true`, `[q_proj, v_proj]`, `null`).
+
+    A `#` would start a YAML comment and silently cut the value, so a value holding
+    one is taken as a plain string unless it is a quoted string, list or mapping.
+    """
+    if "#" in text and not text.lstrip().startswith(("[", "{", '"', "'")):
+        return text
     return yaml.load(text, Loader=_Loader)
 
 
-def _key_lines(node: yaml.Node, prefix: str, lines: dict[str, int], duplicates: list[str]) -> None:
-    """Map every dotted key to its line, and note keys that appear twice in one mapping."""
+def _key_lines(node: yaml.Node, prefix: str, lines: dict[str, int], problems: list[str]) -> None:
+    """Map every dotted key to its line; note duplicate and non-string keys."""
     if not isinstance(node, yaml.MappingNode):
         return
     seen: dict[str, int] = {}
     for key_node, value_node in node.value:
-        key = str(key_node.value)
-        dotted = f"{prefix}{key}"
         line = key_node.start_mark.line + 1
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != "tag:yaml.org,2002:str":
+            where = prefix[:-1] or "top level"
+            problems.append(f"{line}: {where}: keys must be names, got {_one_line(str(key_node.value))[:40]!r}")
+            continue
+        key = key_node.value
+        dotted = f"{prefix}{key}"
         if key in seen:
-            duplicates.append(f"{line}: {dotted}: duplicate key (first set on line {seen[key]})")
+            problems.append(f"{line}: {dotted}: duplicate key (first set on line {seen[key]})")
         seen[key] = line
         lines[dotted] = line
-        _key_lines(value_node, dotted + ".", lines, duplicates)
+        _key_lines(value_node, dotted + ".", lines, problems)
 
 
 # --------------------------------------------------------------------------- loading
+
+COMMAND_LINE = "command line"
 
 
 @dataclass
@@ -248,75 +280,121 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _shown_override(item: str) -> str:
+    """An override as it may be echoed in a message: the value of a secret key is hidden."""
+    key, sep, _ = item.partition("=")
+    return f"{key}={REDACTED}" if sep and is_secret_key(key.strip()) else item
+
+
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     parsed = []
     problems = []
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip()
-        if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
-            problems.append(f"override '{item}': expected key.sub=value, e.g. training.learning_rate=1e-4")
+        shown = _shown_override(item)
+        if not sep or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", key):
+            problems.append(f"override '{shown}': expected key.sub=value, e.g. training.learning_rate=1e-4")
             continue
         try:
             parsed.append((key, parse_yaml_value(raw)))
         except yaml.YAMLError as exc:
-            problems.append(f"override '{item}': value is not valid YAML ({_one_line(str(exc))})")
+            reason = getattr(exc, "problem", None) or "not valid YAML"  # the problem only: the full message quotes the value
+            problems.append(f"override '{shown}': the value is not valid YAML ({reason})")
     if problems:
         raise ConfigError("invalid command-line override(s):", problems)
     return parsed
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    """Set a.b.c in nested dicts; a missing or null section is created, a scalar one is an error."""
     parts = dotted.split(".")
     node = data
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
+    for depth, part in enumerate(parts[:-1]):
+        if node.get(part) is None:
             node[part] = {}
+        elif not isinstance(node[part], dict):
+            parent = ".".join(parts[: depth + 1])
+            raise ConfigError(
+                f"{COMMAND_LINE}: {dotted}: cannot set it, {parent} is {_show(node[part])}, not a mapping"
+            )
         node = node[part]
     node[parts[-1]] = value
 
 
+def _read_yaml(path: Path) -> tuple[dict, dict[str, str]]:
+    """Load a config file; return its data and each dotted key's 'file:line'."""
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=_Loader)
+        loaded = yaml.load(text, Loader=_Loader)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
+        raise ConfigError(f"{path}:{line}: invalid YAML: {exc.problem}") from None
+    except yaml.YAMLError as exc:  # e.g. a control character: ReaderError carries no line mark
+        raise ConfigError(f"{path}: invalid YAML: {_one_line(str(exc))}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
+    if loaded is None:
+        return {}, {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections at the top level, got {_show(loaded)}")
+    lines: dict[str, int] = {}
+    problems: list[str] = []
+    _key_lines(node, "", lines, problems)
+    if problems:
+        raise ConfigError(f"{path}: invalid keys:", [f"{path}:{problem}" for problem in problems])
+    return loaded, {dotted: f"{path}:{line}" for dotted, line in lines.items()}
+
+
+def _non_string_keys(data: Any, prefix: str = "") -> list[str]:
+    if isinstance(data, list):
+        return [p for i, item in enumerate(data) for p in _non_string_keys(item, f"{prefix}[{i}]")]
+    if not isinstance(data, dict):
+        return []
+    problems = []
+    for key, value in data.items():
+        if not isinstance(key, str):
+            problems.append(f"{prefix or 'top level'}: keys must be names, got {_show(key)}")
+        else:
+            problems.extend(_non_string_keys(value, f"{prefix}.{key}" if prefix else key))
+    return problems
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> LoadedConfig:
     """Read a YAML config, apply `key.sub=value` overrides, validate everything and
-    raise one ConfigError that lists every problem with its file, line and dotted key."""
-    overrides = overrides or []
+    raise one ConfigError that lists every problem with its file, line and dotted key.
+
+    `base` holds values set by command-line flags (e.g. `--model`); the file and
+    then the overrides are applied on top of it.
+    """
     data: dict = dict(base or {})
-    sources: dict[str, str] = {key: "command line" for key in flatten(data)}
-    file_label = str(path) if path is not None else "command line"
+    sources: dict[str, str] = {key: COMMAND_LINE for key in flatten(data)}
+    file_label = str(path) if path is not None else COMMAND_LINE
 
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found" if not path.exists() else f"{path}: not a file")
-        try:
-            text = path.read_text(encoding="utf-8")
-            node = yaml.compose(text, Loader=_Loader)
-            loaded = yaml.load(text, Loader=_Loader)
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path}: not UTF-8 text") from None
-        except yaml.MarkedYAMLError as exc:
-            line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
-            raise ConfigError(f"{path}:{line}: invalid YAML: {exc.problem}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of config sections at the top level, got {type(loaded).__name__}")
-        lines: dict[str, int] = {}
-        duplicates: list[str] = []
-        _key_lines(node, "", lines, duplicates)
-        if duplicates:
-            raise ConfigError(f"{path}: duplicate keys:", [f"{path}:{d}" for d in duplicates])
-        for dotted in flatten(loaded):
-            sources[dotted] = f"{path}:{lines.get(dotted, '?')}"
-        for dotted, line in lines.items():
-            sources.setdefault(dotted, f"{path}:{line}")
+        loaded, file_sources = _read_yaml(Path(path))
+        sources.update(file_sources)
         data = _deep_merge(data, loaded)
 
-    for dotted, value in parse_overrides(overrides):
+    for dotted, value in parse_overrides(overrides or []):
         _set_dotted(data, dotted, value)
         for key in [k for k in sources if k == dotted or k.startswith(dotted + ".")]:
             del sources[key]
-        sources[dotted] = "command line"
+        sources[dotted] = COMMAND_LINE
+        sources.update({key: COMMAND_LINE for key in flatten(value, dotted + ".")})  # `lora={r: 4}` sets lora.r
+
+    bad_keys = _non_string_keys(data)  # only overrides can still hold any: the file's were checked with lines
+    if bad_keys:
+        raise ConfigError(f"{COMMAND_LINE}: invalid keys:", [f"{COMMAND_LINE}: {p}" for p in bad_keys])
 
     try:
         config = Config.model_validate(data)
@@ -324,13 +402,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, bas
         problems = _describe_errors(exc, sources, file_label)
         raise ConfigError(f"{file_label}: invalid config ({len(problems)} problem{'s' * (len(problems) > 1)}):", problems) from None
 
-    loaded_config = LoadedConfig(config, path, sources)
     combination_problems = [
         f"{_where(sources, key, file_label)}: {key}: {message}" for key, message in check_combinations(config)
     ]
     if combination_problems:
         raise ConfigError(f"{file_label}: impossible combination of settings:", combination_problems)
-    return loaded_config
+    return LoadedConfig(config, Path(path) if path is not None else None, sources)
 
 
 def _deep_merge(base: dict, update: dict) -> dict:
@@ -344,7 +421,9 @@ def _deep_merge(base: dict, update: dict) -> dict:
 
 
 def check_combinations(config: Config) -> list[tuple[str, str]]:
-    """Settings that are valid one by one but not together, as (dotted key, message)."""
+    """Settings that are valid one by one but not together, as (dotted key, message).
+
+    They are checked once every single value is valid, since they need the values."""
     problems = []
     model = config.model
     if model.load_in_4bit and model.load_in_8bit:
@@ -370,38 +449,43 @@ def check_combinations(config: Config) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------- error messages
 
 
+def _section_type(annotation: Any) -> type[Section] | None:
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, Section):
+            return candidate
+    return None
+
+
 def _schema_fields(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:
-    """Every dotted key of the schema mapped to its field info (sections included)."""
+    """Every dotted key of the schema mapped to its field info; items of a list of
+    sections appear as `key[].sub` (e.g. grpo.rewards[].weight)."""
     out: dict[str, Any] = {}
     for name, info in model.model_fields.items():
         dotted = f"{prefix}{name}"
         out[dotted] = info
         section = _section_type(info.annotation)
         if section is not None:
-            out.update(_schema_fields(section, dotted + "."))
+            item = "[]" if typing.get_origin(info.annotation) is list else ""
+            out.update(_schema_fields(section, f"{dotted}{item}."))
     return out
 
 
-def _section_type(annotation: Any) -> type[Section] | None:
-    candidates = [annotation, *typing.get_args(annotation)]
-    for candidate in candidates:
-        if isinstance(candidate, type) and issubclass(candidate, Section):
-            return candidate
-    return None
-
-
 SCHEMA_KEYS = _schema_fields(Config)
+_LEAF_KEYS = [k for k, info in SCHEMA_KEYS.items() if _section_type(info.annotation) is None]
 
 # Names users bring from peft, older transformers or other tools, and what ft calls them.
 RENAMED_KEYS = {
     "training.warmup_ratio": "training.warmup_steps (a value below 1 is a fraction of all steps)",
+    "training.bf16": "model.dtype: bf16",
+    "training.fp16": "model.dtype: fp16",
+    "training.max_seq_length": "model.max_seq_length",
+    "training.max_length": "model.max_seq_length",
     "lora.lora_alpha": "lora.alpha",
     "lora.lora_dropout": "lora.dropout",
     "lora.lora_r": "lora.r",
     "model.torch_dtype": "model.dtype",
     "model.name": "model.path",
     "model.model_name_or_path": "model.path",
-    "training.max_seq_length": "model.max_seq_length",
 }
 
 
@@ -410,13 +494,18 @@ def suggest(name: str, choices: list[str]) -> str | None:
     return matches[0] if matches else None
 
 
-def _where(sources: dict[str, str], dotted: str, file_label: str) -> str:
+def _where(sources: dict[str, str], dotted: str, default: str) -> str:
+    """Where a key's value came from: the key itself, else a command-line override
+    below it, else its nearest parent (a whole section set in the file or on the command line)."""
+    if dotted in sources:
+        return sources[dotted]
+    if any(key.startswith(dotted + ".") and source == COMMAND_LINE for key, source in sources.items()):
+        return COMMAND_LINE
     parts = dotted.split(".")
-    for end in range(len(parts), 0, -1):
-        source = sources.get(".".join(parts[:end]))
-        if source:
-            return source
-    return "default" if file_label == "command line" else file_label
+    for end in range(len(parts) - 1, 0, -1):
+        if (parent := ".".join(parts[:end])) in sources:
+            return sources[parent]
+    return default
 
 
 def _constraints(metadata: list) -> str:
@@ -457,53 +546,72 @@ def _field_description(info: Any) -> str:
     return describe_type(info.annotation) + _constraints(info.metadata)
 
 
+def _location(loc: tuple) -> tuple[tuple[str, str], tuple[str, str]]:
+    """Pydantic's error location -> ((key as written, schema key) of the longest known
+    prefix, and the same for the whole location).
+
+    List indices become `[i]` (schema: `[]`); keeping the longest known prefix drops
+    the type names pydantic adds for union members (`str`, `list[str]`, ...)."""
+    shown, schema, best = "", "", ("", "")
+    for part in loc:
+        if isinstance(part, int):
+            shown, schema = f"{shown}[{part}]", f"{schema}[]"
+        else:
+            shown = f"{shown}.{part}" if shown else str(part)
+            schema = f"{schema}.{part}" if schema else str(part)
+        if schema in SCHEMA_KEYS:
+            best = (shown, schema)
+    return (best if best[0] else (shown, schema)), (shown, schema)
+
+
+def _unknown_key_message(shown: str, schema: str) -> str:
+    if schema in RENAMED_KEYS:
+        return f"unknown key; use {RENAMED_KEYS[schema]}"
+    parent, _, name = schema.rpartition(".")
+    siblings = [k.rpartition(".")[2] for k in SCHEMA_KEYS if k.rpartition(".")[0] == parent]
+    hint = suggest(name, siblings)
+    if hint:
+        hint = f"{shown.rpartition('.')[0]}.{hint}" if parent else hint
+    else:  # perhaps the right key in the wrong section
+        same_name = [k for k in _LEAF_KEYS if k.rpartition(".")[2] == name]
+        hint = same_name[0] if same_name else suggest(schema, [k for k in _LEAF_KEYS if not schema.startswith(k)])
+    return "unknown key" + (f"; did you mean {hint}?" if hint else "")
+
+
 def _describe_errors(exc: ValidationError, sources: dict[str, str], file_label: str) -> list[str]:
     problems: dict[str, str] = {}
     for error in exc.errors():
-        loc = [str(part) for part in error["loc"]]
-        # Union members add their type name to the location; keep the longest real key.
-        dotted = ""
-        for end in range(len(loc), 0, -1):
-            candidate = ".".join(loc[:end])
-            if candidate in SCHEMA_KEYS:
-                dotted = candidate
-                break
+        (shown, schema), (full_shown, full_schema) = _location(error["loc"])
         if error["type"] == "extra_forbidden":
-            full = ".".join(loc)
-            parent = full.rpartition(".")[0]
-            siblings = [k.rpartition(".")[2] for k in SCHEMA_KEYS if k.rpartition(".")[0] == parent]
-            hint = suggest(loc[-1], siblings) or None
-            hint_full = f"{parent}.{hint}" if hint and parent else hint
-            if not hint_full:  # maybe the key is in the wrong section
-                hint_full = suggest(full, list(SCHEMA_KEYS)) or next(
-                    (k for k in SCHEMA_KEYS if k.rpartition(".")[2] == loc[-1]), None
-                )
-            message = "unknown key" + (f"; did you mean {hint_full}?" if hint_full else "")
-            if full in RENAMED_KEYS:
-                message = f"unknown key; use {RENAMED_KEYS[full]}"
-            problems[full] = f"{_where(sources, full, file_label)}: {full}: {message}"
+            last = str(error["loc"][-1])
+            message = (
+                f"unknown key '{last}'; write nested keys as a mapping, not with dots in one key"
+                if "." in last
+                else _unknown_key_message(full_shown, full_schema)
+            )
+            problems[full_shown] = f"{_where(sources, full_shown.split('[')[0], file_label)}: {full_shown}: {message}"
             continue
-        if not dotted:
-            dotted = ".".join(loc) or "(top level)"
-        if dotted in problems:
-            continue
+        if shown in problems:
+            continue  # one line per key, even when every member of a union complained
+        info = SCHEMA_KEYS.get(schema)
         given = error.get("input")
         if error["type"] == "missing":
-            section = _section_type(SCHEMA_KEYS[dotted].annotation) if dotted in SCHEMA_KEYS else None
+            section = _section_type(info.annotation) if info is not None else None
             if section is not None:  # a whole section is missing: name the key inside it that is required
-                inner = next(name for name, info in section.model_fields.items() if info.is_required())
-                dotted = f"{dotted}.{inner}"
-            message = f"required, expected {_field_description(SCHEMA_KEYS[dotted])}" if dotted in SCHEMA_KEYS else "required"
-        elif dotted in SCHEMA_KEYS:
-            info = SCHEMA_KEYS[dotted]
-            message = f"expected {_field_description(info)}, got {_show(given)}"
+                inner = next(name for name, field_info in section.model_fields.items() if field_info.is_required())
+                shown, schema = f"{shown}.{inner}", f"{schema}.{inner}"
+                info = SCHEMA_KEYS[schema]
+            message = f"required, expected {_field_description(info)}" if info is not None else "required"
+        elif info is not None:
+            value = REDACTED if is_secret_key(schema) else _show(given)
+            message = f"expected {_field_description(info)}, got {value}"
             if typing.get_origin(info.annotation) is Literal and isinstance(given, str):
                 hint = suggest(given, [str(a) for a in typing.get_args(info.annotation)])
                 if hint:
                     message += f"; did you mean {hint}?"
         else:
             message = f"{error['msg']}, got {_show(given)}"
-        problems[dotted] = f"{_where(sources, dotted, file_label)}: {dotted}: {message}"
+        problems[shown] = f"{_where(sources, shown.split('[')[0], file_label)}: {shown}: {message}"
     return sorted(problems.values(), key=_reading_order)
 
 
@@ -515,7 +623,7 @@ def _reading_order(problem: str) -> tuple[int, int]:
 
 def _show(value: Any) -> str:
     if isinstance(value, str):
-        return repr(value)
+        return repr(redact_text(value))
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
@@ -529,35 +637,7 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-# --------------------------------------------------------------------------- secrets and dumps
-
-SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "OPENAI_API_KEY", "HF_API_TOKEN")
-_SECRET_KEY = re.compile(r"(^|_)(token|api_key|apikey|password|passwd|secret|key)$", re.I)
-_SECRET_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
-
-
-def _secret_values() -> list[str]:
-    return [v for name in SECRET_ENV_VARS if len(v := os.environ.get(name, "")) >= 8]
-
-
-def redact_text(text: str) -> str:
-    """Remove secret values (from the environment, or shaped like a hub token) from any text."""
-    for secret in _secret_values():
-        text = text.replace(secret, REDACTED)
-    return _SECRET_VALUE.sub(REDACTED, text)
-
-
-def redact(data: Any, key: str = "") -> Any:
-    """A copy of a nested dict/list with secrets replaced: fields named like a secret, and secret values anywhere."""
-    if isinstance(data, dict):
-        return {k: redact(v, str(k)) for k, v in data.items()}
-    if isinstance(data, list):
-        return [redact(v, key) for v in data]
-    if isinstance(data, SecretStr) or (_SECRET_KEY.search(key) and data not in (None, "")):
-        return REDACTED
-    if isinstance(data, str):
-        return redact_text(data)
-    return data
+# --------------------------------------------------------------------------- dumps
 
 
 def config_to_dict(config: Config) -> dict:
@@ -573,12 +653,15 @@ def reference_table() -> str:
     """The config reference in Markdown, generated from the schema (README.md embeds it; a test compares)."""
     rows = ["| key | type | default | description |", "| --- | --- | --- | --- |"]
     for dotted, info in SCHEMA_KEYS.items():
-        if _section_type(info.annotation) is not None and dotted != "lora":
+        is_mapping = _section_type(info.annotation) is not None and typing.get_origin(info.annotation) is not list
+        if is_mapping and dotted != "lora":  # sections are listed through their keys; lora's own null matters
             continue
         if info.is_required():
             default = "required"
         else:
             value = info.get_default(call_default_factory=True)
+            if isinstance(value, list):
+                value = [item.model_dump() if isinstance(item, BaseModel) else item for item in value]
             default = "—" if value is None else f"`{yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}`"
         kind = _field_description(info).replace("|", "\\|")
         rows.append(f"| `{dotted}` | {kind} | {default} | {info.description or ''} |")

@@ -136,8 +136,11 @@ def build_tiny_model(
     )
 
     # Build next to the target and rename, so an interrupted build never looks complete.
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    except OSError as exc:
+        raise UsageError(f"{out_dir}: cannot create it ({exc.strerror or exc})") from None
     staging.chmod(0o755)  # mkdtemp makes it private; a model dir is meant to be shared
     try:
         model.save_pretrained(staging)

@@ -34,7 +34,7 @@ def test_minimal_config_gets_documented_defaults(write_yaml):
     assert cfg.method == "sft" and cfg.backend == "auto" and cfg.distributed == "none"
     assert cfg.lora is None and not cfg.uses_lora
     assert cfg.training.learning_rate == 2e-4
-    assert cfg.grpo.rewards == ["format_tags", "exact_answer"]
+    assert [(r.name, r.weight) for r in cfg.grpo.rewards] == [("format_tags", 1.0), ("exact_answer", 1.0)]
 
 
 def test_round_trip_through_yaml_is_lossless(write_yaml, tmp_path):
@@ -123,7 +123,8 @@ def test_type_errors_name_file_line_key_and_expected_type(write_yaml, snippet, e
     with pytest.raises(ConfigError) as excinfo:
         load_config(path)
     (problem,) = problems_of(excinfo)
-    assert problem.startswith(f"{path}:")
+    line = len(MINIMAL.splitlines()) + len(snippet.splitlines())  # the snippet's last line holds the bad value
+    assert problem.startswith(f"{path}:{line}: ") or problem.startswith(f"{path}:{line - 1}: "), problem
     assert expected in problem
     assert excinfo.value.exit_code == EXIT_USAGE
 
@@ -143,9 +144,10 @@ def test_every_problem_is_reported_at_once(write_yaml):
 
 
 def test_missing_model_path_is_required(write_yaml):
+    path = write_yaml("training:\n  seed: 1\n")
     with pytest.raises(ConfigError) as excinfo:
-        load_config(write_yaml("training:\n  seed: 1\n"))
-    assert problems_of(excinfo) == [f"{excinfo.value.message.split(':')[0]}: model.path: required, expected a string"]
+        load_config(path)
+    assert problems_of(excinfo) == [f"{path}: model.path: required, expected a string"]
 
 
 def test_dtype_aliases_normalise(write_yaml):
@@ -162,6 +164,7 @@ def test_duplicate_keys_are_refused(write_yaml):
     path = write_yaml(MINIMAL + "training:\n  seed: 1\n  seed: 2\n")
     with pytest.raises(ConfigError) as excinfo:
         load_config(path)
+    assert excinfo.value.message == f"{path}: invalid keys:"
     assert problems_of(excinfo) == [f"{path}:5: training.seed: duplicate key (first set on line 4)"]
 
 
@@ -239,6 +242,96 @@ def test_every_shipped_config_is_valid(path):
 def test_readme_config_reference_matches_the_schema():
     readme = (REPO / "README.md").read_text()
     table = reference_table()
-    assert table in readme, "README.md's config reference is stale: paste the output of `ft config reference`"
+    assert table in readme, "README.md's config reference is stale: run `make readme-reference`"
     for row in table.splitlines()[2:]:
         assert row.split("|")[1].strip().strip("`") in readme
+
+
+@pytest.mark.parametrize(
+    "text,overrides,expected",
+    [
+        # command-line mistakes are blamed on the command line, even inside a section the file sets
+        (MINIMAL, ["traning.seed=1"], "command line: traning: unknown key; did you mean training?"),
+        (MINIMAL, ["training.r=8"], "command line: training.r: unknown key; did you mean lora.r?"),
+        (MINIMAL, ["training.bf16=true"], "command line: training.bf16: unknown key; use model.dtype: bf16"),
+        # list items are named by index, with the item's own fields
+        (MINIMAL, ["grpo.rewards=[{name: x, weight: abc}]"], "command line: grpo.rewards[0].weight: expected a number, got 'abc'"),
+        (MINIMAL, ["grpo.rewards=[a, {name: x, wieght: 2}]"], "command line: grpo.rewards[1].wieght: unknown key; did you mean grpo.rewards[1].weight?"),
+        ('"model.path": x\n', [], "{path}:1: model.path: unknown key 'model.path'; write nested keys as a mapping, not with dots in one key"),
+    ],
+)
+def test_each_problem_names_its_real_source_and_key(write_yaml, text, overrides, expected):
+    path = write_yaml(text)
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path, overrides)
+    assert expected.format(path=path) in problems_of(excinfo)
+
+
+def test_override_cannot_hide_a_scalar_section(write_yaml):
+    path = write_yaml(MINIMAL + "training: 3\n")
+    with pytest.raises(ConfigError, match=r"^command line: training.seed: cannot set it, training is 3, not a mapping$"):
+        load_config(path, ["training.seed=1"])
+    with pytest.raises(ConfigError, match=r"^command line: model.path.x: cannot set it, model.path is 'some/model', not a mapping$"):
+        load_config(write_yaml(MINIMAL), ["model.path.x=1"])
+
+
+def test_a_null_section_can_be_filled_from_the_command_line(write_yaml):
+    cfg = load_config(write_yaml(MINIMAL + "lora: null\n"), ["lora.r=4"]).config
+    assert cfg.uses_lora and cfg.lora.r == 4
+
+
+@pytest.mark.parametrize(
+    "text,line,expected",
+    [
+        ("1: x\n", 3, "top level: keys must be names, got '1'"),
+        ("training:\n  null: 3\n", 4, "training: keys must be names, got 'null'"),
+    ],
+)
+def test_non_name_keys_are_refused_with_their_line(write_yaml, text, line, expected):
+    path = write_yaml(MINIMAL + text)
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path)
+    assert problems_of(excinfo) == [f"{path}:{line}: {expected}"]
+
+
+def test_control_characters_and_deep_nesting_are_one_line_errors(write_yaml):
+    with pytest.raises(ConfigError, match=r"run.yaml: invalid YAML: .*control|run.yaml: invalid YAML: .*special"):
+        load_config(write_yaml("model:\n  path: m\x07\n"))
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(write_yaml("model: " + "[" * 5000 + "\n"))
+
+
+@pytest.mark.parametrize(
+    "value,expected",
+    [("0100", 100), ("0x10", 16), ("1e3", 1000.0), ("1:30", "1:30"), ("yes", "yes"), ("#exp1", "#exp1"), ("exp #1", "exp #1")],
+)
+def test_values_follow_yaml_1_2_not_pyyaml_1_1(value, expected):
+    """PyYAML alone reads 0100 as 64 (octal), 1:30 as 90 and yes as true; users mean 100, '1:30', 'yes'."""
+    (pair,) = parse_overrides([f"training.run_name={value}"])
+    assert pair[1] == expected and type(pair[1]) is type(expected)
+
+
+def test_file_integers_are_decimal(write_yaml):
+    assert load_config(write_yaml(MINIMAL + "training:\n  save_steps: 0100\n")).config.training.save_steps == 100
+
+
+@pytest.mark.parametrize(
+    "source,overrides",
+    [
+        ("", ["training.hub_token=[MySecretTok3n"]),  # invalid YAML in a secret value
+        ("", ["training.hub-token=MySecretTok3n"]),  # malformed key that looks secret
+        ("training:\n  hub_token: [MySecretTok3n]\n", []),  # wrong type in the file
+        ("", ["training.hub_token=MySecretTok3n", "training.seed=x"]),  # valid secret, other error
+    ],
+)
+def test_error_messages_never_echo_a_secret(write_yaml, source, overrides):
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(write_yaml(MINIMAL + source), overrides)
+    assert "MySecretTok3n" not in excinfo.value.render()
+
+
+def test_hf_token_from_the_environment_is_redacted(write_yaml, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "tok-from-env-42")
+    cfg = load_config(write_yaml(MINIMAL), ["training.run_name=tok-from-env-42", "training.hub_model_id=me/tok-from-env-42"]).config
+    text = dump_yaml(config_to_dict(cfg))
+    assert "tok-from-env-42" not in text and "me/***" in text
