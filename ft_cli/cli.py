@@ -88,9 +88,12 @@ def train(
     CONFIG is a YAML file; overrides such as training.learning_rate=1e-4 follow it.
     """
     from ft_cli.config import load_config
+    from ft_cli.train.run import train as run_training
 
-    load_config(config, overrides)  # a stub still refuses a bad config the way the real command will
-    raise NotImplementedYet("train", 4)
+    loaded = load_config(config, overrides)
+    result = run_training(loaded, overwrite=overwrite, dry_run=dry_run)
+    if not dry_run:
+        typer.echo(f"trained: {result}")
 
 
 @app.command()

@@ -179,6 +179,9 @@ class Config(Section):
     training: TrainingSection = Field(default_factory=TrainingSection)
     dpo: DpoSection = Field(default_factory=DpoSection)
     grpo: GrpoSection = Field(default_factory=GrpoSection)
+    run: dict[str, Any] | None = Field(
+        None, description="Written by ft train into ft_run.yaml (package versions, data sha256, git commit); ignored as input."
+    )
 
     @property
     def uses_lora(self) -> bool:

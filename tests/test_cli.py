@@ -69,14 +69,15 @@ def test_open_issue_stubs_say_so_with_their_own_exit_code(ft, args, command, iss
     assert "Traceback" not in result.stderr
 
 
-def test_train_validates_the_config_before_the_stub(ft, write_yaml):
+def test_train_refuses_a_bad_config_before_anything_loads(ft, write_yaml):
     bad = write_yaml("model:\n  path: m\ntraining:\n  learning_rat: 1\n")
     result = ft("train", bad)
     assert result.returncode == EXIT_USAGE
     assert f"{bad}:4: training.learning_rat: unknown key; did you mean training.learning_rate?" in result.stderr
     assert "Traceback" not in result.stderr
-    good = write_yaml("model:\n  path: m\n", "good.yaml")
-    assert ft("train", good).returncode == EXIT_NOT_IMPLEMENTED
+    no_data = write_yaml("model:\n  path: m\n", "no_data.yaml")
+    result = ft("train", no_data)
+    assert result.returncode == EXIT_USAGE and "data.train: required for ft train" in result.stderr
 
 
 def test_config_validate_bad_override_one_line_no_traceback(ft, write_yaml):

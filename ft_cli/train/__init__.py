@@ -1,0 +1,1 @@
+"""`ft train`: model loading, data, TRL trainers and run outputs."""

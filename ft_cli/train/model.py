@@ -1,0 +1,83 @@
+"""Load the base model and tokenizer (optionally quantized) and describe the LoRA adapter."""
+
+from __future__ import annotations
+
+from ft_cli.config import Config, ModelSection
+
+_TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def resolve_dtype(model: ModelSection):
+    """`auto` = bf16 where the GPU supports it, else fp32 (fp16 is never chosen silently)."""
+    import torch
+
+    if model.dtype != "auto":
+        return getattr(torch, _TORCH_DTYPES[model.dtype])
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(model: ModelSection):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model.path, revision=model.revision, trust_remote_code=model.trust_remote_code)
+    if tokenizer.pad_token is None:  # many base models ship without one; padding with eos is the usual fix
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def quantization_config(model: ModelSection, compute_dtype):
+    if not (model.load_in_4bit or model.load_in_8bit):
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if model.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=model.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=model.bnb_4bit_use_double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def load_model(config: Config):
+    from transformers import AutoModelForCausalLM
+
+    section = config.model
+    dtype = resolve_dtype(section)
+    kwargs = dict(
+        revision=section.revision,
+        trust_remote_code=section.trust_remote_code,
+        dtype=dtype,
+        quantization_config=quantization_config(section, dtype),
+    )
+    if section.attn_implementation != "auto":
+        kwargs["attn_implementation"] = section.attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(section.path, **kwargs)
+    if kwargs["quantization_config"] is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.training.gradient_checkpointing)
+    return model
+
+
+def lora_config(config: Config):
+    """peft's LoraConfig from the `lora:` section, or None for full fine-tuning."""
+    if not config.uses_lora:
+        return None
+    from peft import LoraConfig
+
+    lora = config.lora
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        bias=lora.bias,
+        use_dora=lora.use_dora,
+        use_rslora=lora.use_rslora,
+        modules_to_save=lora.modules_to_save,
+        task_type="CAUSAL_LM",
+    )

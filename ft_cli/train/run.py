@@ -1,0 +1,190 @@
+"""`ft train` as one straight line: config → data → model → trainer → train → save.
+
+Methods other than SFT (DPO, GRPO) arrive with issue #5 through a registry; the
+line below stays the same for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from ft_cli.config import LoadedConfig, config_to_dict, dump_yaml
+from ft_cli.errors import ConfigError, DataError, NotImplementedYet, UsageError
+from ft_cli.train.data import load_sft_records
+
+RUN_FILE = "ft_run.yaml"
+ADAPTER_DIR = "lora_weights"
+FULL_MODEL_DIR = "model"
+
+
+def prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
+    """Refuse to mix two runs in one directory; --overwrite replaces only a directory that holds an ft run."""
+    if not output_dir.exists() or (output_dir.is_dir() and not any(output_dir.iterdir())):
+        output_dir.mkdir(parents=True, exist_ok=True)
+        return
+    if not output_dir.is_dir():
+        raise UsageError(f"{output_dir}: training.output_dir is a file")
+    if not (output_dir / RUN_FILE).exists():
+        raise UsageError(f"{output_dir}: training.output_dir is not empty and holds no ft run; choose an empty or new directory")
+    if not overwrite:
+        raise UsageError(f"{output_dir}: holds another run ({RUN_FILE}); pass --overwrite to replace it, or set training.output_dir")
+    shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def run_record(loaded: LoadedConfig) -> dict:
+    """The resolved config (secrets redacted) plus what is needed to reproduce the run."""
+    from ft_cli.env_report import PACKAGES, package_version
+
+    data = loaded.config.data
+    files = {name: path for name, path in (("train", data.train), ("eval", data.eval)) if path}
+    record = config_to_dict(loaded.config)
+    record["run"] = {
+        "versions": {name: package_version(name) for name in PACKAGES},
+        "data_sha256": {name: file_sha256(path) for name, path in files.items()},
+        "git_commit": _git_commit(),
+    }
+    return record
+
+
+def write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _sft_config(loaded: LoadedConfig, output_dir: Path, shape: str, has_eval: bool):
+    import torch
+    from trl import SFTConfig
+
+    from ft_cli.train.model import resolve_dtype
+
+    cfg = loaded.config
+    t = cfg.training
+    dtype = resolve_dtype(cfg.model)
+    return SFTConfig(
+        output_dir=str(output_dir),
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optim,
+        # transformers 5 renamed gradient checkpointing; ft keeps the name users know.
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        logging_steps=t.logging_steps,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=(t.eval_steps or t.logging_steps) if has_eval else None,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        seed=t.seed,
+        data_seed=t.seed,
+        report_to=t.report_to,
+        run_name=t.run_name,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu=not torch.cuda.is_available(),
+        max_length=cfg.model.max_seq_length,
+        packing=t.packing,
+        # Train on the answer only: assistant turns of chats, completions of prompt/completion pairs.
+        assistant_only_loss=shape == "conversational",
+        completion_only_loss=shape == "prompt-completion",
+        dataset_num_proc=None,
+    )
+
+
+def _check_some_labels_are_trained(dataset, data_path: str) -> None:
+    if "labels" not in dataset.column_names:
+        return  # language-modeling data: the collator trains on every token
+    if all(label == -100 for labels in dataset["labels"] for label in labels):
+        raise DataError(
+            f"{data_path}: every label is masked, so nothing would be trained; check that records have non-empty "
+            "assistant turns / completions and that model.max_seq_length does not cut them off"
+        )
+
+
+def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False) -> Path:
+    cfg = loaded.config
+    if cfg.method != "sft":
+        raise NotImplementedYet(f"train with method: {cfg.method}", 5)
+    if cfg.data.train is None:
+        raise ConfigError(f"{loaded.path or 'command line'}: data.train: required for ft train (a JSONL file)")
+    records, shape = load_sft_records(cfg.data.train)
+    eval_records = load_sft_records(cfg.data.eval)[0] if cfg.data.eval else None
+    output_dir = Path(cfg.training.output_dir)
+    if dry_run:
+        print(f"dry run: {len(records)} {shape} records from {cfg.data.train}; method {cfg.method}; output {output_dir}")
+        return output_dir
+    prepare_output_dir(output_dir, overwrite)
+
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    from ft_cli.train.callbacks import MetricsCallback
+    from ft_cli.train.model import load_model, load_tokenizer, lora_config
+
+    write_atomically(output_dir / RUN_FILE, dump_yaml(run_record(loaded)))
+    train_dataset = Dataset.from_list(records)
+    eval_dataset = Dataset.from_list(eval_records) if eval_records else None
+    if cfg.data.eval_split > 0:
+        split = train_dataset.train_test_split(test_size=cfg.data.eval_split, seed=cfg.training.seed)
+        train_dataset, eval_dataset = split["train"], split["test"]
+
+    tokenizer = load_tokenizer(cfg.model)
+    model = load_model(cfg)
+    trainer = SFTTrainer(
+        model=model,
+        args=_sft_config(loaded, output_dir, shape, has_eval=eval_dataset is not None),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(cfg),
+        callbacks=[MetricsCallback(output_dir)],
+    )
+    _check_some_labels_are_trained(trainer.train_dataset, cfg.data.train)
+    trainer.train()
+    return save_final(trainer, tokenizer, output_dir, adapter=cfg.uses_lora)
+
+
+def save_final(trainer, tokenizer, output_dir: Path, adapter: bool) -> Path:
+    """Save the adapter (LoRA) or the full model with its tokenizer, via a temp dir and a rename."""
+    target = output_dir / (ADAPTER_DIR if adapter else FULL_MODEL_DIR)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=output_dir))
+    staging.chmod(0o755)
+    try:
+        trainer.model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target

@@ -1,0 +1,154 @@
+"""`ft train` end to end on the tiny model, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import yaml
+
+from ft_cli.errors import EXIT_USAGE
+
+
+def arithmetic_chats(n: int = 60, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    chats = []
+    for _ in range(n):
+        a, b = rng.randint(0, 20), rng.randint(0, 20)
+        chats.append({"messages": [{"role": "user", "content": f"What is {a} + {b}?"}, {"role": "assistant", "content": f"{a} + {b} = {a + b}"}]})
+    return chats
+
+
+def write_jsonl(path, records) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+@pytest.fixture
+def run_config(tmp_path, tiny_model_dir, write_yaml):
+    """A config for a short CPU run; keyword arguments override training keys, `lora=None` means full."""
+
+    def make(lora: dict | None = {"r": 8, "alpha": 16, "dropout": 0.0}, data=None, **training):
+        data_path = data or write_jsonl(tmp_path / "train.jsonl", arithmetic_chats())
+        config = {
+            "model": {"path": str(tiny_model_dir), "dtype": "fp32", "max_seq_length": 64},
+            "data": {"train": data_path},
+            "training": {
+                "output_dir": str(tmp_path / "run"),
+                "max_steps": 20,
+                "per_device_train_batch_size": 4,
+                "gradient_accumulation_steps": 1,
+                "learning_rate": 5e-3,
+                "lr_scheduler_type": "constant",
+                "optim": "adamw_torch",
+                "logging_steps": 5,
+                "save_steps": 10,
+                **training,
+            },
+        }
+        if lora is not None:
+            config["lora"] = lora
+        return write_yaml(yaml.safe_dump(config), "train.yaml")
+
+    return make
+
+
+def metrics(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_lora_run_writes_the_documented_outputs_and_learns(ft, run_config, tmp_path):
+    result = ft("train", run_config(), env={"HF_TOKEN": "hf_secretvalue_never_written"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "run"
+    assert {"ft_run.yaml", "metrics.jsonl", "loss.png", "lora_weights", "checkpoint-10", "checkpoint-20"} <= {p.name for p in run.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "chat_template.jinja"} <= {
+        p.name for p in (run / "lora_weights").iterdir()
+    }
+    losses = [row["loss"] for row in metrics(run) if "loss" in row]
+    assert [row["step"] for row in metrics(run) if "loss" in row] == [5, 10, 15, 20]
+    assert losses[-1] < losses[0]
+    assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "hf_secretvalue_never_written" not in "".join(p.read_text(errors="ignore") for p in run.rglob("*") if p.is_file())
+    # The run's own record is a config `ft train` accepts back.
+    again = ft("config", "validate", run / "ft_run.yaml")
+    assert again.returncode == 0, again.stderr
+    recorded = yaml.safe_load((run / "ft_run.yaml").read_text())
+    assert recorded["run"]["data_sha256"]["train"] and recorded["lora"]["r"] == 8
+
+
+def test_lora_adapter_loads_with_peft_and_generates(ft, run_config, tmp_path, tiny_model_dir):
+    assert ft("train", run_config(max_steps=5)).returncode == 0
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "run" / "lora_weights")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "run" / "lora_weights")
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2 + 2?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**prompt, max_new_tokens=6, do_sample=False)
+    assert out.shape[1] > prompt["input_ids"].shape[1]
+
+
+def test_full_fine_tuning_learns_much_faster_than_lora(ft, run_config, tmp_path):
+    result = ft("train", run_config(lora=None, max_steps=40, learning_rate=1e-3))
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = [row["loss"] for row in metrics(tmp_path / "run") if "loss" in row]
+    assert losses[-1] < 0.8 * losses[0], losses
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model") is not None
+
+
+def test_a_second_run_needs_overwrite_and_a_foreign_dir_is_never_replaced(ft, run_config, tmp_path):
+    config = run_config(max_steps=2, save_steps=2)
+    assert ft("train", config).returncode == 0
+    again = ft("train", config)
+    assert again.returncode == EXIT_USAGE
+    assert again.stderr.strip() == f"error: {tmp_path / 'run'}: holds another run (ft_run.yaml); pass --overwrite to replace it, or set training.output_dir"
+    assert ft("train", config, "--overwrite").returncode == 0
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    refused = ft("train", config, f"training.output_dir={foreign}", "--overwrite")
+    assert refused.returncode == EXIT_USAGE and "holds no ft run" in refused.stderr
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    "content,expected",
+    [
+        ('{"messages": []}\n{"oops"\n', "train.jsonl:2: invalid JSON"),
+        ('{"question": "q", "answer": "a"}\n', "train.jsonl:1: no training columns: expected messages or prompt+completion or text"),
+        ('{"text": "a"}\n{"prompt": "p", "completion": "c"}\n', "train.jsonl:2: expected text like the first record"),
+    ],
+)
+def test_bad_training_data_is_a_one_line_error_with_file_and_line(ft, run_config, tmp_path, content, expected):
+    data = tmp_path / "train.jsonl"
+    data.write_text(content)
+    result = ft("train", run_config(data=str(data)))
+    assert result.returncode == EXIT_USAGE
+    assert expected in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_all_masked_training_set_is_refused(ft, run_config, tmp_path):
+    """Completions cut off by max_seq_length leave nothing to train on: refuse instead of training on nothing."""
+    records = [{"prompt": "word " * 200, "completion": "answer"} for _ in range(8)]
+    result = ft("train", run_config(data=write_jsonl(tmp_path / "train.jsonl", records)))
+    assert result.returncode == EXIT_USAGE, result.stderr[-2000:]
+    assert "every label is masked" in result.stderr
+
+
+def test_dry_run_loads_no_weights_and_writes_nothing(ft, run_config, tmp_path):
+    result = ft("train", run_config(), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "60 conversational records" in result.stdout
+    assert not (tmp_path / "run").exists()
+
+
+def test_qlora_trains_on_cpu_with_bitsandbytes(ft, run_config, tmp_path):
+    result = ft("train", run_config(max_steps=4, save_steps=4), "model.load_in_4bit=true", "training.gradient_checkpointing=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "run" / "lora_weights" / "adapter_model.safetensors").exists()
+    assert all(row["loss"] == row["loss"] for row in metrics(tmp_path / "run") if "loss" in row)  # finite, not NaN
