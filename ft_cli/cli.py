@@ -76,21 +76,46 @@ def prepare(
     raise NotImplementedYet("prepare", 3)
 
 
+# What `ft train --model M --dataset D` uses when there is no config file: LoRA,
+# because that is what fits on the hardware people try ft on first.
+SHORTCUT_DEFAULTS = {"lora.enabled": True}
+
+
+def split_config_and_overrides(args: list[str]) -> tuple[Path | None, list[str]]:
+    """`ft train [CONFIG] [key=value ...]`: the first argument is the config unless it is an override."""
+    if args and "=" not in args[0]:
+        return Path(args[0]), args[1:]
+    return None, args
+
+
 @app.command()
 def train(
-    config: ConfigPath,
-    overrides: Overrides = None,
+    args: Annotated[
+        Optional[list[str]],
+        typer.Argument(help="[CONFIG] [key.sub=value ...]: a YAML config and/or overrides.", show_default=False, metavar="[CONFIG] [KEY=VALUE]"),
+    ] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Sets model.path.")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Sets data.train.")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help="Sets method: sft, dpo or grpo.")] = None,
+    output_dir: Annotated[Optional[str], typer.Option("--output-dir", help="Sets training.output_dir.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate config and data, report the plan, load no weights.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Train into an output_dir that holds another run.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier ft run in output_dir.")] = False,
 ) -> None:
     """Train a model: SFT, DPO or GRPO; full, LoRA or QLoRA.
 
     CONFIG is a YAML file; overrides such as training.learning_rate=1e-4 follow it.
+    Without a config, --model and --dataset are enough: LoRA with the defaults in
+    the config reference.
     """
     from ft_cli.config import load_config
+    from ft_cli.errors import UsageError
     from ft_cli.train.run import train as run_training
 
-    loaded = load_config(config, overrides)
+    config, overrides = split_config_and_overrides(args or [])
+    if config is None and model is None:
+        raise UsageError("ft train: give a CONFIG file, or at least --model and --dataset")
+    flags = {"model.path": model, "data.train": dataset, "method": method, "training.output_dir": output_dir}
+    loaded = load_config(config, overrides, flags=flags, defaults=None if config else SHORTCUT_DEFAULTS)
     result = run_training(loaded, overwrite=overwrite, dry_run=dry_run)
     if not dry_run:
         typer.echo(f"trained: {result}")

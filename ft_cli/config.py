@@ -372,23 +372,32 @@ def _non_string_keys(data: Any, prefix: str = "") -> list[str]:
     return problems
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> LoadedConfig:
+def load_config(
+    path: str | Path | None,
+    overrides: list[str] | None = None,
+    flags: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> LoadedConfig:
     """Read a YAML config, apply `key.sub=value` overrides, validate everything and
     raise one ConfigError that lists every problem with its file, line and dotted key.
 
-    `base` holds values set by command-line flags (e.g. `--model`); the file and
-    then the overrides are applied on top of it.
+    Layers, each over the one before: schema defaults, `defaults` (dotted keys a
+    command uses when it runs without a file), the file, `flags` (dotted keys set by
+    options such as `--model`), then the overrides.
     """
-    data: dict = dict(base or {})
-    sources: dict[str, str] = {key: COMMAND_LINE for key in flatten(data)}
+    data: dict = {}
+    sources: dict[str, str] = {}
     file_label = str(path) if path is not None else COMMAND_LINE
+    for dotted, value in (defaults or {}).items():
+        _set_dotted(data, dotted, value)
 
     if path is not None:
         loaded, file_sources = _read_yaml(Path(path))
         sources.update(file_sources)
         data = _deep_merge(data, loaded)
 
-    for dotted, value in parse_overrides(overrides or []):
+    from_command_line = [(k, v) for k, v in (flags or {}).items() if v is not None] + parse_overrides(overrides or [])
+    for dotted, value in from_command_line:
         _set_dotted(data, dotted, value)
         for key in [k for k in sources if k == dotted or k.startswith(dotted + ".")]:
             del sources[key]

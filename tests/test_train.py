@@ -140,11 +140,45 @@ def test_all_masked_training_set_is_refused(ft, run_config, tmp_path):
     assert "every label is masked" in result.stderr
 
 
-def test_dry_run_loads_no_weights_and_writes_nothing(ft, run_config, tmp_path):
-    result = ft("train", run_config(), "--dry-run")
+def test_dry_run_reports_the_plan_and_writes_nothing(ft, run_config, tmp_path):
+    result = ft("train", run_config(max_steps=-1, num_train_epochs=2), "--dry-run", "data.eval_split=0.25")
     assert result.returncode == 0, result.stderr
-    assert "60 conversational records" in result.stdout
+    lines = result.stderr.splitlines()
+    assert "backend: accelerate (backend: auto and no CUDA GPU)" in lines
+    assert "data: 45 train / 15 eval records (conversational)" in lines
+    assert any(line.startswith("tokens per record: min ") for line in lines)
+    assert "longer than model.max_seq_length=64: 0 (truncated)" in lines
+    assert "optimizer steps: 24 at a global batch of 4 sequences" in lines  # ceil(45/4)=12 batches x 2 epochs
     assert not (tmp_path / "run").exists()
+
+
+def test_shortcut_flags_run_without_a_config(ft, tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "d.jsonl", arithmetic_chats(8))
+    out = tmp_path / "quick"
+    result = ft("train", "--model", tiny_model_dir, "--dataset", data, "--output-dir", out, "training.max_steps=2", "model.max_seq_length=64")
+    assert result.returncode == 0, result.stderr[-2000:]
+    recorded = yaml.safe_load((out / "ft_run.yaml").read_text())
+    assert recorded["model"]["path"] == str(tiny_model_dir) and recorded["lora"]["enabled"] is True
+    assert (out / "lora_weights" / "adapter_config.json").exists()
+    # ...and the recorded config runs again as a config file.
+    rerun = ft("train", out / "ft_run.yaml", f"training.output_dir={tmp_path / 'again'}", "--dry-run")
+    assert rerun.returncode == 0, rerun.stderr
+
+
+def test_missing_tracker_fails_before_loading_anything(ft, run_config, tmp_path):
+    config = run_config()
+    result = ft("train", config, "training.report_to=wandb", env={"WANDB_MODE": "online", "WANDB_API_KEY": "", "HOME": str(tmp_path)})
+    assert result.returncode == EXIT_USAGE
+    assert result.stderr.strip().startswith("error: command line: training.report_to: wandb has no credentials")
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_split_logs_eval_loss_and_packing_trains(ft, run_config, tmp_path):
+    result = ft("train", run_config(max_steps=6, logging_steps=3, save_steps=6), "data.eval_split=0.2", "training.packing=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = metrics(tmp_path / "run")
+    assert [row["step"] for row in rows if "eval_loss" in row] == [3, 6]
+    assert all(row["tokens_per_second"] > 0 for row in rows if "loss" in row)
 
 
 def test_qlora_trains_on_cpu_with_bitsandbytes(ft, run_config, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -22,10 +23,19 @@ class MetricsCallback(TrainerCallback):
     def __init__(self, output_dir: str | Path):
         self.output_dir = Path(output_dir)
         self.metrics_path = self.output_dir / "metrics.jsonl"
+        self._last = None  # (time, num_tokens) at the previous log, for tokens/s
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last = (time.monotonic(), 0.0)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs:
             return
+        if "num_tokens" in logs:  # TRL counts trained-on tokens; the rate is ours to compute
+            now = time.monotonic()
+            if self._last is not None and now > self._last[0]:
+                logs["tokens_per_second"] = round((logs["num_tokens"] - self._last[1]) / (now - self._last[0]), 1)
+            self._last = (now, logs["num_tokens"])
         for key in ("loss", "eval_loss"):
             value = logs.get(key)
             if value is not None and not math.isfinite(value):
@@ -48,6 +58,62 @@ class MetricsCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             plot_loss(self.metrics_path, self.output_dir / "loss.png")
+
+
+class ProgressCallback(TrainerCallback):
+    """A progress bar with loss, learning rate, tokens/s and ETA on a terminal; one
+    line per log step otherwise (SLURM and CI logs are files, not terminals)."""
+
+    def __init__(self):
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.progress = None
+        self.task = None
+        self.started = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        self.started = time.monotonic()
+        if self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                TextColumn("{task.fields[stats]}"), console=self.console,
+            )  # fmt: skip
+            self.task = self.progress.add_task("train", total=state.max_steps, stats="")
+            self.progress.start()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "loss" not in logs and "eval_loss" not in logs:
+            return
+        names = {"loss": "loss", "eval_loss": "eval_loss", "learning_rate": "lr"}
+        parts = [f"{name} {logs[key]:.4g}" for key, name in names.items() if key in logs]
+        if "tokens_per_second" in logs:
+            parts.append(f"{logs['tokens_per_second']:.0f} tok/s")
+        stats = " | ".join(parts)
+        if self.progress is not None:
+            self.progress.update(self.task, stats=stats)
+            return
+        elapsed = time.monotonic() - self.started
+        eta = elapsed / max(state.global_step, 1) * (state.max_steps - state.global_step)
+        self.console.print(f"step {state.global_step}/{state.max_steps} | {stats} | eta {_clock(eta)}", highlight=False)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 def plot_loss(metrics_path: Path, png_path: Path) -> None:

@@ -9,22 +9,29 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 from ft_cli.config import LoadedConfig, config_to_dict, dump_yaml
 from ft_cli.errors import ConfigError, DataError, NotImplementedYet, UsageError
+from ft_cli.train.backends import choose_backend
 from ft_cli.train.data import load_sft_records
+from ft_cli.train.plan import check_integrations, make_plan
 
 RUN_FILE = "ft_run.yaml"
 ADAPTER_DIR = "lora_weights"
 FULL_MODEL_DIR = "model"
 
 
-def prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
-    """Refuse to mix two runs in one directory; --overwrite replaces only a directory that holds an ft run."""
+def say(line: str) -> None:
+    """A status line for the user, on stderr so stdout stays for results."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def check_output_dir(output_dir: Path, overwrite: bool) -> None:
+    """Refuse to mix two runs in one directory; --overwrite may replace only a directory that holds an ft run."""
     if not output_dir.exists() or (output_dir.is_dir() and not any(output_dir.iterdir())):
-        output_dir.mkdir(parents=True, exist_ok=True)
         return
     if not output_dir.is_dir():
         raise UsageError(f"{output_dir}: training.output_dir is a file")
@@ -32,8 +39,13 @@ def prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
         raise UsageError(f"{output_dir}: training.output_dir is not empty and holds no ft run; choose an empty or new directory")
     if not overwrite:
         raise UsageError(f"{output_dir}: holds another run ({RUN_FILE}); pass --overwrite to replace it, or set training.output_dir")
-    shutil.rmtree(output_dir)
-    output_dir.mkdir(parents=True)
+
+
+def prepare_output_dir(output_dir: Path) -> None:
+    """An empty output_dir, after check_output_dir allowed replacing what was there."""
+    if output_dir.exists() and any(output_dir.iterdir()):
+        shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -117,6 +129,10 @@ def _sft_config(loaded: LoadedConfig, output_dir: Path, shape: str, has_eval: bo
         assistant_only_loss=shape == "conversational",
         completion_only_loss=shape == "prompt-completion",
         dataset_num_proc=None,
+        disable_tqdm=True,  # ProgressCallback draws the bar
+        push_to_hub=t.push_to_hub,
+        hub_model_id=t.hub_model_id,
+        hub_token=t.hub_token.get_secret_value() if t.hub_token else None,
     )
 
 
@@ -136,20 +152,35 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False) 
         raise NotImplementedYet(f"train with method: {cfg.method}", 5)
     if cfg.data.train is None:
         raise ConfigError(f"{loaded.path or 'command line'}: data.train: required for ft train (a JSONL file)")
+    check_integrations(loaded)
+    backend, why = choose_backend(cfg)
     records, shape = load_sft_records(cfg.data.train)
     eval_records = load_sft_records(cfg.data.eval)[0] if cfg.data.eval else None
     output_dir = Path(cfg.training.output_dir)
+    check_output_dir(output_dir, overwrite)
+    tokenizer = None
     if dry_run:
-        print(f"dry run: {len(records)} {shape} records from {cfg.data.train}; method {cfg.method}; output {output_dir}")
+        from ft_cli.train.model import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.model)
+    plan = make_plan(cfg, records, shape, len(eval_records or []), tokenizer)
+    say(f"backend: {backend} ({why})")
+    for line in plan.lines():
+        say(line)
+    if dry_run:
+        say(f"dry run: nothing written; the run would go to {output_dir}")
         return output_dir
-    prepare_output_dir(output_dir, overwrite)
+    prepare_output_dir(output_dir)
 
     from datasets import Dataset
     from trl import SFTTrainer
 
-    from ft_cli.train.callbacks import MetricsCallback
+    from transformers.trainer_callback import PrinterCallback
+
+    from ft_cli.train.callbacks import MetricsCallback, ProgressCallback
     from ft_cli.train.model import load_model, load_tokenizer, lora_config
 
+    _quiet_library_noise()
     write_atomically(output_dir / RUN_FILE, dump_yaml(run_record(loaded)))
     train_dataset = Dataset.from_list(records)
     eval_dataset = Dataset.from_list(eval_records) if eval_records else None
@@ -166,11 +197,26 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False) 
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=lora_config(cfg),
-        callbacks=[MetricsCallback(output_dir)],
+        callbacks=[MetricsCallback(output_dir), ProgressCallback()],
     )
+    trainer.remove_callback(PrinterCallback)  # our progress lines replace its raw dicts
     _check_some_labels_are_trained(trainer.train_dataset, cfg.data.train)
     trainer.train()
     return save_final(trainer, tokenizer, output_dir, adapter=cfg.uses_lora)
+
+
+def _quiet_library_noise() -> None:
+    """Library progress bars and deprecation chatter drown our progress lines in job logs."""
+    import warnings
+
+    import datasets
+
+    warnings.filterwarnings("ignore", message=".*is deprecated and will be removed in v6.*", category=FutureWarning)
+    if not sys.stderr.isatty():
+        from transformers.utils import logging as hf_logging
+
+        datasets.disable_progress_bars()
+        hf_logging.disable_progress_bar()
 
 
 def save_final(trainer, tokenizer, output_dir: Path, adapter: bool) -> Path:

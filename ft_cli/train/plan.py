@@ -1,0 +1,111 @@
+"""What a run will do, known before any weights load: checks of the integrations a
+config asks for, token statistics, and the number of optimizer steps.
+
+`ft train --dry-run` prints this plan; a real run makes the same checks first, so a
+missing tracker or an offline hub push fails in a second, not after model loading.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import netrc
+import os
+import statistics
+from dataclasses import dataclass
+
+from ft_cli.config import Config, LoadedConfig
+from ft_cli.errors import UsageError
+
+
+def check_integrations(loaded: LoadedConfig) -> None:
+    """Refuse settings whose library or credentials are missing, naming where they were set and the fix."""
+    training = loaded.config.training
+
+    def fail(key: str, message: str):
+        raise UsageError(f"{loaded.source_of(key)}: {key}: {message}")
+
+    if training.report_to == "tensorboard" and not (
+        importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")
+    ):
+        fail("training.report_to", "tensorboard is not installed; pip install 'ft-cli[tensorboard]' or set report_to: none")
+    if training.report_to == "wandb" and os.environ.get("WANDB_MODE") not in ("offline", "disabled"):
+        if not os.environ.get("WANDB_API_KEY") and not _wandb_netrc_login():
+            fail(
+                "training.report_to",
+                "wandb has no credentials; set WANDB_API_KEY (or run `wandb login`), "
+                "or WANDB_MODE=offline to log locally and `wandb sync` later",
+            )
+    if training.push_to_hub:
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+            fail("training.push_to_hub", "HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it or set push_to_hub: false")
+        if not training.hub_model_id:
+            fail("training.hub_model_id", "required with push_to_hub (e.g. your-name/my-model)")
+
+
+def _wandb_netrc_login() -> bool:
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+@dataclass
+class Plan:
+    train_records: int
+    eval_records: int
+    shape: str
+    optimizer_steps: int
+    global_batch: int
+    max_seq_length: int
+    token_lengths: list[int] | None = None  # only for --dry-run: a real run lets TRL tokenize, once
+
+    def lines(self) -> list[str]:
+        out = [f"data: {self.train_records} train / {self.eval_records} eval records ({self.shape})"]
+        if self.token_lengths:
+            lengths = sorted(self.token_lengths)
+            p95 = lengths[min(len(lengths) - 1, math.ceil(0.95 * len(lengths)) - 1)]
+            too_long = sum(n > self.max_seq_length for n in lengths)
+            out.append(f"tokens per record: min {lengths[0]}, median {statistics.median(lengths):g}, p95 {p95}, max {lengths[-1]}")
+            out.append(f"longer than model.max_seq_length={self.max_seq_length}: {too_long} (truncated)")
+        out.append(f"optimizer steps: {self.optimizer_steps} at a global batch of {self.global_batch} sequences")
+        return out
+
+
+def count_tokens(records: list[dict], shape: str, tokenizer) -> list[int]:
+    """Tokens per record as the trainer will see them (chat template included)."""
+
+    def length(value) -> int:
+        if isinstance(value, list):  # conversational
+            return len(tokenizer.apply_chat_template(value, tokenize=True, return_dict=True)["input_ids"])
+        return len(tokenizer(value, add_special_tokens=False)["input_ids"])
+
+    if shape == "conversational":
+        return [length(r["messages"]) for r in records]
+    if shape == "prompt-completion":  # strings concatenate to text, message lists to one conversation
+        return [length(r["prompt"] + r["completion"]) for r in records]
+    return [length(r["text"]) for r in records]
+
+
+def optimizer_steps(config: Config, train_records: int, world_size: int = 1) -> int:
+    """Steps the Trainer will take: max_steps, or epochs x batches per epoch / accumulation."""
+    t = config.training
+    if t.max_steps > 0:
+        return t.max_steps
+    batches = math.ceil(train_records / (t.per_device_train_batch_size * world_size))
+    return math.ceil(t.num_train_epochs * max(batches // t.gradient_accumulation_steps, 1))
+
+
+def make_plan(config: Config, records: list[dict], shape: str, eval_records: int, tokenizer=None) -> Plan:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    held_out = math.ceil(len(records) * config.data.eval_split) if config.data.eval_split else 0
+    t = config.training
+    return Plan(
+        train_records=len(records) - held_out,
+        eval_records=held_out or eval_records,
+        shape=shape,
+        optimizer_steps=optimizer_steps(config, len(records) - held_out, world_size),
+        global_batch=t.per_device_train_batch_size * t.gradient_accumulation_steps * world_size,
+        max_seq_length=config.model.max_seq_length,
+        token_lengths=count_tokens(records, shape, tokenizer) if tokenizer is not None else None,
+    )
