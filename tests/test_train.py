@@ -186,3 +186,53 @@ def test_qlora_trains_on_cpu_with_bitsandbytes(ft, run_config, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "run" / "lora_weights" / "adapter_model.safetensors").exists()
     assert all(row["loss"] == row["loss"] for row in metrics(tmp_path / "run") if "loss" in row)  # finite, not NaN
+
+
+@pytest.mark.parametrize(
+    "records,trained",
+    [
+        (
+            [{"messages": [
+                {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2?"},
+                {"role": "assistant", "content": "4"},
+            ]}],
+            ["Hello!<|im_end|>", "4<|im_end|>"],
+        ),
+        ([{"prompt": "Q: 2+2? A:", "completion": " 4"}], [" 4<|im_end|>"]),
+        ([{"text": "plain text"}], None),  # language modelling: every token is trained
+    ],
+    ids=["chat", "prompt-completion", "text"],
+)
+def test_loss_covers_exactly_the_answer_tokens(tmp_path, tiny_model_dir, records, trained):
+    """Token by token: what ft hands to the trainer trains on the answers, never on the prompt."""
+    from ft_cli.config import load_config
+    from ft_cli.train.data import detect_shape
+    from ft_cli.train.run import build_trainer
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"model": {"path": str(tiny_model_dir)}, "data": {"train": "unused.jsonl"},
+                                      "training": {"output_dir": str(tmp_path / "run"), "optim": "adamw_torch"}}))  # fmt: skip
+    trainer = build_trainer(load_config(config), records * 2, detect_shape(records[0]), None)
+    sample = trainer.train_dataset[0]
+    tokenizer = trainer.processing_class
+    if trained is None:
+        assert sample.get("labels", sample["input_ids"]) == sample["input_ids"]
+        return
+    runs, current = [], []
+    for token, label in zip(sample["input_ids"], sample["labels"]):
+        if label != -100:
+            assert label == token
+            current.append(token)
+        elif current:
+            runs.append(tokenizer.decode(current))
+            current = []
+    if current:
+        runs.append(tokenizer.decode(current))
+    assert runs == trained
+
+
+def test_a_diverging_run_stops_with_a_clear_error(ft, run_config, tmp_path):
+    result = ft("train", run_config(lora=None, max_steps=10, logging_steps=1, learning_rate=1e12, max_grad_norm=0, optim="sgd"))
+    assert result.returncode == EXIT_USAGE, result.stderr[-2000:]
+    assert "error: loss became" in result.stderr and "lower training.learning_rate" in result.stderr

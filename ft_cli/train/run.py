@@ -130,6 +130,7 @@ def _sft_config(loaded: LoadedConfig, output_dir: Path, shape: str, has_eval: bo
         completion_only_loss=shape == "prompt-completion",
         dataset_num_proc=None,
         disable_tqdm=True,  # ProgressCallback draws the bar
+        logging_nan_inf_filter=False,  # a NaN loss must surface (and stop the run), not be averaged away
         push_to_hub=t.push_to_hub,
         hub_model_id=t.hub_model_id,
         hub_token=t.hub_token.get_secret_value() if t.hub_token else None,
@@ -171,38 +172,42 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False) 
         say(f"dry run: nothing written; the run would go to {output_dir}")
         return output_dir
     prepare_output_dir(output_dir)
+    _quiet_library_noise()
+    write_atomically(output_dir / RUN_FILE, dump_yaml(run_record(loaded)))
+    trainer = build_trainer(loaded, records, shape, eval_records)
+    trainer.train()
+    return save_final(trainer, trainer.processing_class, output_dir, adapter=cfg.uses_lora)
 
+
+def build_trainer(loaded: LoadedConfig, records: list[dict], shape: str, eval_records: list[dict] | None):
+    """Model, tokenizer, datasets and callbacks wired into TRL's trainer, ready to train."""
     from datasets import Dataset
-    from trl import SFTTrainer
-
     from transformers.trainer_callback import PrinterCallback
+    from trl import SFTTrainer
 
     from ft_cli.train.callbacks import MetricsCallback, ProgressCallback
     from ft_cli.train.model import load_model, load_tokenizer, lora_config
 
-    _quiet_library_noise()
-    write_atomically(output_dir / RUN_FILE, dump_yaml(run_record(loaded)))
+    cfg = loaded.config
+    output_dir = Path(cfg.training.output_dir)
     train_dataset = Dataset.from_list(records)
     eval_dataset = Dataset.from_list(eval_records) if eval_records else None
     if cfg.data.eval_split > 0:
         split = train_dataset.train_test_split(test_size=cfg.data.eval_split, seed=cfg.training.seed)
         train_dataset, eval_dataset = split["train"], split["test"]
 
-    tokenizer = load_tokenizer(cfg.model)
-    model = load_model(cfg)
     trainer = SFTTrainer(
-        model=model,
+        model=load_model(cfg),
         args=_sft_config(loaded, output_dir, shape, has_eval=eval_dataset is not None),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        processing_class=tokenizer,
+        processing_class=load_tokenizer(cfg.model),
         peft_config=lora_config(cfg),
         callbacks=[MetricsCallback(output_dir), ProgressCallback()],
     )
     trainer.remove_callback(PrinterCallback)  # our progress lines replace its raw dicts
     _check_some_labels_are_trained(trainer.train_dataset, cfg.data.train)
-    trainer.train()
-    return save_final(trainer, tokenizer, output_dir, adapter=cfg.uses_lora)
+    return trainer
 
 
 def _quiet_library_noise() -> None:
