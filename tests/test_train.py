@@ -236,3 +236,20 @@ def test_a_diverging_run_stops_with_a_clear_error(ft, run_config, tmp_path):
     result = ft("train", run_config(lora=None, max_steps=10, logging_steps=1, learning_rate=1e12, max_grad_norm=0, optim="sgd"))
     assert result.returncode == EXIT_USAGE, result.stderr[-2000:]
     assert "error: loss became" in result.stderr and "lower training.learning_rate" in result.stderr
+
+
+def test_a_relaunch_reuses_the_tokenized_data(ft, run_config, tmp_path):
+    cache = tmp_path / "hf-datasets-cache"
+    env = {"HF_DATASETS_CACHE": str(cache)}
+    config = run_config(max_steps=1, save_steps=1)
+    assert ft("train", config, env=env).returncode == 0
+
+    def tokenized():
+        return sorted(p.name for p in cache.rglob("cache-*.arrow"))
+
+    first = tokenized()
+    assert first, "the tokenized dataset should be cached"
+    assert ft("train", config, "--overwrite", env=env).returncode == 0
+    assert tokenized() == first  # nothing tokenized again
+    assert ft("train", config, "--overwrite", "model.max_seq_length=32", env=env).returncode == 0
+    assert len(tokenized()) > len(first)  # a different max length is a different cache entry

@@ -126,6 +126,8 @@ def plot_loss(metrics_path: Path, png_path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    if not any("loss" in row or "eval_loss" in row for row in rows):
+        return
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, label in (("loss", "train"), ("eval_loss", "eval")):
         points = [(row["step"], row[key]) for row in rows if key in row]

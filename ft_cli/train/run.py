@@ -181,7 +181,6 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False) 
 
 def build_trainer(loaded: LoadedConfig, records: list[dict], shape: str, eval_records: list[dict] | None):
     """Model, tokenizer, datasets and callbacks wired into TRL's trainer, ready to train."""
-    from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
 
@@ -190,8 +189,8 @@ def build_trainer(loaded: LoadedConfig, records: list[dict], shape: str, eval_re
 
     cfg = loaded.config
     output_dir = Path(cfg.training.output_dir)
-    train_dataset = Dataset.from_list(records)
-    eval_dataset = Dataset.from_list(eval_records) if eval_records else None
+    train_dataset = _as_dataset(cfg.data.train, records)
+    eval_dataset = _as_dataset(cfg.data.eval, eval_records) if eval_records else None
     if cfg.data.eval_split > 0:
         split = train_dataset.train_test_split(test_size=cfg.data.eval_split, seed=cfg.training.seed)
         train_dataset, eval_dataset = split["train"], split["test"]
@@ -208,6 +207,22 @@ def build_trainer(loaded: LoadedConfig, records: list[dict], shape: str, eval_re
     trainer.remove_callback(PrinterCallback)  # our progress lines replace its raw dicts
     _check_some_labels_are_trained(trainer.train_dataset, cfg.data.train)
     return trainer
+
+
+def _as_dataset(path: str, records: list[dict]):
+    """The records as a datasets.Dataset backed by the file.
+
+    Loading through `load_dataset("json")` (not `Dataset.from_list`) gives the data a
+    fingerprint from the file's content, so TRL's tokenization lands in the datasets
+    cache keyed by data + tokenizer + template + max length: a relaunch or a resume
+    reuses it, and on several processes TRL lets the main process tokenize first.
+    """
+    from datasets import Dataset, load_dataset
+
+    try:
+        return load_dataset("json", data_files=str(path), split="train")
+    except Exception:  # columns pyarrow cannot unify (e.g. mixed types across records): keep it in memory
+        return Dataset.from_list(records)
 
 
 def _quiet_library_noise() -> None:
