@@ -123,6 +123,9 @@ class TrainingSection(Section):
     )
     gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass to save memory.")
     packing: bool = Field(False, description="Pack several short examples into each sequence.")
+    padding_free: bool = Field(
+        False, description="Flatten each batch into one sequence with no padding (needs FlashAttention 2/3)."
+    )
     logging_steps: PositiveInt = Field(10, description="Log metrics every N optimizer steps.")
     eval_steps: PositiveInt | None = Field(None, description="Evaluate every N steps (default: logging_steps when there is eval data).")
     save_steps: PositiveInt = Field(100, description="Save a checkpoint every N steps.")
@@ -445,6 +448,11 @@ def check_combinations(config: Config) -> list[tuple[str, str]]:
         problems.append((key, "quantized weights cannot be fine-tuned in full; add a `lora:` section (QLoRA) or set it to false"))
     if config.backend == "unsloth" and config.distributed != "none":
         problems.append(("backend", f"unsloth runs on a single GPU only; use backend: accelerate with distributed: {config.distributed}"))
+    if config.training.padding_free and config.model.attn_implementation not in ("flash_attention_2", "flash_attention_3"):
+        problems.append((
+            "training.padding_free",
+            "needs FlashAttention: set model.attn_implementation: flash_attention_2 (or use training.packing)",
+        ))
     if config.data.eval and config.data.eval_split > 0:
         problems.append(("data.eval_split", "give either data.eval (a file) or data.eval_split (a fraction), not both"))
     if config.method == "grpo":

@@ -189,6 +189,7 @@ def test_malformed_overrides(bad):
         (["lora.r=8", "model.load_in_4bit=true", "model.load_in_8bit=true"], "model.load_in_8bit: cannot quantize to 4 and 8 bits"),
         (["backend=unsloth", "distributed=fsdp"], "backend: unsloth runs on a single GPU only"),
         (["data.eval=e.jsonl", "data.eval_split=0.1"], "data.eval_split: give either"),
+        (["training.padding_free=true"], "training.padding_free: needs FlashAttention"),
         (["method=grpo", "training.per_device_train_batch_size=3", "training.gradient_accumulation_steps=1"], "grpo.num_generations"),
     ],
 )
@@ -221,15 +222,13 @@ def test_optimizer_and_scheduler_lists_match_transformers():
 
 
 def test_config_section_names_follow_trl_and_transformers():
-    """Training keys must mean what they mean in transformers.TrainingArguments."""
+    """Training keys must mean what they mean in transformers' TrainingArguments or TRL's SFTConfig."""
     from transformers import TrainingArguments
-
-    known = set(TrainingArguments.__dataclass_fields__)
-    ours = set(Config.model_fields["training"].annotation.model_fields)
-    assert ours - known == {"packing"}  # packing is TRL's SFTConfig name
     from trl import SFTConfig
 
-    assert "packing" in SFTConfig.__dataclass_fields__
+    ours = set(Config.model_fields["training"].annotation.model_fields)
+    assert ours <= set(SFTConfig.__dataclass_fields__)
+    assert ours - set(TrainingArguments.__dataclass_fields__) == {"packing", "padding_free"}
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("**/*.yaml")), ids=lambda p: p.name)

@@ -62,7 +62,10 @@ def test_lora_run_writes_the_documented_outputs_and_learns(ft, run_config, tmp_p
     result = ft("train", run_config(), env={"HF_TOKEN": "hf_secretvalue_never_written"})
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "run"
-    assert {"ft_run.yaml", "metrics.jsonl", "loss.png", "lora_weights", "checkpoint-10", "checkpoint-20"} <= {p.name for p in run.iterdir()}
+    # The documented contract, exactly (README.md is the model card TRL writes).
+    assert sorted(p.name for p in run.iterdir()) == [
+        "README.md", "checkpoint-10", "checkpoint-20", "ft_run.yaml", "lora_weights", "loss.png", "metrics.jsonl",
+    ]  # fmt: skip
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "chat_template.jinja"} <= {
         p.name for p in (run / "lora_weights").iterdir()
     }
@@ -253,3 +256,15 @@ def test_a_relaunch_reuses_the_tokenized_data(ft, run_config, tmp_path):
     assert tokenized() == first  # nothing tokenized again
     assert ft("train", config, "--overwrite", "model.max_seq_length=32", env=env).returncode == 0
     assert len(tokenized()) > len(first)  # a different max length is a different cache entry
+
+
+def test_push_to_hub_offline_is_refused_before_loading(ft, run_config, tmp_path):
+    result = ft("train", run_config(), "training.push_to_hub=true", "training.hub_model_id=me/tiny")
+    assert result.returncode == EXIT_USAGE
+    assert result.stderr.strip() == "error: command line: training.push_to_hub: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it or set push_to_hub: false"
+
+
+def test_8bit_lora_trains_on_cpu(ft, run_config, tmp_path):
+    result = ft("train", run_config(max_steps=2, save_steps=2), "model.load_in_8bit=true", "training.gradient_checkpointing=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "run" / "lora_weights" / "adapter_model.safetensors").exists()

@@ -125,6 +125,7 @@ def _sft_config(loaded: LoadedConfig, output_dir: Path, shape: str, has_eval: bo
         use_cpu=not torch.cuda.is_available(),
         max_length=cfg.model.max_seq_length,
         packing=t.packing,
+        padding_free=t.padding_free,
         # Train on the answer only: assistant turns of chats, completions of prompt/completion pairs.
         assistant_only_loss=shape == "conversational",
         completion_only_loss=shape == "prompt-completion",
