@@ -145,9 +145,14 @@ def resume(
 ) -> None:
     """Continue an interrupted or preempted run.
 
-    Starts from the newest complete checkpoint with the run's own config.
+    Starts from the newest complete checkpoint with the run's own config (ft_run.yaml).
+    Overrides may change only how long the run goes and how it logs and saves
+    (training.max_steps, num_train_epochs, save_steps, logging_steps, report_to, ...).
     """
-    raise NotImplementedYet("resume", 7)
+    from ft_cli.train.resume import resume_run
+
+    result = resume_run(output_dir, overrides, checkpoint=checkpoint, force=force)
+    typer.echo(f"trained: {result}")
 
 
 @config_app.command("show")

@@ -131,6 +131,10 @@ class TrainingSection(Section):
     save_steps: PositiveInt = Field(100, description="Save a checkpoint every N steps.")
     save_total_limit: PositiveInt | None = Field(3, description="Keep at most N checkpoints (the newest complete one is never deleted).")
     seed: int = Field(42, description="Random seed for data order, initialisation and dropout.")
+    resume: Literal["never", "auto"] = Field(
+        "never",
+        description="auto: when output_dir holds an unfinished run of the same config, continue it from its newest complete checkpoint (one sbatch script for first start and requeue).",
+    )
     report_to: Literal["none", "tensorboard", "wandb"] = Field("none", description="Experiment tracker.")
     run_name: str | None = Field(None, description="Run name shown in the tracker.")
     push_to_hub: bool = Field(False, description="Upload the result to the Hugging Face hub.")

@@ -59,7 +59,6 @@ def test_help_lists_exit_codes(ft):
     [
         (["prepare", "x.json", "-o", "y.jsonl"], "prepare", 3),
         (["merge", "out/lora_weights"], "merge", 6),
-        (["resume", "out/run"], "resume", 7),
     ],
 )
 def test_open_issue_stubs_say_so_with_their_own_exit_code(ft, args, command, issue):

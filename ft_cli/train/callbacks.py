@@ -1,16 +1,19 @@
-"""Trainer callbacks: metrics.jsonl, the loss curve, and stopping on a non-finite loss."""
+"""Trainer callbacks: metrics.jsonl, the loss curve, progress, preemption, and stopping on a non-finite loss."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import signal
+import sys
 import time
 from pathlib import Path
 
 from transformers import TrainerCallback
 
-from ft_cli.errors import FtError
+from ft_cli.errors import EXIT_PREEMPTED, FtError
+from ft_cli.train.faults import fault_point
 
 
 class NonFiniteLoss(FtError):
@@ -26,14 +29,15 @@ class MetricsCallback(TrainerCallback):
         self._last = None  # (time, num_tokens) at the previous log, for tokens/s
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._last = (time.monotonic(), 0.0)
+        # A resumed run's token count does not restart at 0, so its first rate is unknown.
+        self._last = (time.monotonic(), 0.0) if state.global_step == 0 else None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs:
             return
         if "num_tokens" in logs:  # TRL counts trained-on tokens; the rate is ours to compute
             now = time.monotonic()
-            if self._last is not None and now > self._last[0]:
+            if self._last is not None and now > self._last[0] and logs["num_tokens"] >= self._last[1]:
                 logs["tokens_per_second"] = round((logs["num_tokens"] - self._last[1]) / (now - self._last[0]), 1)
             self._last = (now, logs["num_tokens"])
         for key in ("loss", "eval_loss"):
@@ -71,11 +75,13 @@ class ProgressCallback(TrainerCallback):
         self.progress = None
         self.task = None
         self.started = 0.0
+        self.first_step = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
         self.started = time.monotonic()
+        self.first_step = state.global_step  # not 0 after a resume
         if self.console.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -102,12 +108,63 @@ class ProgressCallback(TrainerCallback):
             self.progress.update(self.task, stats=stats)
             return
         elapsed = time.monotonic() - self.started
-        eta = elapsed / max(state.global_step, 1) * (state.max_steps - state.global_step)
+        eta = elapsed / max(state.global_step - self.first_step, 1) * (state.max_steps - state.global_step)
         self.console.print(f"step {state.global_step}/{state.max_steps} | {stats} | eta {_clock(eta)}", highlight=False)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.progress is not None:
             self.progress.stop()
+
+
+class PreemptionCallback(TrainerCallback):
+    """SIGTERM/SIGUSR1 (cluster preemption, SLURM's --signal): save a complete checkpoint at
+    the next step boundary and stop; a second signal exits at once.
+
+    On several processes the ranks agree (any rank signalled stops all of them), so
+    every rank saves the same step.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.requested = False
+        self.stopped_at: int | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            print(f"ft: second {signal.Signals(signum).name}: exiting without a checkpoint", file=sys.stderr, flush=True)
+            os._exit(EXIT_PREEMPTED)
+        self.requested = True
+        print(f"ft: {signal.Signals(signum).name} received: saving a checkpoint at the next step, then stopping", file=sys.stderr, flush=True)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        fault_point(f"step:{state.global_step}")
+        if self._any_rank_requested(args):
+            control.should_save = True
+            control.should_training_stop = True
+            self.stopped_at = state.global_step
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _any_rank_requested(self, args) -> bool:
+        if args.world_size <= 1:
+            return self.requested
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=args.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
 
 def _clock(seconds: float) -> str:

@@ -7,6 +7,7 @@ line below stays the same for them.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -14,12 +15,14 @@ import tempfile
 from pathlib import Path
 
 from ft_cli.config import LoadedConfig, config_to_dict, dump_yaml
-from ft_cli.errors import ConfigError, DataError, NotImplementedYet, UsageError
+from ft_cli.errors import ConfigError, DataError, NotImplementedYet, Preempted, UsageError
 from ft_cli.train.backends import choose_backend
+from ft_cli.train.checkpoints import Checkpoint
 from ft_cli.train.data import load_sft_records
 from ft_cli.train.plan import check_integrations, make_plan
 
 RUN_FILE = "ft_run.yaml"
+METRICS_FILE = "metrics.jsonl"
 ADAPTER_DIR = "lora_weights"
 FULL_MODEL_DIR = "model"
 
@@ -115,7 +118,7 @@ def _sft_config(loaded: LoadedConfig, output_dir: Path, shape: str, has_eval: bo
         eval_steps=(t.eval_steps or t.logging_steps) if has_eval else None,
         save_strategy="steps",
         save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
+        save_total_limit=None,  # retention runs after a checkpoint is committed (checkpoints.py)
         seed=t.seed,
         data_seed=t.seed,
         report_to=t.report_to,
@@ -148,18 +151,25 @@ def _check_some_labels_are_trained(dataset, data_path: str) -> None:
         )
 
 
-def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False) -> Path:
+def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, resume_from: Checkpoint | None = None) -> Path:
+    """Run `ft train`; with `resume_from`, continue the run in output_dir from that checkpoint (`ft resume`)."""
     cfg = loaded.config
     if cfg.method != "sft":
         raise NotImplementedYet(f"train with method: {cfg.method}", 5)
     if cfg.data.train is None:
         raise ConfigError(f"{loaded.path or 'command line'}: data.train: required for ft train (a JSONL file)")
+    output_dir = Path(cfg.training.output_dir)
+    if resume_from is None and cfg.training.resume == "auto" and not overwrite and (output_dir / RUN_FILE).exists() and not dry_run:
+        from ft_cli.train.resume import resume_run
+
+        say(f"training.resume: auto: {output_dir} holds a run; checking whether it can be continued")
+        return resume_run(output_dir, given=loaded)
     check_integrations(loaded)
     backend, why = choose_backend(cfg)
     records, shape = load_sft_records(cfg.data.train)
     eval_records = load_sft_records(cfg.data.eval)[0] if cfg.data.eval else None
-    output_dir = Path(cfg.training.output_dir)
-    check_output_dir(output_dir, overwrite)
+    if resume_from is None:
+        check_output_dir(output_dir, overwrite)
     tokenizer = None
     if dry_run:
         from ft_cli.train.model import load_tokenizer
@@ -172,12 +182,50 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False) 
     if dry_run:
         say(f"dry run: nothing written; the run would go to {output_dir}")
         return output_dir
-    prepare_output_dir(output_dir)
+    if resume_from is None:
+        prepare_output_dir(output_dir)
+    else:
+        keep_metrics_through(output_dir / METRICS_FILE, resume_from.step)
     _quiet_library_noise()
-    write_atomically(output_dir / RUN_FILE, dump_yaml(run_record(loaded)))
+    write_run_file(output_dir, loaded, status="running")
     trainer = build_trainer(loaded, records, shape, eval_records)
-    trainer.train()
-    return save_final(trainer, trainer.processing_class, output_dir, adapter=cfg.uses_lora)
+    trainer.train(resume_from_checkpoint=str(resume_from.path) if resume_from else None)
+    step = trainer.state.global_step
+    if _preemption(trainer).stopped_at is not None and step < trainer.state.max_steps:
+        write_run_file(output_dir, loaded, status="preempted", step=step)
+        raise Preempted(f"preempted at step {step}: checkpoint-{step} is saved; run `ft resume {output_dir}` to continue")
+    final = save_final(trainer, trainer.processing_class, output_dir, adapter=cfg.uses_lora)
+    write_run_file(output_dir, loaded, status="finished", step=step)
+    return final
+
+
+def write_run_file(output_dir: Path, loaded: LoadedConfig, status: str, step: int | None = None) -> None:
+    """ft_run.yaml: the resolved config plus `run:` (versions, data hashes, status), rewritten at each state change."""
+    record = run_record(loaded)
+    record["run"]["status"] = status
+    if step is not None:
+        record["run"]["step"] = step
+    write_atomically(output_dir / RUN_FILE, dump_yaml(record))
+
+
+def keep_metrics_through(metrics_path: Path, step: int) -> None:
+    """Before a resume: drop the log lines of steps after the checkpoint; they are trained again."""
+    if not metrics_path.exists():
+        return
+    kept = []
+    for line in metrics_path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line + "\n")
+        except ValueError:
+            continue  # the torn last line of a killed run
+    write_atomically(metrics_path, "".join(kept))
+
+
+def _preemption(trainer):
+    from ft_cli.train.callbacks import PreemptionCallback
+
+    return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, PreemptionCallback))
 
 
 def build_trainer(loaded: LoadedConfig, records: list[dict], shape: str, eval_records: list[dict] | None):
@@ -185,7 +233,9 @@ def build_trainer(loaded: LoadedConfig, records: list[dict], shape: str, eval_re
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
 
-    from ft_cli.train.callbacks import MetricsCallback, ProgressCallback
+    from ft_cli.train.callbacks import MetricsCallback, PreemptionCallback, ProgressCallback
+    from ft_cli.train.checkpoints import with_safe_checkpoints
+    from ft_cli.train.resume import config_hash  # resume.py imports this module
     from ft_cli.train.model import load_model, load_tokenizer, lora_config
 
     cfg = loaded.config
@@ -196,15 +246,17 @@ def build_trainer(loaded: LoadedConfig, records: list[dict], shape: str, eval_re
         split = train_dataset.train_test_split(test_size=cfg.data.eval_split, seed=cfg.training.seed)
         train_dataset, eval_dataset = split["train"], split["test"]
 
-    trainer = SFTTrainer(
+    trainer = with_safe_checkpoints(SFTTrainer)(
         model=load_model(cfg),
         args=_sft_config(loaded, output_dir, shape, has_eval=eval_dataset is not None),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=load_tokenizer(cfg.model),
         peft_config=lora_config(cfg),
-        callbacks=[MetricsCallback(output_dir), ProgressCallback()],
+        callbacks=[MetricsCallback(output_dir), ProgressCallback(), PreemptionCallback()],
     )
+    trainer.ft_keep_checkpoints = cfg.training.save_total_limit
+    trainer.ft_config_hash = config_hash(cfg)
     trainer.remove_callback(PrinterCallback)  # our progress lines replace its raw dicts
     _check_some_labels_are_trained(trainer.train_dataset, cfg.data.train)
     return trainer

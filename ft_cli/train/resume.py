@@ -1,0 +1,129 @@
+"""Continuing a run: which checkpoint, what may change, and whether there is anything left to do.
+
+`ft resume OUTPUT_DIR` and `ft train` with `training.resume: auto` both end here. The
+run's own ft_run.yaml is the config; only keys that cannot change what is trained
+(how long, how often to log or save, where to report) may be overridden, and a
+changed data file is refused, unless `--force`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from ft_cli.config import Config, LoadedConfig, config_to_dict, flatten, load_config
+from ft_cli.errors import ConfigError, DataError, UsageError
+from ft_cli.train.checkpoints import Checkpoint, checkpoint_step, discover, verify
+from ft_cli.train.run import RUN_FILE, file_sha256, train
+
+# Keys a resumed run may change: none of them changes the result of the steps already taken.
+SAFE_RESUME_KEYS = (
+    "training.max_steps",
+    "training.num_train_epochs",
+    "training.save_steps",
+    "training.save_total_limit",
+    "training.logging_steps",
+    "training.eval_steps",
+    "training.report_to",
+    "training.run_name",
+    "training.resume",
+    "training.push_to_hub",
+    "training.hub_model_id",
+    "training.hub_token",
+)
+_LENGTH_KEYS = ("training.max_steps", "training.num_train_epochs")
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def comparable(config: Config) -> dict:
+    """The settings that decide what a run trains: everything but safe keys and the `run:` record."""
+    flat = flatten({k: v for k, v in config_to_dict(config).items() if k != "run"})
+    return {key: value for key, value in flat.items() if key not in SAFE_RESUME_KEYS}
+
+
+def config_hash(config: Config) -> str:
+    return hashlib.sha256(json.dumps(comparable(config), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def config_diff(before: Config, after: Config) -> list[str]:
+    old, new = comparable(before), comparable(after)
+    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
+
+
+def _check_data_unchanged(config: Config, force: bool) -> None:
+    recorded = (config.run or {}).get("data_sha256") or {}
+    for name, path in (("train", config.data.train), ("eval", config.data.eval)):
+        if not path or name not in recorded:
+            continue
+        if not Path(path).is_file():
+            raise DataError(f"{path}: data.{name} of the run is missing; resume needs the same data file")
+        current = file_sha256(path)
+        if current != recorded[name] and not force:
+            raise DataError(
+                f"{path}: data.{name} changed since the run started (sha256 {recorded[name][:12]}… -> {current[:12]}…); "
+                "resuming would train on different data: restore the file, or pass --force"
+            )
+
+
+def pick_checkpoint(output_dir: Path, explicit: Path | None) -> Checkpoint | None:
+    """The checkpoint to continue from, verified byte for byte against its manifest."""
+    if explicit is not None:
+        step = checkpoint_step(explicit)
+        if step is None:
+            raise UsageError(f"{explicit}: --checkpoint must be a checkpoint-N directory")
+        verify(explicit)
+        return Checkpoint(explicit, step)
+    complete, incomplete = discover(output_dir)
+    newer_incomplete = [p for p in incomplete if not complete or (checkpoint_step(p) or 0) > complete[-1].step]
+    for path in newer_incomplete:
+        _say(f"{path.name}: incomplete (no manifest: the save was cut short); ignored")
+    if not complete:
+        return None
+    verify(complete[-1].path)
+    return complete[-1]
+
+
+def resume_run(
+    output_dir: Path,
+    overrides: list[str] | None = None,
+    checkpoint: Path | None = None,
+    force: bool = False,
+    given: LoadedConfig | None = None,
+) -> Path:
+    """Continue the run in output_dir. `given` is the config `ft train` was called with (training.resume: auto)."""
+    run_file = output_dir / RUN_FILE
+    if not run_file.is_file():
+        raise UsageError(f"{output_dir}: no {RUN_FILE} here, so it is not an ft run directory (give the run's training.output_dir)")
+    stored = load_config(run_file)
+    loaded = given if given is not None else load_config(run_file, overrides)
+    changed = config_diff(stored.config, loaded.config)
+    if changed and not force:
+        what = "the config given to ft train differs from the run in output_dir" if given else "these overrides change what is trained"
+        safe = ", ".join(SAFE_RESUME_KEYS[:6])
+        raise ConfigError(
+            f"{output_dir}: {what}; pass --overwrite to start over, or --force to resume anyway (safe to change: {safe}, ...)"
+            if given
+            else f"{output_dir}: {what}; pass --force to resume anyway (safe to change: {safe}, ...)",
+            problems=changed,
+        )
+    _check_data_unchanged(stored.config, force)
+    run = stored.config.run or {}
+    if run.get("status") == "finished" and not _asks_for_more(stored, loaded):
+        _say(f"{output_dir}: the run finished at step {run.get('step')}; nothing to resume")
+        return output_dir
+    chosen = pick_checkpoint(output_dir, checkpoint)
+    if chosen is None:
+        _say(f"{output_dir}: no complete checkpoint yet; starting the run again from step 0")
+        return train(loaded, overwrite=True)
+    _say(f"resuming from {chosen.path.name} (step {chosen.step})")
+    return train(loaded, resume_from=chosen)
+
+
+def _asks_for_more(stored: LoadedConfig, loaded: LoadedConfig) -> bool:
+    before, after = flatten(config_to_dict(stored.config)), flatten(config_to_dict(loaded.config))
+    return any(before.get(key) != after.get(key) for key in _LENGTH_KEYS)
