@@ -140,6 +140,15 @@ def test_sigterm_saves_a_checkpoint_exits_75_and_resumes_exactly(workdir, straig
     assert_same_run(run, straight)
 
 
+def test_a_second_signal_exits_at_once_and_the_earlier_checkpoint_still_stands(workdir):
+    # The first SIGTERM asks for a checkpoint at step 5; a second one arrives as that save starts.
+    _, result = killed(workdir, "two-signals", "sigterm@step:5,sigterm@checkpoint-5:start")
+    assert result.returncode == EXIT_PREEMPTED
+    assert "second SIGTERM: exiting without a checkpoint" in result.stderr
+    run = workdir / "two-signals"
+    assert [c.step for c in discover(run)[0]] == [3]  # checkpoint-5 was never committed
+
+
 def test_slurm_script_forwards_a_real_usr1_requeues_and_the_requeued_job_finishes_the_run(workdir, straight, tmp_path):
     """The whole cluster story with the shipped sbatch script: SLURM's USR1 reaches the batch
     shell, ft checkpoints and exits 75, the script requeues, the requeued script resumes."""
