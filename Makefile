@@ -27,12 +27,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# -n auto: one worker per core; each test is mostly single-threaded library imports in a subprocess.
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto
 
 # Everything except the tests marked slow (multi-process, kill-and-resume).
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n auto -m "not slow"
 
 demo: $(STAMP)
 	FT=$(FT) bash examples/demo.sh

@@ -39,9 +39,12 @@ mkdir -p "$OUT"
 stage "environment" env
 stage "build a tiny model" tiny-model "$OUT/tiny-model" --overwrite
 stage "check the run config" config validate configs/demo.yaml
-# Until `ft prepare` lands, training uses examples/data/demo_chat.jsonl, the same records in chat form.
-OPTIONAL=1 stage "prepare the data" prepare examples/data/alpaca_demo.json --format alpaca -o "$OUT/train.jsonl"
+# Alpaca records to chat messages, checked, with a report and one record shown as the trainer
+# sees it; configs/demo.yaml trains on the result. (examples/data/demo_chat.jsonl holds the
+# same records in chat form, for reading.)
+stage "prepare the data" prepare examples/data/alpaca_demo.json --format alpaca -o "$OUT/train.jsonl" --model "$OUT/tiny-model" --max-seq-length 256 --preview 1
 stage "train (LoRA SFT)" train configs/demo.yaml --overwrite
-stage "merge the adapter" merge "$OUT/run/lora_weights" -o "$OUT/merged"
+stage "merge the adapter (verified against base + adapter)" merge "$OUT/run/lora_weights" -o "$OUT/merged" --overwrite
+stage "answer with the merged model (greedy, the run's chat template)" generate "$OUT/merged" --prompt "What is 3 + 4?" --max-new-tokens 16
 summary
-echo "Done: the merged model is in $OUT/merged"
+echo "Done: the merged model is in $OUT/merged (ft chat $OUT/merged to talk to it)"

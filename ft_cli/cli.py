@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from ft_cli import __version__
-from ft_cli.errors import EXIT_CODES, EXIT_OOM, FtError, NotImplementedYet
+from ft_cli.errors import EXIT_CODES, EXIT_OOM, FtError
 
 # "\b" keeps click from re-wrapping the list, so each code stays on its own line.
 _EXIT_CODE_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
@@ -60,12 +60,17 @@ def prepare(
     inputs: Annotated[list[str], typer.Argument(help="Data files, directories or a Hugging Face dataset name.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output JSONL file.", show_default=False)],
     data_format: Annotated[str, typer.Option("--format", "-f", help="auto|alpaca|sharegpt|chat|completion|preference|prompt-only")] = "auto",
-    template: Annotated[Optional[str], typer.Option(help="Prompt template name or .jinja path.")] = None,
+    template: Annotated[Optional[str], typer.Option(help="Prompt template: alpaca, vicuna_v1.1, chatml, tokenizer, or a .jinja path.")] = None,
     map_: Annotated[Optional[list[str]], typer.Option("--map", help="Column mapping target=source (repeatable).")] = None,
+    text_field: Annotated[str, typer.Option(help="Column holding plain text (completion format).")] = "text",
+    subset: Annotated[Optional[str], typer.Option(help="Hub dataset configuration (subset).")] = None,
+    split: Annotated[str, typer.Option(help="Hub dataset split.")] = "train",
     skip_invalid: Annotated[bool, typer.Option(help="Write good records and a .rejects.jsonl instead of failing.")] = False,
     model: Annotated[Optional[str], typer.Option(help="Model or tokenizer path for token statistics.")] = None,
     max_seq_length: Annotated[Optional[int], typer.Option(help="Report (or drop) records longer than this.")] = None,
+    long: Annotated[str, typer.Option("--long", help="Records over --max-seq-length: truncate|drop|error.")] = "truncate",
     eval_split: Annotated[float, typer.Option(help="Fraction written to a separate eval file.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed for the eval split.")] = 42,
     dedupe: Annotated[bool, typer.Option(help="Drop exact duplicate records.")] = False,
     preview: Annotated[int, typer.Option(help="Print N rendered records with trained tokens highlighted.")] = 0,
 ) -> None:
@@ -73,7 +78,19 @@ def prepare(
 
     Reads Alpaca, ShareGPT, chat messages, plain text, preference and prompt-only data.
     """
-    raise NotImplementedYet("prepare", 3)
+    from ft_cli.data.prepare import PrepareOptions
+    from ft_cli.data.prepare import prepare as run_prepare
+    from ft_cli.data.report import print_preview, print_report
+
+    options = PrepareOptions(
+        inputs=inputs, output=output, data_format=data_format, template=template, mapping=map_ or [], text_field=text_field,
+        subset=subset, split=split, skip_invalid=skip_invalid, model=model, max_seq_length=max_seq_length, long=long,
+        eval_split=eval_split, seed=seed, dedupe=dedupe, preview=preview,
+    )  # fmt: skip
+    result = run_prepare(options)
+    if result.previews:
+        print_preview(result.previews, result.tokenizer)
+    print_report(result.stats)
 
 
 # What `ft train --model M --dataset D` uses when there is no config file: LoRA,
@@ -123,17 +140,70 @@ def train(
 
 @app.command()
 def merge(
-    adapter_dir: Annotated[Path, typer.Argument(help="LoRA adapter directory, e.g. out/run/lora_weights.", show_default=False)],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory (default: next to the adapter).")] = None,
-    base: Annotated[Optional[str], typer.Option(help="Base model (default: from adapter_config.json).")] = None,
-    dtype: Annotated[str, typer.Option(help="fp32|bf16|fp16")] = "fp32",
-    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the logit comparison.")] = False,
+    adapter_dir: Annotated[Path, typer.Argument(help="LoRA adapter directory, e.g. out/run/lora_weights (or the run directory).", show_default=False, metavar="ADAPTER_DIR")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory (default: OUTPUT_DIR/merged next to lora_weights).")] = None,
+    base: Annotated[Optional[str], typer.Option(help="Base model (default: from adapter_config.json, then the run's ft_run.yaml).")] = None,
+    dtype: Annotated[str, typer.Option(help="auto|fp32|bf16|fp16; auto = the dtype the base model is stored in.")] = "auto",
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Compare logits of the reloaded merged model with base + adapter.")] = True,
+    push_to_hub: Annotated[Optional[str], typer.Option("--push-to-hub", metavar="REPO", help="Upload the merged model to this hub repository.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier ft merge output.")] = False,
+    max_shard_size: Annotated[str, typer.Option(help="Largest safetensors shard, e.g. 5GB or 500MB.")] = "5GB",
 ) -> None:
     """Merge a LoRA adapter into its base model.
 
-    Exports safetensors and verifies that the merged model matches base + adapter.
+    Loads the base unquantized (also for QLoRA adapters), writes sharded safetensors
+    with the run's tokenizer and chat template, and verifies that the reloaded merged
+    model matches base + adapter. A failed verification exits 1 and leaves the output
+    marked with a MERGE_FAILED_VERIFICATION file.
     """
-    raise NotImplementedYet("merge", 6)
+    from ft_cli.merge import merge_adapter
+
+    result = merge_adapter(
+        adapter_dir, output=output, base=base, dtype=dtype, verify=verify, overwrite=overwrite, push_to_hub_repo=push_to_hub, max_shard_size=max_shard_size
+    )
+    typer.echo(f"merged: {result.output}")
+
+
+ModelOrAdapter = Annotated[
+    Path, typer.Argument(help="Merged or full model directory, LoRA adapter directory, or run directory.", show_default=False, metavar="MODEL_OR_ADAPTER")
+]
+
+
+@app.command()
+def generate(
+    model: ModelOrAdapter,
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="The user message.", show_default=False)],
+    system: Annotated[Optional[str], typer.Option(help="System message.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate.", min=1)] = 128,
+    temperature: Annotated[float, typer.Option(help="0 = greedy (deterministic); > 0 samples.", min=0.0)] = 0.0,
+    base: Annotated[Optional[str], typer.Option(help="Base model for an adapter (default: from adapter_config.json).")] = None,
+) -> None:
+    """Answer one prompt, rendered with the model's chat template.
+
+    Greedy by default, so the adapter and its merged model can be compared.
+    """
+    from ft_cli.generate import conversation, generate_reply, load_generator, note_empty
+
+    reply = generate_reply(load_generator(model, base), conversation(prompt, system), max_new_tokens, temperature)
+    typer.echo(reply)
+    note_empty(reply)
+
+
+@app.command()
+def chat(
+    model: ModelOrAdapter,
+    system: Annotated[Optional[str], typer.Option(help="System message.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens per answer.", min=1)] = 256,
+    temperature: Annotated[float, typer.Option(help="0 = greedy (deterministic); > 0 samples.", min=0.0)] = 0.0,
+    base: Annotated[Optional[str], typer.Option(help="Base model for an adapter (default: from adapter_config.json).")] = None,
+) -> None:
+    """Chat on the terminal: one line per turn; /reset clears, /exit or Ctrl-D quits.
+
+    Reads stdin, so answers can also be piped: echo "Hi" | ft chat out/merged
+    """
+    from ft_cli.generate import chat_loop, load_generator
+
+    chat_loop(load_generator(model, base), system, max_new_tokens, temperature)
 
 
 @app.command()

@@ -101,7 +101,7 @@ class DataSection(Section):
     format: Literal["auto", "alpaca", "sharegpt", "chat", "completion", "preference", "prompt-only"] = Field(
         "auto", description="Input data format; auto detects it."
     )
-    template: str = Field("tokenizer", description="Prompt template: tokenizer (the model's chat template), a name in templates/, or a .jinja path.")
+    template: str = Field("tokenizer", description="Prompt template: tokenizer (the model's chat template), a name in ft_cli/templates/ (alpaca, vicuna_v1.1, chatml), or a .jinja path.")
 
 
 class TrainingSection(Section):
@@ -150,7 +150,11 @@ class TrainingSection(Section):
 
 class DpoSection(Section):
     beta: PositiveFloat = Field(0.1, description="DPO temperature: strength of the pull towards the reference model.")
-    loss_type: str = Field("sigmoid", description="TRL DPO loss type.")
+    loss_type: str = Field("sigmoid", description="TRL DPO loss type: sigmoid, ipo, hinge, robust, ... (see TRL's DPOConfig).")
+    label_smoothing: Annotated[float, Field(ge=0, lt=0.5)] = Field(0.0, description="Assumed rate of flipped preference labels (robust/cDPO).")
+    truncation_mode: Literal["keep_start", "keep_end"] = Field(
+        "keep_start", description="Which end of a too-long prompt+answer to keep (the length limit is model.max_seq_length)."
+    )
 
 
 class RewardSpec(Section):
@@ -161,10 +165,20 @@ class RewardSpec(Section):
 class GrpoSection(Section):
     num_generations: Annotated[int, Field(ge=2)] = Field(8, description="Completions sampled per prompt.")
     max_completion_length: PositiveInt = Field(256, description="Longest sampled completion in tokens.")
+    temperature: PositiveFloat = Field(1.0, description="Sampling temperature for the completions.")
+    beta: Annotated[float, Field(ge=0)] = Field(0.0, description="KL penalty towards the reference model (0 = none, no reference pass).")
+    generation_batch_size: PositiveInt | None = Field(
+        None, description="Completions generated per batch (default: the global train batch); a multiple of num_generations."
+    )
+    use_vllm: bool = Field(False, description="Generate with vLLM (must be installed; GPU only).")
     rewards: list[RewardSpec] = Field(
         default_factory=lambda: [RewardSpec(name="format_tags"), RewardSpec(name="exact_answer")],
-        description="Reward functions: each a name (weight 1) or a {name, weight} mapping.",
+        description="Reward functions: built-in format_tags, exact_answer, length, or path/file.py:function, package.module:function; each a name (weight 1) or a {name, weight} mapping.",
     )
+    format_tags: list[str] = Field(["think"], description="format_tags reward: tags the completion opens and closes in order before its answer.")
+    answer_column: str = Field("answer", description="exact_answer reward: the data column with the reference answer (GSM8K `#### 42` understood).")
+    target_length: PositiveInt = Field(200, description="length reward: completion length in tokens that scores best.")
+    samples_per_log: Annotated[int, Field(ge=0)] = Field(4, description="Sampled completions (with rewards) appended to samples.jsonl at each logging step.")
 
     @field_validator("rewards", mode="before")
     @classmethod
@@ -460,12 +474,19 @@ def check_combinations(config: Config) -> list[tuple[str, str]]:
     if config.data.eval and config.data.eval_split > 0:
         problems.append(("data.eval_split", "give either data.eval (a file) or data.eval_split (a fraction), not both"))
     if config.method == "grpo":
+        generations = config.grpo.num_generations
         global_batch = config.training.per_device_train_batch_size * config.training.gradient_accumulation_steps
-        if global_batch % config.grpo.num_generations:
+        if config.grpo.generation_batch_size is not None and config.grpo.generation_batch_size % generations:
+            problems.append((
+                "grpo.generation_batch_size",
+                f"{config.grpo.generation_batch_size} must be a multiple of grpo.num_generations = {generations}",
+            ))
+        elif config.grpo.generation_batch_size is None and global_batch % generations:
             problems.append((
                 "grpo.num_generations",
                 f"per_device_train_batch_size x gradient_accumulation_steps = {global_batch} must be divisible by "
-                f"num_generations = {config.grpo.num_generations}",
+                f"num_generations = {generations} (each prompt's completions are compared with each other in one batch): "
+                f"set per_device_train_batch_size to a multiple of {generations}, or lower grpo.num_generations",
             ))
     return problems
 

@@ -13,6 +13,7 @@ EXIT_ERROR = 1  # a bug or an unexpected failure: the traceback is printed
 EXIT_USAGE = 2  # bad config, bad data, missing file, impossible combination
 EXIT_OOM = 3  # out of memory (CPU or GPU): retry with smaller settings
 EXIT_NOT_IMPLEMENTED = 4  # the subcommand exists but its issue is still open
+EXIT_VERIFY_FAILED = 5  # ft merge: the merged model does not match base + adapter (output kept, marked)
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint saved after SIGTERM/SIGUSR1, requeue and `ft resume`
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
@@ -22,6 +23,7 @@ EXIT_CODES = {
     EXIT_USAGE: "bad config, data, arguments or missing file (one-line message, no traceback)",
     EXIT_OOM: "out of memory: lower the batch size or sequence length, or use LoRA/QLoRA",
     EXIT_NOT_IMPLEMENTED: "the subcommand is not implemented yet",
+    EXIT_VERIFY_FAILED: "ft merge: the merged model failed verification (output kept, marked MERGE_FAILED_VERIFICATION)",
     EXIT_PREEMPTED: "preempted: a complete checkpoint was saved; requeue and run `ft resume`",
     EXIT_INTERRUPTED: "interrupted with Ctrl-C",
 }

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from ft_cli.errors import EXIT_CODES, EXIT_NOT_IMPLEMENTED, EXIT_USAGE, DataError, Preempted
+from ft_cli.errors import EXIT_CODES, EXIT_USAGE, DataError, Preempted
 
 HEAVY = ("torch", "transformers", "trl", "peft", "datasets", "unsloth", "accelerate", "bitsandbytes")
-COMMANDS = [[], ["prepare"], ["train"], ["merge"], ["resume"], ["tiny-model"], ["env"], ["config"], ["config", "show"], ["config", "validate"]]
+COMMANDS = [[], ["prepare"], ["train"], ["merge"], ["generate"], ["chat"], ["resume"], ["tiny-model"], ["env"], ["config"], ["config", "show"], ["config", "validate"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "ft")
@@ -52,20 +52,6 @@ def test_help_lists_exit_codes(ft):
     out = ft("--help").stdout
     for code, meaning in EXIT_CODES.items():
         assert f"{code:>3}  {meaning}" in out
-
-
-@pytest.mark.parametrize(
-    "args,command,issue",
-    [
-        (["prepare", "x.json", "-o", "y.jsonl"], "prepare", 3),
-        (["merge", "out/lora_weights"], "merge", 6),
-    ],
-)
-def test_open_issue_stubs_say_so_with_their_own_exit_code(ft, args, command, issue):
-    result = ft(*args)
-    assert result.returncode == EXIT_NOT_IMPLEMENTED
-    assert result.stderr.strip().startswith(f"error: `ft {command}` is not implemented yet (tracked in issue #{issue})")
-    assert "Traceback" not in result.stderr
 
 
 def test_train_refuses_a_bad_config_before_anything_loads(ft, write_yaml):

@@ -103,21 +103,6 @@ def test_full_fine_tuning_learns_much_faster_than_lora(ft, run_config, tmp_path)
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model") is not None
 
 
-def test_a_second_run_needs_overwrite_and_a_foreign_dir_is_never_replaced(ft, run_config, tmp_path):
-    config = run_config(max_steps=2, save_steps=2)
-    assert ft("train", config).returncode == 0
-    again = ft("train", config)
-    assert again.returncode == EXIT_USAGE
-    assert again.stderr.strip() == f"error: {tmp_path / 'run'}: holds another run (ft_run.yaml); pass --overwrite to replace it, or set training.output_dir"
-    assert ft("train", config, "--overwrite").returncode == 0
-    foreign = tmp_path / "mine"
-    foreign.mkdir()
-    (foreign / "notes.txt").write_text("keep me")
-    refused = ft("train", config, f"training.output_dir={foreign}", "--overwrite")
-    assert refused.returncode == EXIT_USAGE and "holds no ft run" in refused.stderr
-    assert (foreign / "notes.txt").read_text() == "keep me"
-
-
 @pytest.mark.parametrize(
     "content,expected",
     [
@@ -210,13 +195,14 @@ def test_qlora_trains_on_cpu_with_bitsandbytes(ft, run_config, tmp_path):
 def test_loss_covers_exactly_the_answer_tokens(tmp_path, tiny_model_dir, records, trained):
     """Token by token: what ft hands to the trainer trains on the answers, never on the prompt."""
     from ft_cli.config import load_config
-    from ft_cli.train.data import detect_shape
+    from ft_cli.train.data import TrainingData, detect_shape
     from ft_cli.train.run import build_trainer
 
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"model": {"path": str(tiny_model_dir)}, "data": {"train": "unused.jsonl"},
                                       "training": {"output_dir": str(tmp_path / "run"), "optim": "adamw_torch"}}))  # fmt: skip
-    trainer = build_trainer(load_config(config), records * 2, detect_shape(records[0]), None)
+    data = TrainingData(tmp_path / "unused.jsonl", records * 2, detect_shape(records[0]), converted=True)
+    trainer = build_trainer(load_config(config), data, None)
     sample = trainer.train_dataset[0]
     tokenizer = trainer.processing_class
     if trained is None:
@@ -241,7 +227,7 @@ def test_a_diverging_run_stops_with_a_clear_error(ft, run_config, tmp_path):
     assert "error: loss became" in result.stderr and "lower training.learning_rate" in result.stderr
 
 
-def test_a_relaunch_reuses_the_tokenized_data(ft, run_config, tmp_path):
+def test_a_relaunch_needs_overwrite_reuses_the_tokenized_data_and_never_replaces_a_foreign_dir(ft, run_config, tmp_path):
     cache = tmp_path / "hf-datasets-cache"
     env = {"HF_DATASETS_CACHE": str(cache)}
     config = run_config(max_steps=1, save_steps=1)
@@ -252,10 +238,20 @@ def test_a_relaunch_reuses_the_tokenized_data(ft, run_config, tmp_path):
 
     first = tokenized()
     assert first, "the tokenized dataset should be cached"
+    again = ft("train", config, env=env)
+    assert again.returncode == EXIT_USAGE
+    assert again.stderr.strip() == f"error: {tmp_path / 'run'}: holds another run (ft_run.yaml); pass --overwrite to replace it, or set training.output_dir"
     assert ft("train", config, "--overwrite", env=env).returncode == 0
     assert tokenized() == first  # nothing tokenized again
     assert ft("train", config, "--overwrite", "model.max_seq_length=32", env=env).returncode == 0
     assert len(tokenized()) > len(first)  # a different max length is a different cache entry
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    refused = ft("train", config, f"training.output_dir={foreign}", "--overwrite")
+    assert refused.returncode == EXIT_USAGE and "holds no ft run" in refused.stderr
+    assert (foreign / "notes.txt").read_text() == "keep me"
 
 
 def test_push_to_hub_offline_is_refused_before_loading(ft, run_config, tmp_path):

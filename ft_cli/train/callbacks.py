@@ -68,9 +68,10 @@ class ProgressCallback(TrainerCallback):
     """A progress bar with loss, learning rate, tokens/s and ETA on a terminal; one
     line per log step otherwise (SLURM and CI logs are files, not terminals)."""
 
-    def __init__(self):
+    def __init__(self, extra_metrics: tuple[str, ...] = ()):
         from rich.console import Console
 
+        self.extra_metrics = extra_metrics  # e.g. GRPO's mean reward, DPO's reward margin
         self.console = Console(stderr=True)
         self.progress = None
         self.task = None
@@ -99,8 +100,8 @@ class ProgressCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs or "loss" not in logs and "eval_loss" not in logs:
             return
-        names = {"loss": "loss", "eval_loss": "eval_loss", "learning_rate": "lr"}
-        parts = [f"{name} {logs[key]:.4g}" for key, name in names.items() if key in logs]
+        names = {"loss": "loss", "eval_loss": "eval_loss", "learning_rate": "lr", **{key: key.rsplit("/", 1)[-1] for key in self.extra_metrics}}
+        parts = [f"{name} {logs[key]:.4g}" for key, name in names.items() if isinstance(logs.get(key), (int, float))]
         if "tokens_per_second" in logs:
             parts.append(f"{logs['tokens_per_second']:.0f} tok/s")
         stats = " | ".join(parts)
@@ -109,7 +110,7 @@ class ProgressCallback(TrainerCallback):
             return
         elapsed = time.monotonic() - self.started
         eta = elapsed / max(state.global_step - self.first_step, 1) * (state.max_steps - state.global_step)
-        self.console.print(f"step {state.global_step}/{state.max_steps} | {stats} | eta {_clock(eta)}", highlight=False)
+        self.console.print(f"step {state.global_step}/{state.max_steps} | {stats} | eta {_clock(eta)}", highlight=False, soft_wrap=True)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.progress is not None:

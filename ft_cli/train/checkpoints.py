@@ -10,7 +10,6 @@ checkpoints only after the new one is complete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ft_cli.errors import DataError
+from ft_cli.files import file_sha256
 from ft_cli.train.faults import checkpoint_fault
 
 MANIFEST = "ft_checkpoint.json"
@@ -29,14 +29,6 @@ _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 class Checkpoint:
     path: Path
     step: int
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -57,7 +49,7 @@ def write_manifest(checkpoint_dir: Path, step: int, config_hash: str) -> None:
     entries = {}
     for path in _files(checkpoint_dir):
         _fsync(path)
-        entries[path.relative_to(checkpoint_dir).as_posix()] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+        entries[path.relative_to(checkpoint_dir).as_posix()] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
     for directory in {p.parent for p in _files(checkpoint_dir)} | {checkpoint_dir}:
         _fsync(directory)
     manifest = {"step": step, "config_hash": config_hash, "files": entries}
@@ -100,7 +92,7 @@ def verify(checkpoint_dir: Path) -> dict:
         path = checkpoint_dir / name
         if not path.is_file():
             raise DataError(f"{path}: missing from checkpoint {checkpoint_dir.name} (listed in its {MANIFEST})")
-        if path.stat().st_size != entry["size"] or _sha256(path) != entry["sha256"]:
+        if path.stat().st_size != entry["size"] or file_sha256(path) != entry["sha256"]:
             raise DataError(
                 f"{path}: corrupted (size or sha256 differs from {MANIFEST}); resume from an earlier checkpoint with --checkpoint"
             )

@@ -1,13 +1,15 @@
-"""Training data for `ft train`: JSONL in one of TRL's dataset shapes.
+"""Training data for `ft train`: records in one of TRL's dataset shapes.
 
-`ft prepare` (issue #3) writes these files from raw formats; here we read them,
-check every record has the shape the method needs, and name the file and line
-of the first record that does not.
+A file written by `ft prepare` (its manifest's sha256 still matches) is read as
+it is. Anything else, TRL-shaped JSONL or raw data in any format `ft prepare`
+reads, goes through prepare's converter (ft_cli.data), with the same checks and
+the same `path:LINE: field: reason` messages.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from ft_cli.errors import DataError
@@ -49,14 +51,56 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return records
 
 
-def load_sft_records(path: str | Path) -> tuple[list[dict], str]:
-    """Records for SFT and their shape; every record must share the first one's shape."""
-    records = read_jsonl(path)
-    shape = detect_shape(records[0])
-    expected = " or ".join("+".join(columns) for columns in SHAPES.values())
-    if shape is None:
-        raise DataError(f"{path}:1: no training columns: expected {expected} (convert raw data with `ft prepare`)")
-    for number, record in enumerate(records, start=1):
-        if detect_shape(record) != shape:
-            raise DataError(f"{path}:{number}: expected {'+'.join(SHAPES[shape])} like the first record")
-    return records, shape
+# The method each shape trains with, for "preference data trains with method: dpo, not sft".
+METHOD_OF_SHAPE = {**dict.fromkeys(SHAPES, "sft"), "preference": "dpo", "prompt-only": "grpo"}
+
+
+@dataclass
+class TrainingData:
+    path: Path
+    records: list[dict]
+    shape: str
+    converted: bool  # the records differ from the file (raw data converted): train on the records, not the file
+    manifest: dict | None = None  # ft prepare's manifest, when the file is its unchanged output
+
+
+def load_training_records(
+    path: str | Path, method: str = "sft", shapes: tuple[str, ...] = tuple(SHAPES), data_format: str = "auto", template: str | None = None
+) -> TrainingData:
+    """Records for `method` in one of `shapes`, from a prepared file or any data ft prepare reads."""
+    from ft_cli.data.convert import FormatNotDetected, WrongShape, load_records
+    from ft_cli.data.formats import SHAPE_COLUMNS
+    from ft_cli.data.manifest import read_manifest
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: data file not found")
+    manifest = read_manifest(path) if path.is_file() else None
+    if manifest is not None:  # validated by ft prepare and unchanged since
+        data = TrainingData(path, read_jsonl(path), manifest["shape"], converted=False, manifest=manifest)
+    else:
+        try:
+            loaded = load_records(path, data_format, template, shapes=shapes)
+        except WrongShape as exc:
+            loaded = None
+            data = TrainingData(path, [], exc.shape, converted=True)
+        except FormatNotDetected as exc:
+            expected = " or ".join("+".join(SHAPE_COLUMNS[shape]) for shape in shapes)
+            raise DataError(
+                f"{exc.location}: no training columns: expected {expected}, or a raw format ft prepare reads "
+                f"(alpaca, sharegpt, ...); columns found: {', '.join(exc.columns) or 'none'} (convert it with `ft prepare --map ...`)"
+            ) from None
+        if loaded is not None:
+            as_is = loaded.unchanged and path.is_file() and path.suffix in (".jsonl", ".json")
+            data = TrainingData(path, loaded.records, loaded.shape, converted=not as_is)
+    if data.shape not in shapes:
+        raise DataError(
+            f"{path}: {data.shape} data ({'+'.join(SHAPE_COLUMNS[data.shape])}) trains with method: {METHOD_OF_SHAPE[data.shape]}, not {method}"
+        )
+    return data
+
+
+def load_sft_records(path: str | Path, data_format: str = "auto", template: str | None = None) -> tuple[list[dict], str]:
+    """Records for SFT and their shape (conversational, prompt-completion or language-modeling)."""
+    data = load_training_records(path, "sft", tuple(SHAPES), data_format, template)
+    return data.records, data.shape

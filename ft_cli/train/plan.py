@@ -41,6 +41,8 @@ def check_integrations(loaded: LoadedConfig) -> None:
             fail("training.push_to_hub", "HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it or set push_to_hub: false")
         if not training.hub_model_id:
             fail("training.hub_model_id", "required with push_to_hub (e.g. your-name/my-model)")
+    if loaded.config.method == "grpo" and loaded.config.grpo.use_vllm and not importlib.util.find_spec("vllm"):
+        fail("grpo.use_vllm", "vllm is not installed (pip install vllm, on a CUDA machine); or set use_vllm: false to generate with transformers")
 
 
 def _wandb_netrc_login() -> bool:
@@ -84,6 +86,10 @@ def count_tokens(records: list[dict], shape: str, tokenizer) -> list[int]:
         return [length(r["messages"]) for r in records]
     if shape == "prompt-completion":  # strings concatenate to text, message lists to one conversation
         return [length(r["prompt"] + r["completion"]) for r in records]
+    if shape == "preference":  # the longer of the two answers decides what fits
+        return [max(length(r["prompt"] + r["chosen"]), length(r["prompt"] + r["rejected"])) for r in records]
+    if shape == "prompt-only":
+        return [length(r["prompt"]) for r in records]
     return [length(r["text"]) for r in records]
 
 
@@ -92,6 +98,8 @@ def optimizer_steps(config: Config, train_records: int, world_size: int = 1) -> 
     t = config.training
     if t.max_steps > 0:
         return t.max_steps
+    if config.method == "grpo":  # every prompt is trained on num_generations times, once per completion
+        train_records *= config.grpo.num_generations
     batches = math.ceil(train_records / (t.per_device_train_batch_size * world_size))
     return math.ceil(t.num_train_epochs * max(batches // t.gradient_accumulation_steps, 1))
 

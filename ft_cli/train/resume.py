@@ -15,8 +15,9 @@ from pathlib import Path
 
 from ft_cli.config import Config, LoadedConfig, config_to_dict, flatten, load_config
 from ft_cli.errors import ConfigError, DataError, UsageError
+from ft_cli.files import file_sha256
 from ft_cli.train.checkpoints import Checkpoint, checkpoint_step, discover, verify
-from ft_cli.train.run import RUN_FILE, file_sha256, train
+from ft_cli.train.run import RUN_FILE, train
 
 # Keys a resumed run may change: none of them changes the result of the steps already taken.
 SAFE_RESUME_KEYS = (

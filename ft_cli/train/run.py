@@ -6,7 +6,6 @@ line below stays the same for them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -15,14 +14,17 @@ import tempfile
 from pathlib import Path
 
 from ft_cli.config import LoadedConfig, config_to_dict, dump_yaml
-from ft_cli.errors import ConfigError, DataError, NotImplementedYet, Preempted, UsageError
+from ft_cli.errors import ConfigError, DataError, Preempted, UsageError
+from ft_cli.files import file_sha256, write_text_atomically
 from ft_cli.train.backends import choose_backend
 from ft_cli.train.checkpoints import Checkpoint
-from ft_cli.train.data import load_sft_records
+from ft_cli.train.data import TrainingData, load_training_records
+from ft_cli.train.methods import METHODS, Method
 from ft_cli.train.plan import check_integrations, make_plan
 
 RUN_FILE = "ft_run.yaml"
 METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "samples.jsonl"
 ADAPTER_DIR = "lora_weights"
 FULL_MODEL_DIR = "model"
 
@@ -51,14 +53,6 @@ def prepare_output_dir(output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
@@ -82,22 +76,16 @@ def run_record(loaded: LoadedConfig) -> dict:
     return record
 
 
-def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
-def _sft_config(loaded: LoadedConfig, output_dir: Path, shape: str, has_eval: bool):
+def _trainer_args(loaded: LoadedConfig, method: Method, output_dir: Path, shape: str, has_eval: bool):
+    """The TRL config of the method: the shared training settings plus the method's own."""
     import torch
-    from trl import SFTConfig
 
     from ft_cli.train.model import resolve_dtype
 
     cfg = loaded.config
     t = cfg.training
     dtype = resolve_dtype(cfg.model)
-    return SFTConfig(
+    return method.load(method.config)(
         output_dir=str(output_dir),
         num_train_epochs=t.num_train_epochs,
         max_steps=t.max_steps,
@@ -126,18 +114,12 @@ def _sft_config(loaded: LoadedConfig, output_dir: Path, shape: str, has_eval: bo
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         use_cpu=not torch.cuda.is_available(),
-        max_length=cfg.model.max_seq_length,
-        packing=t.packing,
-        padding_free=t.padding_free,
-        # Train on the answer only: assistant turns of chats, completions of prompt/completion pairs.
-        assistant_only_loss=shape == "conversational",
-        completion_only_loss=shape == "prompt-completion",
-        dataset_num_proc=None,
         disable_tqdm=True,  # ProgressCallback draws the bar
         logging_nan_inf_filter=False,  # a NaN loss must surface (and stop the run), not be averaged away
         push_to_hub=t.push_to_hub,
         hub_model_id=t.hub_model_id,
         hub_token=t.hub_token.get_secret_value() if t.hub_token else None,
+        **method.options(cfg, shape),
     )
 
 
@@ -154,8 +136,7 @@ def _check_some_labels_are_trained(dataset, data_path: str) -> None:
 def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, resume_from: Checkpoint | None = None) -> Path:
     """Run `ft train`; with `resume_from`, continue the run in output_dir from that checkpoint (`ft resume`)."""
     cfg = loaded.config
-    if cfg.method != "sft":
-        raise NotImplementedYet(f"train with method: {cfg.method}", 5)
+    method = METHODS[cfg.method]
     if cfg.data.train is None:
         raise ConfigError(f"{loaded.path or 'command line'}: data.train: required for ft train (a JSONL file)")
     output_dir = Path(cfg.training.output_dir)
@@ -166,8 +147,13 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, 
         return resume_run(output_dir, given=loaded)
     check_integrations(loaded)
     backend, why = choose_backend(cfg)
-    records, shape = load_sft_records(cfg.data.train)
-    eval_records = load_sft_records(cfg.data.eval)[0] if cfg.data.eval else None
+    train_data = load_training_records(cfg.data.train, cfg.method, method.shapes, cfg.data.format, cfg.data.template)
+    eval_data = load_training_records(cfg.data.eval, cfg.method, method.shapes, cfg.data.format, cfg.data.template) if cfg.data.eval else None
+    records, shape = train_data.records, train_data.shape
+    _check_prepared_against_run(train_data, cfg)
+    eval_records = eval_data.records if eval_data else None
+    if cfg.method == "grpo":
+        check_rewards(cfg, records[0])  # before the model loads: a broken reward should cost seconds, not a GPU hour
     if resume_from is None:
         check_output_dir(output_dir, overwrite)
     tokenizer = None
@@ -185,10 +171,11 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, 
     if resume_from is None:
         prepare_output_dir(output_dir)
     else:
-        keep_metrics_through(output_dir / METRICS_FILE, resume_from.step)
+        for log in (METRICS_FILE, SAMPLES_FILE):
+            keep_metrics_through(output_dir / log, resume_from.step)
     _quiet_library_noise()
     write_run_file(output_dir, loaded, status="running")
-    trainer = build_trainer(loaded, records, shape, eval_records)
+    trainer = build_trainer(loaded, train_data, eval_data)
     trainer.train(resume_from_checkpoint=str(resume_from.path) if resume_from else None)
     step = trainer.state.global_step
     if _preemption(trainer).stopped_at is not None and step < trainer.state.max_steps:
@@ -205,11 +192,11 @@ def write_run_file(output_dir: Path, loaded: LoadedConfig, status: str, step: in
     record["run"]["status"] = status
     if step is not None:
         record["run"]["step"] = step
-    write_atomically(output_dir / RUN_FILE, dump_yaml(record))
+    write_text_atomically(output_dir / RUN_FILE, dump_yaml(record))
 
 
 def keep_metrics_through(metrics_path: Path, step: int) -> None:
-    """Before a resume: drop the log lines of steps after the checkpoint; they are trained again."""
+    """Before a resume: drop the log lines (metrics, samples) of steps after the checkpoint; they are trained again."""
     if not metrics_path.exists():
         return
     kept = []
@@ -219,7 +206,7 @@ def keep_metrics_through(metrics_path: Path, step: int) -> None:
                 kept.append(line + "\n")
         except ValueError:
             continue  # the torn last line of a killed run
-    write_atomically(metrics_path, "".join(kept))
+    write_text_atomically(metrics_path, "".join(kept))
 
 
 def _preemption(trainer):
@@ -228,54 +215,84 @@ def _preemption(trainer):
     return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, PreemptionCallback))
 
 
-def build_trainer(loaded: LoadedConfig, records: list[dict], shape: str, eval_records: list[dict] | None):
-    """Model, tokenizer, datasets and callbacks wired into TRL's trainer, ready to train."""
+def _check_prepared_against_run(data: TrainingData, cfg) -> None:
+    """Data from `ft prepare` was checked against a tokenizer and length; say so when the run uses others."""
+    from ft_cli.data.manifest import check_manifest
+
+    if data.manifest is None:
+        return
+    for problem in check_manifest(data.manifest, cfg.model.path, cfg.model.max_seq_length):
+        say(f"warning: {data.path}: {problem}")
+
+
+def check_rewards(cfg, example: dict) -> None:
+    from ft_cli.train.rewards import dry_run_rewards, load_rewards
+
+    functions, _ = load_rewards(cfg.grpo)
+    dry_run_rewards(functions, cfg.grpo, example)
+
+
+def build_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_data: TrainingData | None):
+    """Model, tokenizer, datasets and callbacks wired into the method's TRL trainer, ready to train."""
     from transformers.trainer_callback import PrinterCallback
-    from trl import SFTTrainer
 
     from ft_cli.train.callbacks import MetricsCallback, PreemptionCallback, ProgressCallback
     from ft_cli.train.checkpoints import with_safe_checkpoints
-    from ft_cli.train.resume import config_hash  # resume.py imports this module
+    from ft_cli.train.methods import with_samples_log
     from ft_cli.train.model import load_model, load_tokenizer, lora_config
+    from ft_cli.train.resume import config_hash  # resume.py imports this module
 
     cfg = loaded.config
+    method = METHODS[cfg.method]
     output_dir = Path(cfg.training.output_dir)
-    train_dataset = _as_dataset(cfg.data.train, records)
-    eval_dataset = _as_dataset(cfg.data.eval, eval_records) if eval_records else None
+    train_dataset = _as_dataset(train_data)
+    eval_dataset = _as_dataset(eval_data) if eval_data else None
     if cfg.data.eval_split > 0:
         split = train_dataset.train_test_split(test_size=cfg.data.eval_split, seed=cfg.training.seed)
         train_dataset, eval_dataset = split["train"], split["test"]
 
-    trainer = with_safe_checkpoints(SFTTrainer)(
+    trainer_cls = with_safe_checkpoints(method.load(method.trainer))
+    extra = {}
+    if cfg.method == "grpo":
+        from ft_cli.train.rewards import load_rewards
+
+        extra["reward_funcs"] = load_rewards(cfg.grpo)[0]
+        trainer_cls = with_samples_log(trainer_cls, output_dir / SAMPLES_FILE, cfg.grpo.samples_per_log)
+    trainer = trainer_cls(
         model=load_model(cfg),
-        args=_sft_config(loaded, output_dir, shape, has_eval=eval_dataset is not None),
+        args=_trainer_args(loaded, method, output_dir, train_data.shape, has_eval=eval_dataset is not None),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=load_tokenizer(cfg.model),
         peft_config=lora_config(cfg),
-        callbacks=[MetricsCallback(output_dir), ProgressCallback(), PreemptionCallback()],
+        callbacks=[MetricsCallback(output_dir), ProgressCallback(method.extra_metrics), PreemptionCallback()],
+        **extra,
     )
     trainer.ft_keep_checkpoints = cfg.training.save_total_limit
     trainer.ft_config_hash = config_hash(cfg)
     trainer.remove_callback(PrinterCallback)  # our progress lines replace its raw dicts
-    _check_some_labels_are_trained(trainer.train_dataset, cfg.data.train)
+    if cfg.method == "sft":
+        _check_some_labels_are_trained(trainer.train_dataset, cfg.data.train)
     return trainer
 
 
-def _as_dataset(path: str, records: list[dict]):
-    """The records as a datasets.Dataset backed by the file.
+def _as_dataset(data: TrainingData):
+    """The records as a datasets.Dataset.
 
-    Loading through `load_dataset("json")` (not `Dataset.from_list`) gives the data a
-    fingerprint from the file's content, so TRL's tokenization lands in the datasets
-    cache keyed by data + tokenizer + template + max length: a relaunch or a resume
-    reuses it, and on several processes TRL lets the main process tokenize first.
+    A file already in TRL's shape is loaded through `load_dataset("json")` (not
+    `Dataset.from_list`): the data then has a fingerprint from the file's content, so
+    TRL's tokenization lands in the datasets cache keyed by data + tokenizer + template
+    + max length; a relaunch or a resume reuses it, and on several processes TRL lets
+    the main process tokenize first while the others wait for the cache.
     """
     from datasets import Dataset, load_dataset
 
-    try:
-        return load_dataset("json", data_files=str(path), split="train")
-    except Exception:  # columns pyarrow cannot unify (e.g. mixed types across records): keep it in memory
-        return Dataset.from_list(records)
+    if not data.converted:
+        try:
+            return load_dataset("json", data_files=str(data.path), split="train")
+        except Exception:  # columns pyarrow cannot unify (e.g. mixed types across records): keep it in memory
+            pass
+    return Dataset.from_list(data.records)
 
 
 def _quiet_library_noise() -> None:

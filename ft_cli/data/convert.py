@@ -1,0 +1,205 @@
+"""Conversion: inputs → records → TRL-shaped examples, one record at a time.
+
+The same code serves `ft prepare` (which adds statistics, dedupe, splits and
+atomic output) and `ft train` given raw data (`load_records`). Every record comes
+out either converted or with the reason it was refused, located as
+`path:LINE` so the user can find it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ft_cli.data.formats import (
+    FORMATS,
+    Example,
+    RecordProblem,
+    canonical_format,
+    describe_shape,
+    detect_format,
+    normalise,
+)
+from ft_cli.data.readers import Location, json_type, read_input
+from ft_cli.data.templates import Template, load_template
+from ft_cli.errors import DataError
+
+MAX_LISTED = 20  # problems listed in an error; the count says how many there were in all
+
+DETECTABLE = (
+    "messages (chat), conversations (sharegpt), instruction+output (alpaca), text or prompt+completion (completion), "
+    "chosen+rejected (preference) or prompt (prompt-only)"
+)
+
+
+class FormatNotDetected(DataError):
+    """The first record of an input matches no known format."""
+
+    def __init__(self, location: Location, columns: list[str]):
+        self.location = location
+        self.columns = columns
+        shown = ", ".join(columns) if columns else "none"
+        super().__init__(
+            f"{location}: cannot detect the format from the columns ({shown}): expected {DETECTABLE}; "
+            "pass --format, or --map to rename columns (e.g. --map prompt=question)"
+        )
+
+
+@dataclass
+class ConvertOptions:
+    data_format: str = "auto"
+    template: Template | None = None
+    mapping: dict[str, str] = field(default_factory=dict)  # target column -> source column
+    text_field: str = "text"
+    subset: str | None = None
+    split: str = "train"
+
+
+@dataclass
+class Converted:
+    """One input record: its examples, or the problem that kept it out."""
+
+    location: Location
+    examples: list[Example]
+    problem: str | None = None
+    value: Any = None  # the record as read, for the rejects file
+    raw: str | None = None  # its text, when it could not be parsed
+
+
+class Converter:
+    """Streams inputs through detection, normalisation and the template, remembering what it detected."""
+
+    def __init__(self, options: ConvertOptions):
+        self.options = options
+        self.formats: dict[str, str] = {}  # each input file -> its format
+        self.first: tuple[Example, Location] | None = None  # the shape every record must share
+        self.output_shape: str | None = None
+        self._sources: dict[str, str] = {source: target for target, source in options.mapping.items()}
+
+    def convert(self, inputs: list[str]) -> Iterator[Converted]:
+        for spec in inputs:
+            yield from self._convert_input(spec)
+
+    def _convert_input(self, spec: str) -> Iterator[Converted]:
+        options = self.options
+        source, data_format = None, None
+        for raw in read_input(spec, options.subset, options.split):
+            if raw.location.source != source:  # a new file (inputs may be directories): detect again
+                source = raw.location.source
+                data_format = None if options.data_format == "auto" else canonical_format(options.data_format)
+            if raw.error:
+                yield Converted(raw.location, [], raw.error, raw=raw.raw)
+                continue
+            if not isinstance(raw.value, dict):
+                yield Converted(raw.location, [], f"expected a JSON object, got {json_type(raw.value)}", value=raw.value)
+                continue
+            record = self._renamed(raw.value)
+            if data_format is None:
+                data_format = detect_format(record, options.text_field)
+                if data_format is None:
+                    raise FormatNotDetected(raw.location, list(raw.value))
+            self.formats.setdefault(source, data_format)
+            try:
+                examples = normalise(record, data_format, options.text_field)
+                self._check_shape(examples[0], raw.location)
+                if options.template is not None:
+                    examples = [options.template.apply(example) for example in examples]
+            except RecordProblem as problem:
+                yield Converted(raw.location, [], self._in_source_terms(problem), value=raw.value)
+                continue
+            self.output_shape = self.output_shape or examples[0].shape
+            yield Converted(raw.location, examples, value=raw.value)
+
+    def _renamed(self, record: dict) -> dict:
+        if not self._sources:
+            return record
+        return {self._sources.get(key, key): value for key, value in record.items()}
+
+    def _check_shape(self, example: Example, location: Location) -> None:
+        """TRL needs one shape per dataset: every record must look like the first one."""
+        if self.first is None:
+            self.first = (example, location)
+            self._first_kind = (example.shape, example.conversational)
+            return
+        first, where = self.first
+        if self._first_kind != (example.shape, example.conversational):
+            origin = "" if where.source == location.source else f" ({where})"
+            raise RecordProblem(None, f"expected {describe_shape(first)} like the first record{origin}")
+
+    def _in_source_terms(self, problem: RecordProblem) -> str:
+        """Name a renamed column by the name the user's file has (`--map instruction=question` → 'question')."""
+        if problem.field:
+            top = re.match(r"[^.\[ ]+", problem.field)
+            if top and top.group() in self.options.mapping:
+                return f"{self.options.mapping[top.group()]}{problem.field[top.end():]}: {problem.reason}"
+        return str(problem)
+
+
+def parse_mapping(pairs: list[str] | None) -> dict[str, str]:
+    """`--map target=source` options as {target: source}."""
+    from ft_cli.errors import UsageError
+
+    mapping: dict[str, str] = {}
+    for pair in pairs or []:
+        target, sep, source = pair.partition("=")
+        if not sep or not target.strip() or not source.strip():
+            raise UsageError(f"--map {pair}: expected TARGET=SOURCE, e.g. --map instruction=question")
+        if target in mapping:
+            raise UsageError(f"--map {pair}: {target} is mapped twice")
+        mapping[target.strip()] = source.strip()
+    return mapping
+
+
+def invalid_records_error(inputs: list[str], count: int, problems: list[str], advice: str) -> DataError:
+    what = f"{count} invalid record{'s' if count != 1 else ''}"
+    listed = f" (the first {MAX_LISTED} below)" if count > MAX_LISTED else ""
+    return DataError(f"{', '.join(inputs)}: {what}{listed}; {advice}", problems[:MAX_LISTED])
+
+
+class WrongShape(DataError):
+    """The data converts to a shape the caller cannot use (preference data for SFT, ...)."""
+
+    def __init__(self, path: str | Path, shape: str):
+        self.shape = shape
+        super().__init__(f"{path}: {shape} data")
+
+
+@dataclass
+class LoadedRecords:
+    records: list[dict]
+    shape: str
+    formats: dict[str, str]  # each file -> its format
+    unchanged: bool  # every record is exactly as the file has it (already TRL-shaped): the file can be loaded as is
+
+
+def load_records(
+    path: str | Path, data_format: str = "auto", template: str | None = None, shapes: tuple[str, ...] | None = None
+) -> LoadedRecords:
+    """Every record of a file (or directory) in any format prepare reads, as TRL-shaped records.
+
+    Data of a shape not in `shapes` raises WrongShape (before any record problem: it
+    is the bigger mistake); any invalid record is an error that lists them, as
+    `ft prepare` would.
+    """
+    if data_format != "auto" and canonical_format(data_format) not in FORMATS:
+        raise DataError(f"{path}: unknown data format {data_format!r}")
+    converter = Converter(ConvertOptions(data_format=data_format, template=load_template(template)))
+    records, problems, bad, unchanged = [], [], 0, True
+    for item in converter.convert([str(path)]):
+        if item.problem is not None:
+            bad += 1
+            if len(problems) < MAX_LISTED:
+                problems.append(f"{item.location}: {item.problem}")
+            continue
+        unchanged = unchanged and len(item.examples) == 1 and item.examples[0].record == item.value
+        records.extend(example.record for example in item.examples)
+    if shapes is not None and converter.output_shape is not None and converter.output_shape not in shapes:
+        raise WrongShape(path, converter.output_shape)
+    if bad:
+        raise invalid_records_error([str(path)], bad, problems, "fix them, or write the valid ones with `ft prepare --skip-invalid`")
+    if not records:
+        raise DataError(f"{path}: no records")
+    return LoadedRecords(records, converter.output_shape, converter.formats, unchanged)

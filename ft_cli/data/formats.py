@@ -1,0 +1,420 @@
+"""Formats: detect what a record is, check it, and turn it into one of TRL's dataset shapes.
+
+Each normaliser takes one parsed record (a dict, columns already renamed by
+`--map`) and returns the TRL-shaped record(s) it stands for, or raises
+`RecordProblem(field, reason)` for the first thing wrong with it. The caller adds
+the file and line, giving `data/x.jsonl:7: messages[1].role: unknown role 'wizard' ...`.
+
+| format      | input                                              | output shape        |
+| ----------- | -------------------------------------------------- | ------------------- |
+| alpaca      | instruction, input?, output, system? (or instances) | conversational      |
+| sharegpt    | conversations: [{from, value}]                     | conversational      |
+| chat        | messages: [{role, content}]                        | conversational      |
+| completion  | text, or prompt + completion                       | language-modeling / prompt-completion |
+| preference  | prompt? + chosen + rejected                        | preference          |
+| prompt-only | prompt (+ extra columns, kept)                     | prompt-only         |
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ft_cli.data.readers import json_type
+
+FORMATS = ("alpaca", "sharegpt", "chat", "completion", "preference", "prompt-only")
+ALIASES = {"messages": "chat", "text": "completion"}
+ROLES = ("system", "user", "assistant", "tool")
+# FastChat's speakers; "user"/"assistant" are accepted too because many ShareGPT exports use them.
+SHAREGPT_SPEAKERS = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
+SHAREGPT_EXPECTED = "human, gpt, system"
+# Anthropic HH transcripts: "\n\nHuman: ...\n\nAssistant: ..."
+HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+# TRL's dataset shapes and the columns that make them.
+SHAPE_COLUMNS = {
+    "conversational": ("messages",),
+    "prompt-completion": ("prompt", "completion"),
+    "language-modeling": ("text",),
+    "preference": ("prompt", "chosen", "rejected"),
+    "prompt-only": ("prompt",),
+}
+
+
+class RecordProblem(Exception):
+    """What is wrong with one record: the field (dotted path, or None for the whole record) and why."""
+
+    def __init__(self, field: str | None, reason: str):
+        super().__init__(f"{field}: {reason}" if field else reason)
+        self.field = field
+        self.reason = reason
+
+
+@dataclass
+class Example:
+    """One training record in a TRL shape, plus what a template may need from the source record."""
+
+    record: dict
+    shape: str
+    template_vars: dict = field(default_factory=dict)
+
+    @property
+    def conversational(self) -> bool:
+        """Messages rather than strings (TRL's "conversational" variants of each shape)."""
+        if self.shape in ("conversational", "language-modeling"):
+            return self.shape == "conversational"
+        return isinstance(self.record["prompt"], list)
+
+
+def canonical_format(name: str) -> str:
+    return ALIASES.get(name, name)
+
+
+def detect_format(record: Any, text_field: str = "text") -> str | None:
+    """The format a record is in, from its columns (most specific first), or None."""
+    if not isinstance(record, dict):
+        return None
+    if "messages" in record:
+        return "chat"
+    if "conversations" in record:
+        return "sharegpt"
+    if "chosen" in record and "rejected" in record:
+        return "preference"
+    if "instruction" in record and ("output" in record or "instances" in record):
+        return "alpaca"
+    if ("prompt" in record and "completion" in record) or text_field in record:
+        return "completion"
+    if "prompt" in record:
+        return "prompt-only"
+    return None
+
+
+def normalise(record: dict, data_format: str, text_field: str = "text") -> list[Example]:
+    """The TRL-shaped examples of one record (several for an alpaca seed task with several instances)."""
+    if data_format == "alpaca":
+        return normalise_alpaca(record)
+    if data_format == "sharegpt":
+        return [normalise_sharegpt(record)]
+    if data_format == "chat":
+        return [normalise_chat(record)]
+    if data_format == "completion":
+        return [normalise_completion(record, text_field)]
+    if data_format == "preference":
+        return [normalise_preference(record)]
+    if data_format == "prompt-only":
+        return [normalise_prompt_only(record)]
+    raise ValueError(f"unknown format {data_format!r}")
+
+
+# --- fields -------------------------------------------------------------------
+
+
+def required(record: dict, key: str, path: str | None = None) -> Any:
+    if key not in record:
+        raise RecordProblem(path or key, "missing field")
+    return record[key]
+
+
+def string(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise RecordProblem(path, f"expected a string, got {json_type(value)}")
+    return value
+
+
+def optional_string(record: dict, key: str, path: str | None = None) -> str:
+    value = record.get(key)
+    return "" if value is None else string(value, path or key)
+
+
+def non_blank(text: str, path: str, what: str = "") -> str:
+    """`what` names the thing for the message: 'answer' gives 'empty answer', '' gives 'empty'."""
+    if not text:
+        raise RecordProblem(path, f"empty {what}".strip())
+    if not text.strip():
+        raise RecordProblem(path, f"whitespace-only {what}".strip())
+    return text
+
+
+# --- conversations --------------------------------------------------------------
+
+
+@dataclass
+class Turns:
+    """Messages in TRL's {role, content} form, with how the source named each turn (for messages)."""
+
+    messages: list[dict]
+    labels: list[str]  # the role as the source wrote it: 'user', 'human', 'Human', ...
+    where: Callable[[int, str], str]  # (turn index, 'role'|'content') -> field path in the source
+    alternation: str  # how the source names the pair that must alternate, e.g. 'user/assistant'
+
+
+def read_turns(
+    value: Any,
+    path: str,
+    role_key: str = "role",
+    content_key: str = "content",
+    speakers: dict[str, str] | None = None,
+    keep_extras: bool = True,
+) -> Turns:
+    """Check a list of turns for types and known roles; keep tool_calls & co. when `keep_extras`."""
+    if not isinstance(value, list):
+        raise RecordProblem(path, f"expected a list, got {json_type(value)}")
+    if not value:
+        raise RecordProblem(path, "empty conversation")
+    messages, labels = [], []
+    for i, turn in enumerate(value):
+        here = f"{path}[{i}]"
+        if not isinstance(turn, dict):
+            raise RecordProblem(here, f"expected an object, got {json_type(turn)}")
+        label = string(required(turn, role_key, f"{here}.{role_key}"), f"{here}.{role_key}")
+        if speakers is not None:
+            if label not in speakers:
+                raise RecordProblem(f"{here}.{role_key}", f"unknown speaker '{label}' (expected {SHAREGPT_EXPECTED})")
+            role = speakers[label]
+        else:
+            if label not in ROLES:
+                raise RecordProblem(f"{here}.{role_key}", f"unknown role '{label}' (expected {', '.join(ROLES)})")
+            role = label
+        calls_tools = role == "assistant" and bool(turn.get("tool_calls"))
+        if content_key not in turn and not calls_tools:
+            raise RecordProblem(f"{here}.{content_key}", "missing field")
+        content = turn.get(content_key)
+        if content is not None or not calls_tools:
+            string(content, f"{here}.{content_key}")
+        message = {"role": role, "content": content}
+        if keep_extras:
+            message.update((k, v) for k, v in turn.items() if k not in (role_key, content_key))
+        messages.append(message)
+        labels.append(label)
+    alternation = "human/gpt" if speakers is not None else "user/assistant"
+    return Turns(messages, labels, lambda i, key: f"{path}[{i}].{role_key if key == 'role' else content_key}", alternation)
+
+
+def check_order(turns: Turns, path: str, final: str | None = "assistant", check_answers: bool = True) -> None:
+    """Roles in a trainable order: system first only, user and assistant alternating, tool after assistant."""
+    messages, labels = turns.messages, turns.labels
+    allowed_before = {"user": (None, "system", "assistant"), "assistant": ("user", "tool"), "tool": ("assistant", "tool")}
+    previous = None
+    for i, message in enumerate(messages):
+        role = message["role"]
+        if role == "system" and i > 0:
+            raise RecordProblem(turns.where(i, "role"), f"'{labels[i]}' is only allowed as the first turn")
+        if role != "system" and previous not in allowed_before[role]:
+            if previous in (None, "system"):
+                raise RecordProblem(turns.where(i, "role"), f"conversation starts with '{labels[i]}' (the first turn must be a user turn)")
+            raise RecordProblem(turns.where(i, "role"), f"'{labels[i]}' after '{labels[i - 1]}' (turns must alternate {turns.alternation})")
+        previous = role
+    if check_answers:
+        for i, message in enumerate(messages):
+            if message["role"] == "assistant" and message["content"] is not None and not message.get("tool_calls"):
+                non_blank(message["content"], turns.where(i, "content"), "assistant turn")
+    if final and messages[-1]["role"] != final:
+        article = "an" if final == "assistant" else "a"
+        raise RecordProblem(path, f"conversation does not end with {article} {final} turn (last: '{labels[-1]}')")
+
+
+def normalise_chat(record: dict) -> Example:
+    turns = read_turns(required(record, "messages"), "messages")
+    check_order(turns, "messages")
+    out = {"messages": turns.messages}
+    if record.get("tools") is not None:  # TRL passes a "tools" column to the chat template
+        out["tools"] = record["tools"]
+    return Example(out, "conversational")
+
+
+def normalise_sharegpt(record: dict) -> Example:
+    turns = read_turns(
+        required(record, "conversations"), "conversations", role_key="from", content_key="value", speakers=SHAREGPT_SPEAKERS, keep_extras=False
+    )
+    system = optional_string(record, "system")  # LLaMA-Factory's ShareGPT variant keeps the system prompt apart
+    if system and turns.messages[0]["role"] != "system":
+        turns.messages.insert(0, {"role": "system", "content": system})
+        turns.labels.insert(0, "system")
+        where = turns.where
+        turns.where = lambda i, key: "system" if i == 0 else where(i - 1, key)
+    check_order(turns, "conversations")
+    return Example({"messages": turns.messages}, "conversational")
+
+
+# --- alpaca ---------------------------------------------------------------------
+
+
+def normalise_alpaca(record: dict) -> list[Example]:
+    """Stanford Alpaca records; the seed-task form (`instances: [{input, output}]`) gives one example per instance."""
+    instruction = non_blank(string(required(record, "instruction"), "instruction"), "instruction")
+    system = optional_string(record, "system")
+    if "output" not in record and "instances" in record:
+        instances = record["instances"]
+        if not isinstance(instances, list):
+            raise RecordProblem("instances", f"expected a list, got {json_type(instances)}")
+        if not instances:
+            raise RecordProblem("instances", "empty list")
+        pairs = []
+        for i, instance in enumerate(instances):
+            if not isinstance(instance, dict):
+                raise RecordProblem(f"instances[{i}]", f"expected an object, got {json_type(instance)}")
+            pairs.append(_alpaca_pair(instance, f"instances[{i}]."))
+    else:
+        pairs = [_alpaca_pair(record, "")]
+    return [_alpaca_example(instruction, text_input, output, system) for text_input, output in pairs]
+
+
+def _alpaca_pair(record: dict, prefix: str) -> tuple[str, str]:
+    text_input = optional_string(record, "input", f"{prefix}input")
+    output = string(required(record, "output", f"{prefix}output"), f"{prefix}output")
+    return text_input, non_blank(output, f"{prefix}output", "answer")
+
+
+def _alpaca_example(instruction: str, text_input: str, output: str, system: str) -> Example:
+    user = f"{instruction}\n\n{text_input}" if text_input else instruction
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": output},
+    ]
+    # The alpaca template renders instruction and input apart, exactly as Stanford's prompt does.
+    return Example({"messages": messages}, "conversational", {"instruction": instruction, "input": text_input})
+
+
+# --- completion -------------------------------------------------------------------
+
+
+def normalise_completion(record: dict, text_field: str = "text") -> Example:
+    """Plain text (language modelling), or a prompt and its completion (strings or message lists)."""
+    if text_field in record:
+        text = non_blank(string(record[text_field], text_field), text_field)
+        return Example({"text": text}, "language-modeling")
+    if "prompt" not in record and "completion" not in record:
+        raise RecordProblem(text_field, "missing field")
+    prompt, completion = required(record, "prompt"), required(record, "completion")
+    if isinstance(prompt, list):
+        prompt_turns = read_turns(prompt, "prompt")
+        if not isinstance(completion, list):
+            raise RecordProblem("completion", f"expected a list of messages like prompt, got {json_type(completion)}")
+        completion_turns = read_turns(completion, "completion")
+        check_order(_joined(prompt_turns, completion_turns), "completion")
+        return Example({"prompt": prompt_turns.messages, "completion": completion_turns.messages}, "prompt-completion")
+    string(prompt, "prompt")
+    non_blank(string(completion, "completion"), "completion", "answer")
+    return Example({"prompt": prompt, "completion": completion}, "prompt-completion")
+
+
+def _joined(first: Turns, second: Turns) -> Turns:
+    """Two turn lists checked as one conversation, each turn still named by its own field."""
+    n = len(first.messages)
+    return Turns(
+        first.messages + second.messages,
+        first.labels + second.labels,
+        lambda i, key: first.where(i, key) if i < n else second.where(i - n, key),
+        first.alternation,
+    )
+
+
+# --- preference ------------------------------------------------------------------
+
+
+def normalise_preference(record: dict) -> Example:
+    """prompt + chosen + rejected (strings or message lists), or chosen/rejected holding the prompt implicitly."""
+    chosen, rejected = required(record, "chosen"), required(record, "rejected")
+    if "prompt" in record:
+        return _explicit_preference(record["prompt"], chosen, rejected)
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        if HH_TURN.search(chosen) or HH_TURN.search(rejected):
+            return _implicit_conversation(_transcript(chosen, "chosen"), _transcript(rejected, "rejected"))
+        return _common_prefix_preference(chosen, rejected)
+    if isinstance(chosen, list) and isinstance(rejected, list):
+        return _implicit_conversation(read_turns(chosen, "chosen"), read_turns(rejected, "rejected"))
+    if not isinstance(chosen, (str, list)):
+        raise RecordProblem("chosen", f"expected a string or a list of messages, got {json_type(chosen)}")
+    kind = "a string" if isinstance(chosen, str) else "a list of messages"
+    raise RecordProblem("rejected", f"expected {kind} like chosen, got {json_type(rejected)}")
+
+
+def _explicit_preference(prompt: Any, chosen: Any, rejected: Any) -> Example:
+    if isinstance(prompt, str):
+        non_blank(prompt, "prompt")
+        for name, value in (("chosen", chosen), ("rejected", rejected)):
+            if not isinstance(value, str):
+                raise RecordProblem(name, f"expected a string like prompt, got {json_type(value)}")
+        _check_answers(chosen, rejected)
+        return Example({"prompt": prompt, "chosen": chosen, "rejected": rejected}, "preference")
+    if not isinstance(prompt, list):
+        raise RecordProblem("prompt", f"expected a string or a list of messages, got {json_type(prompt)}")
+    prompt_turns = read_turns(prompt, "prompt")
+    if not any(str(message.get("content") or "").strip() for message in prompt_turns.messages):
+        raise RecordProblem("prompt", "empty: no turn has any text (the answers need a prompt to be compared on)")
+    answers = {}
+    for name, value in (("chosen", chosen), ("rejected", rejected)):
+        if not isinstance(value, list):
+            raise RecordProblem(name, f"expected a list of messages like prompt, got {json_type(value)}")
+        turns = read_turns(value, name)
+        check_order(_joined(prompt_turns, turns), name, check_answers=False)
+        answers[name] = turns.messages
+    _check_answers(answers["chosen"][-1]["content"], answers["rejected"][-1]["content"])
+    return Example({"prompt": prompt_turns.messages, "chosen": answers["chosen"], "rejected": answers["rejected"]}, "preference")
+
+
+def _transcript(text: str, path: str) -> Turns:
+    """An Anthropic HH transcript ("\\n\\nHuman: ...\\n\\nAssistant: ...") as turns."""
+    parts = HH_TURN.split(text)
+    if parts[0].strip():
+        raise RecordProblem(path, "text before the first '\\n\\nHuman:' turn")
+    labels, contents = parts[1::2], parts[2::2]
+    messages = [{"role": HH_ROLES[label], "content": content.removeprefix(" ")} for label, content in zip(labels, contents)]
+    return Turns(messages, labels, lambda i, key: f"{path} (turn {i + 1})", "Human/Assistant")
+
+
+def _implicit_conversation(chosen: Turns, rejected: Turns) -> Example:
+    """Full chosen and rejected conversations: the prompt is every turn before the last answer, shared by both."""
+    for name, turns in (("chosen", chosen), ("rejected", rejected)):
+        check_order(turns, name, check_answers=False)
+    if chosen.messages[:-1] != rejected.messages[:-1]:
+        raise RecordProblem("rejected", "does not share the prompt of chosen (the turns before the last answer differ)")
+    _check_answers(chosen.messages[-1]["content"], rejected.messages[-1]["content"])
+    return Example({"prompt": chosen.messages[:-1], "chosen": chosen.messages[-1:], "rejected": rejected.messages[-1:]}, "preference")
+
+
+def _common_prefix_preference(chosen: str, rejected: str) -> Example:
+    """TRL's `extract_prompt` for strings: the longest common prefix, not ending on the space before an answer."""
+    index = 0
+    limit = min(len(chosen), len(rejected))
+    while index < limit and chosen[index] == rejected[index]:
+        index += 1
+    if index < limit and index > 0 and chosen[index - 1] == " ":
+        index -= 1
+    if index == 0:
+        raise RecordProblem("chosen", "shares no prompt with rejected; add a prompt field")
+    _check_answers(chosen[index:], rejected[index:])
+    return Example({"prompt": chosen[:index], "chosen": chosen[index:], "rejected": rejected[index:]}, "preference")
+
+
+def _check_answers(chosen: Any, rejected: Any) -> None:
+    for name, answer in (("chosen", chosen), ("rejected", rejected)):
+        non_blank(string(answer, name), name, "answer")
+    if chosen == rejected:
+        raise RecordProblem("rejected", "identical to chosen")
+
+
+# --- prompt-only -----------------------------------------------------------------
+
+
+def normalise_prompt_only(record: dict) -> Example:
+    """A prompt for GRPO; the other columns (answer, ...) are kept for the reward functions."""
+    prompt = required(record, "prompt")
+    if isinstance(prompt, list):
+        turns = read_turns(prompt, "prompt")
+        check_order(turns, "prompt", final="user")
+        prompt = turns.messages
+    else:
+        non_blank(string(prompt, "prompt"), "prompt")
+    return Example({"prompt": prompt, **{k: v for k, v in record.items() if k != "prompt"}}, "prompt-only")
+
+
+def describe_shape(example: Example) -> str:
+    """'text', 'prompt+completion', 'prompt+chosen+rejected as message lists', ... for mismatch messages."""
+    columns = "+".join(SHAPE_COLUMNS[example.shape])
+    if example.shape in ("preference", "prompt-completion"):
+        columns += " as message lists" if example.conversational else " as strings"
+    return columns

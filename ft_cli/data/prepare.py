@@ -1,0 +1,311 @@
+"""`ft prepare` as one straight line: check options → convert every record → stage → dedupe/split → publish.
+
+Records stream from the inputs to a hidden staging file next to the output; the
+only per-record state kept in memory is an 8-byte hash (for exact duplicates) and
+a token count (with --model), so memory stays flat as inputs grow. Nothing appears
+at the output paths until every record has been converted and checked: the last
+step renames finished files into place.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import random
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ft_cli.data.convert import (
+    Converter,
+    ConvertOptions,
+    invalid_records_error,
+    parse_mapping,
+)
+from ft_cli.data.formats import ALIASES, FORMATS
+from ft_cli.data.manifest import write_manifest
+from ft_cli.data.report import Stats, summarize_lengths
+from ft_cli.data.templates import TOKENIZER, load_template
+from ft_cli.data.writer import AtomicJsonl, encode_json
+from ft_cli.errors import DataError, UsageError
+
+LONG_POLICIES = ("truncate", "drop", "error")
+
+
+@dataclass
+class PrepareOptions:
+    inputs: list[str]
+    output: Path
+    data_format: str = "auto"
+    template: str | None = None
+    mapping: list[str] = field(default_factory=list)  # "target=source"
+    text_field: str = "text"
+    subset: str | None = None
+    split: str = "train"
+    skip_invalid: bool = False
+    model: str | None = None
+    max_seq_length: int | None = None
+    long: str = "truncate"
+    eval_split: float = 0.0
+    seed: int = 42
+    dedupe: bool = False
+    preview: int = 0
+
+
+@dataclass
+class PrepareResult:
+    stats: Stats
+    previews: list[dict]  # the first --preview records, as written
+    tokenizer: object | None = None
+
+
+def rejects_path(output: Path) -> Path:
+    return output.with_name(f"{output.stem}.rejects.jsonl")
+
+
+def eval_path(output: Path) -> Path:
+    """train.jsonl → eval.jsonl, data_train.jsonl → data_eval.jsonl, data.jsonl → data.eval.jsonl."""
+    head, found, tail = output.stem.rpartition("train")
+    return output.with_name(f"{head}eval{tail}{output.suffix}" if found else f"{output.stem}.eval{output.suffix}")
+
+
+def check_options(opts: PrepareOptions) -> None:
+    """Every option problem at once, before any data is read."""
+    problems = []
+    known = ("auto", *FORMATS, *ALIASES)
+    if opts.data_format not in known:
+        close = difflib.get_close_matches(opts.data_format, known, n=1)
+        problems.append(f"--format {opts.data_format}: expected one of {', '.join(known)}" + (f"; did you mean {close[0]}?" if close else ""))
+    if opts.output.suffix != ".jsonl":
+        problems.append(f"-o {opts.output}: the output is JSONL; name it *.jsonl")
+    elif opts.output.is_dir():
+        problems.append(f"-o {opts.output}: is a directory")
+    for spec in opts.inputs:
+        if Path(spec).resolve() == opts.output.resolve():
+            problems.append(f"-o {opts.output}: would replace the input {spec}")
+        elif Path(spec).is_dir() and Path(spec).resolve() == opts.output.resolve().parent:
+            problems.append(f"-o {opts.output}: is inside the input directory {spec}, so the next run would read it as input")
+    if not 0 <= opts.eval_split < 1:
+        problems.append(f"--eval-split {opts.eval_split:g}: expected a fraction >= 0 and < 1")
+    if opts.long not in LONG_POLICIES:
+        problems.append(f"--long {opts.long}: expected one of {', '.join(LONG_POLICIES)}")
+    if opts.max_seq_length is not None and opts.max_seq_length <= 0:
+        problems.append(f"--max-seq-length {opts.max_seq_length}: expected an integer > 0")
+    if opts.max_seq_length and not opts.model:
+        problems.append("--max-seq-length needs --model: tokens are counted with its tokenizer")
+    if opts.long in LONG_POLICIES and opts.long != "truncate" and not opts.max_seq_length:
+        problems.append(f"--long {opts.long} needs --max-seq-length")
+    if opts.preview < 0:
+        problems.append(f"--preview {opts.preview}: expected a number >= 0")
+    if opts.template == TOKENIZER and not opts.model:
+        problems.append("--template tokenizer needs --model (the model whose chat template renders the messages)")
+    if len(problems) == 1:
+        raise UsageError(problems[0])
+    if problems:
+        raise UsageError(f"ft prepare: {len(problems)} problems:", problems)
+
+
+def prepare(opts: PrepareOptions) -> PrepareResult:
+    check_options(opts)
+    mapping = parse_mapping(opts.mapping)
+    template = load_template(opts.template)
+    tokenizer = None
+    if opts.model:
+        from ft_cli.data.tokens import load_tokenizer
+
+        tokenizer = load_tokenizer(opts.model)
+    if template is not None:
+        template.check()
+        if tokenizer is not None:  # a model's own template file may use bos_token / eos_token
+            template.special_tokens = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
+    converter = Converter(ConvertOptions(opts.data_format, template, mapping, opts.text_field, opts.subset, opts.split))
+    stats = Stats(detected=opts.data_format == "auto", template=opts.template, long_policy=opts.long, max_seq_length=opts.max_seq_length)
+    staged = AtomicJsonl(opts.output, commit=False)
+    rejects = AtomicJsonl(rejects_path(opts.output), commit=False) if opts.skip_invalid else None
+    finals: list[AtomicJsonl] = []
+    try:
+        hashes, lengths, previews = _convert_all(opts, converter, tokenizer, stats, staged, rejects)
+        stats.formats, stats.shape = converter.formats, converter.output_shape
+        finals = _finish(opts, staged, hashes, lengths, stats)
+        _publish(opts, finals, rejects, stats, tokenizer)
+    except BaseException:
+        for writer in (staged, rejects, *finals):
+            if writer is not None:
+                writer.discard()
+        raise
+    return PrepareResult(stats, previews, tokenizer)
+
+
+def _convert_all(opts, converter, tokenizer, stats, staged, rejects) -> tuple[array, array, list[dict]]:
+    """First pass: every record converted and checked, good ones staged, bad ones counted (and set aside)."""
+    from ft_cli.data.tokens import loss_sequences
+
+    hashes, lengths, previews, problems = array("Q"), array("I"), [], []
+
+    def refuse(where, reason: str, value) -> None:
+        stats.rejected += 1
+        if len(problems) < 20:
+            problems.append(f"{where}: {reason}")
+        if rejects is not None:
+            rejects.write({"location": str(where), "reason": reason, "record": value})
+
+    with staged:
+        rejects_block = rejects if rejects is not None else _Nothing()
+        with rejects_block:
+            for item in converter.convert(opts.inputs):
+                stats.records_in += 1
+                if item.problem is not None:
+                    refuse(item.location, item.problem, item.value if item.value is not None else item.raw)
+                    continue
+                for example in item.examples:
+                    stats.examples += 1
+                    if tokenizer is not None:
+                        sequences = loss_sequences(example.record, tokenizer)
+                        length = max(len(s) for s in sequences)
+                        if opts.max_seq_length and length > opts.max_seq_length:
+                            stats.too_long += 1
+                            reason = f"{length} tokens, longer than --max-seq-length {opts.max_seq_length}"
+                            if opts.long == "error":
+                                refuse(item.location, reason, item.value)
+                                continue
+                            if opts.long == "drop":
+                                stats.dropped_long += 1
+                                if rejects is not None:
+                                    rejects.write({"location": str(item.location), "reason": reason, "record": item.value})
+                                continue
+                            if all(not any(s.trained[: opts.max_seq_length]) for s in sequences if any(s.trained)):
+                                stats.nothing_trained += 1
+                        lengths.append(length)
+                    line = encode_json(example.record)
+                    staged.write_line(line)
+                    hashes.append(int.from_bytes(hashlib.blake2b(line.encode(), digest_size=8).digest(), "little"))
+                    if len(previews) < opts.preview:
+                        previews.append(example.record)
+    if stats.rejected and not opts.skip_invalid:
+        raise invalid_records_error(
+            opts.inputs, stats.rejected, problems, f"nothing written (--skip-invalid writes the valid ones and the rest to {rejects_path(opts.output).name})"
+        )
+    if staged.count == 0:
+        if stats.rejected:
+            raise invalid_records_error(opts.inputs, stats.rejected, problems, "no valid record is left, nothing written")
+        raise DataError(f"{', '.join(opts.inputs)}: no records" + (" left" if stats.examples else ""))
+    return hashes, lengths, previews
+
+
+class _Nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _finish(opts: PrepareOptions, staged: AtomicJsonl, hashes: array, lengths: array, stats: Stats) -> list[AtomicJsonl]:
+    """Second pass, only when needed: drop duplicates, split off the eval records. Returns the finished files."""
+    import numpy as np
+
+    count = staged.count
+    keys = np.frombuffer(hashes, dtype=np.uint64)
+    if opts.dedupe:
+        keep = _first_occurrences(keys)
+        stats.duplicates = stats.dropped_duplicates = int(count - keep.sum())
+    else:
+        keep = np.ones(count, dtype=bool)
+        stats.duplicates = _count_duplicates(keys)
+    kept = int(keep.sum())
+    if len(lengths):
+        stats.token_lengths = summarize_lengths(np.frombuffer(lengths, dtype=np.uint32)[keep].tolist())
+
+    held_out = set()
+    if opts.eval_split > 0:
+        size = max(1, round(kept * opts.eval_split))
+        if size >= kept:
+            raise UsageError(f"--eval-split {opts.eval_split:g}: {kept} record(s) leave none for training")
+        held_out = set(random.Random(opts.seed).sample(range(kept), size))
+    if kept == count and not held_out:
+        stats.outputs["train"] = (opts.output, count)
+        return [staged]
+
+    train = AtomicJsonl(opts.output, commit=False)
+    evaluation = AtomicJsonl(eval_path(opts.output), commit=False) if held_out else None
+    finals = [train] + ([evaluation] if evaluation else [])
+    try:
+        with train, evaluation or _Nothing(), open(staged.temp_path, encoding="utf-8") as lines:
+            position = 0
+            for index, line in enumerate(lines):
+                if not keep[index]:
+                    continue
+                (evaluation if position in held_out else train).write_line(line.rstrip("\n"))
+                position += 1
+    except BaseException:
+        for writer in finals:
+            writer.discard()
+        raise
+    staged.discard()
+    stats.outputs["train"] = (opts.output, train.count)
+    if evaluation is not None:
+        stats.outputs["eval"] = (eval_path(opts.output), evaluation.count)
+    return finals
+
+
+def _count_duplicates(keys) -> int:
+    """Records whose hash an earlier record has. Sorts `keys` in place: no copy, so memory stays flat."""
+    if len(keys) < 2:
+        return 0
+    keys.sort()
+    return int(len(keys) - 1 - (keys[1:] != keys[:-1]).sum())
+
+
+def _first_occurrences(keys):
+    """A mask keeping the first record of each distinct hash."""
+    import numpy as np
+
+    first = np.zeros(len(keys), dtype=bool)
+    first[np.unique(keys, return_index=True)[1]] = True
+    return first
+
+
+def _publish(opts: PrepareOptions, finals: list[AtomicJsonl], rejects: AtomicJsonl | None, stats: Stats, tokenizer) -> None:
+    """Rename the finished files into place, then write their manifests (a manifest never describes older data)."""
+    from ft_cli import __version__
+
+    published = [(writer, writer.path, writer.count, writer.sha256.hexdigest()) for writer in finals]
+    for writer in finals:
+        writer.publish()
+    if rejects is not None:
+        stats.outputs["rejects"] = (rejects.publish(), rejects.count)
+    counts = {
+        "records_in": stats.records_in,
+        "rejected": stats.rejected,
+        "duplicates": stats.duplicates,
+        "dropped_duplicates": stats.dropped_duplicates,
+        "too_long": stats.too_long,
+        "dropped_long": stats.dropped_long,
+    }
+    for writer, path, count, sha256 in published:
+        split = "eval" if path != opts.output else "train"
+        manifest = {
+            "file": path.name,
+            "sha256": sha256,
+            "records": count,
+            "split": split,
+            "shape": stats.shape,
+            "format": sorted(set(stats.formats.values())),
+            "template": opts.template,
+            "inputs": list(opts.inputs),
+            "mapping": list(opts.mapping),
+            "counts": counts,
+            "eval_split": opts.eval_split,
+            "seed": opts.seed,
+            "dedupe": opts.dedupe,
+            "tokenizer": None,
+            "max_seq_length": opts.max_seq_length,
+            "long": opts.long if opts.max_seq_length else None,
+            "token_lengths": stats.token_lengths,
+            "ft_version": __version__,
+        }
+        if tokenizer is not None:
+            from ft_cli.data.tokens import describe_tokenizer
+
+            manifest["tokenizer"] = {"path": opts.model, **describe_tokenizer(tokenizer)}
+        stats.manifests.append(write_manifest(path, manifest))

@@ -1,0 +1,158 @@
+"""The data report `ft prepare` ends with, and the preview of what the loss covers."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Without colour (a pipe, a log file, NO_COLOR) trained text is bracketed instead.
+TRAINED_OPEN, TRAINED_CLOSE = "⟦", "⟧"
+
+
+@dataclass
+class Stats:
+    formats: dict[str, str] = field(default_factory=dict)  # input file -> format
+    detected: bool = True  # formats were detected (--format auto), not given
+    shape: str | None = None
+    template: str | None = None
+    records_in: int = 0
+    examples: int = 0  # converted examples (an alpaca seed task may give several)
+    rejected: int = 0
+    duplicates: int = 0
+    dropped_duplicates: int = 0
+    too_long: int = 0
+    dropped_long: int = 0
+    nothing_trained: int = 0  # the answer starts past max_seq_length: the trainer would see no answer token
+    long_policy: str = "truncate"
+    max_seq_length: int | None = None
+    token_lengths: dict | None = None  # min / median / p95 / max
+    outputs: dict[str, tuple[Path, int]] = field(default_factory=dict)  # train / eval / rejects -> (path, records)
+    manifests: list[Path] = field(default_factory=list)
+
+
+def summarize_lengths(lengths: Seq[int]) -> dict | None:
+    if not len(lengths):
+        return None
+    ordered = sorted(lengths)
+    p95 = ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
+    return {"min": ordered[0], "median": statistics.median(ordered), "p95": p95, "max": ordered[-1]}
+
+
+def report_rows(stats: Stats) -> list[tuple[str, str]]:
+    """The report as (what, value) rows; printed as a table, asserted on in tests."""
+    formats = sorted(set(stats.formats.values()))
+    rows = [("records in", str(stats.records_in))]
+    if stats.examples != stats.records_in - stats.rejected:
+        rows.append(("examples (alpaca instances)", str(stats.examples)))
+    rows.append(("format", ", ".join(formats) + (" (detected)" if stats.detected else "") if formats else "-"))
+    rows.append(("template", stats.template or "none (records keep their structure)"))
+    rows.append(("output shape", stats.shape or "-"))
+    rejects = stats.outputs.get("rejects")
+    rows.append(("rejected", f"{stats.rejected}" + (f" (in {rejects[0]})" if rejects else "")))
+    dropped = " (dropped)" if stats.dropped_duplicates else " (kept; --dedupe drops them)" if stats.duplicates else ""
+    rows.append(("exact duplicates", f"{stats.duplicates}{dropped}"))
+    if stats.token_lengths:
+        t = stats.token_lengths
+        rows.append(("tokens per record", f"min {t['min']}, median {t['median']:g}, p95 {t['p95']}, max {t['max']}"))
+    if stats.max_seq_length:
+        policy = {"truncate": "kept; the trainer truncates them", "drop": "dropped", "error": "rejected"}[stats.long_policy]
+        rows.append((f"longer than {stats.max_seq_length} tokens", f"{stats.too_long} ({policy})"))
+        if stats.nothing_trained:
+            rows.append(("answer entirely past the limit", f"{stats.nothing_trained} (nothing to train on once truncated)"))
+    for name in ("train", "eval"):
+        if name in stats.outputs:
+            path, count = stats.outputs[name]
+            rows.append((f"written ({name})", f"{count} → {path}"))
+    return rows
+
+
+def print_report(stats: Stats, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title="ft prepare", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for what, value in report_rows(stats):
+        table.add_row(what, value)
+    console.print(table)
+
+
+def print_preview(records: list[dict], tokenizer=None, console=None) -> None:
+    """Each record as the trainer sees it: trained text highlighted, masked text dim."""
+    from rich.console import Console
+    from rich.text import Text
+
+    console = console or Console()
+    plain = console.no_color or not console.is_terminal
+    legend = f"trained text between {TRAINED_OPEN} {TRAINED_CLOSE}" if plain else "trained text in green, masked (prompt) text dim"
+    source = "tokens of --model" if tokenizer is not None else "characters; pass --model to see tokens and the model's chat template"
+    console.print(f"preview: {len(records)} record(s); {legend} ({source})", highlight=False, soft_wrap=True)
+    for number, record in enumerate(records, start=1):
+        for label, pieces, counts in preview_segments(record, tokenizer):
+            title = f"--- record {number}" + (f" ({label})" if label else "") + (f": {counts}" if counts else "") + " ---"
+            console.print(title, style=None if plain else "bold", highlight=False, soft_wrap=True)
+            text = Text()
+            for piece, trained in pieces:
+                if plain and trained:
+                    text.append(f"{TRAINED_OPEN}{piece}{TRAINED_CLOSE}")
+                else:
+                    text.append(piece, style="bold green" if trained else "dim")
+            console.print(text, highlight=False, markup=False, soft_wrap=True)  # no inserted line breaks
+
+
+def preview_segments(record: dict, tokenizer=None) -> list[tuple[str | None, list[tuple[str, bool]], str]]:
+    """(label, [(text, trained)], token counts) per sequence of a record."""
+    if tokenizer is not None:
+        from ft_cli.data.tokens import loss_sequences
+
+        out = []
+        for sequence in loss_sequences(record, tokenizer):
+            counts = f"{len(sequence)} tokens, {sum(sequence.trained)} trained"
+            out.append((sequence.label, sequence.segments(), counts))
+        return out
+    return [(label, pieces, "") for label, pieces in _character_segments(record)]
+
+
+def _character_segments(record: dict) -> list[tuple[str | None, list[tuple[str, bool]]]]:
+    """Without a tokenizer: messages rendered with chatml for display, answers marked by character."""
+    if "messages" in record:
+        return [(None, _chatml_segments(record["messages"]))]
+    if "text" in record:
+        return [(None, [(record["text"], True)])]
+    if "chosen" in record:
+        return [(name, _pair_segments(record["prompt"], record[name])) for name in ("chosen", "rejected")]
+    if "completion" in record:
+        return [(None, _pair_segments(record["prompt"], record["completion"]))]
+    prompt = record["prompt"]
+    if isinstance(prompt, list):
+        from ft_cli.data.templates import load_template
+
+        return [(None, [(load_template("chatml").render(prompt, add_generation_prompt=True)[0], False)])]
+    return [(None, [(prompt, False)])]
+
+
+def _pair_segments(prompt, answer) -> list[tuple[str, bool]]:
+    if isinstance(prompt, list):
+        from ft_cli.data.templates import load_template
+
+        prompt_text, _ = load_template("chatml").render(prompt, add_generation_prompt=True)
+        return _chatml_segments(prompt + answer, trained_from=len(prompt_text))
+    return [(prompt, False), (answer, True)]
+
+
+def _chatml_segments(messages: list[dict], trained_from: int = 0) -> list[tuple[str, bool]]:
+    """Rendered with chatml; the generation blocks at or after `trained_from` are trained."""
+    from ft_cli.data.templates import load_template
+
+    text, spans = load_template("chatml").render(messages)
+    pieces, position = [], 0
+    for start, end in (span for span in spans if span[0] >= trained_from):
+        pieces += [(text[position:start], False), (text[start:end], True)]
+        position = end
+    pieces.append((text[position:], False))
+    return [(piece, trained) for piece, trained in pieces if piece]

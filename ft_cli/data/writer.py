@@ -1,0 +1,75 @@
+"""Atomic JSONL output: write to a hidden temp file beside the target, rename into place on success.
+
+A run that fails or is killed part-way leaves the previous output (or none) in
+place, never a half-written file: the rename is the only moment the target changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+from ft_cli.files import make_readable
+
+# One encoder for every record: json.dumps with options builds a new one per call.
+encode_json = json.JSONEncoder(ensure_ascii=False).encode
+
+
+class AtomicJsonl:
+    """`with AtomicJsonl(path) as out: out.write(record)`; the file appears at `path` only if the block succeeds.
+
+    `commit=False` keeps the finished temp file (see `temp_path`) for a later
+    `publish()`, so several files can be finished first and renamed last.
+    """
+
+    def __init__(self, path: str | Path, commit: bool = True):
+        self.path = Path(path)
+        self.commit = commit
+        self.count = 0
+        self.sha256 = hashlib.sha256()
+        self.temp_path: Path | None = None
+        self._handle = None
+
+    def __enter__(self) -> AtomicJsonl:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        self.temp_path = Path(name)
+        self._handle = os.fdopen(fd, "wb")
+        return self
+
+    def write(self, record: dict) -> None:
+        self.write_line(encode_json(record))
+
+    def write_line(self, line: str) -> None:
+        data = (line + "\n").encode("utf-8")
+        self._handle.write(data)
+        self.sha256.update(data)
+        self.count += 1
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc_type is not None:
+            self.discard()
+            return
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        if self.commit:
+            self.publish()
+
+    def publish(self) -> Path:
+        """Rename the finished temp file onto the target (atomic on POSIX and Windows)."""
+        make_readable(self.temp_path)
+        os.replace(self.temp_path, self.path)
+        self.temp_path = None
+        return self.path
+
+    def discard(self) -> None:
+        if self._handle is not None and not self._handle.closed:
+            self._handle.close()
+        if self.temp_path is not None:
+            self.temp_path.unlink(missing_ok=True)
+            self.temp_path = None
