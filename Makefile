@@ -29,11 +29,11 @@ $(STAMP): pyproject.toml
 
 # -n auto: one worker per core; each test is mostly single-threaded library imports in a subprocess.
 test: $(STAMP)
-	$(PY) -m pytest -n auto
+	$(PY) -m pytest -n auto --dist loadgroup
 
 # Everything except the tests marked slow (multi-process, kill-and-resume).
 test-fast: $(STAMP)
-	$(PY) -m pytest -n auto -m "not slow"
+	$(PY) -m pytest -n auto --dist loadgroup -m "not slow"
 
 demo: $(STAMP)
 	FT=$(FT) bash examples/demo.sh

@@ -126,6 +126,7 @@ def train(
     """
     from ft_cli.config import load_config
     from ft_cli.errors import UsageError
+    from ft_cli.train.distributed import is_main_process
     from ft_cli.train.run import train as run_training
 
     config, overrides = split_config_and_overrides(args or [])
@@ -134,8 +135,35 @@ def train(
     flags = {"model.path": model, "data.train": dataset, "method": method, "training.output_dir": output_dir}
     loaded = load_config(config, overrides, flags=flags, defaults=None if config else SHORTCUT_DEFAULTS)
     result = run_training(loaded, overwrite=overwrite, dry_run=dry_run)
-    if not dry_run:
+    if not dry_run and is_main_process():
         typer.echo(f"trained: {result}")
+
+
+@app.command()
+def launch(
+    config: ConfigPath,
+    overrides: Overrides = None,
+    nproc: Annotated[int, typer.Option("--nproc", help="Processes per node (usually one per GPU).")] = 1,
+    nnodes: Annotated[int, typer.Option("--nnodes", help="Number of nodes.")] = 1,
+    node_rank: Annotated[int, typer.Option("--node-rank", help="This node's rank, 0 .. nnodes-1.")] = 0,
+    master_addr: Annotated[Optional[str], typer.Option("--master-addr", help="Address of node 0 (required with --nnodes > 1).")] = None,
+    master_port: Annotated[Optional[int], typer.Option("--master-port", help="Port on node 0 (default: a free one on a single node, else 29500).")] = None,
+    launcher: Annotated[str, typer.Option("--launcher", help="torchrun|accelerate")] = "torchrun",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier ft run in output_dir.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything and print the launcher command; start nothing.")] = False,
+) -> None:
+    """Train on several processes or nodes: builds, prints and runs the torchrun command.
+
+    The strategy is `distributed:` in the config (ddp, fsdp, deepspeed_zero2,
+    deepspeed_zero3). SIGTERM/SIGUSR1 go to the training processes (checkpoint, exit
+    75); the exit code is passed through. `ft resume` relaunches such a run the same way.
+    """
+    from ft_cli.launch import Launch, launch_training
+
+    spec = Launch(nproc=nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port, launcher=launcher)
+    code = launch_training(config, overrides or [], spec, overwrite=overwrite, dry_run=dry_run)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
@@ -219,10 +247,16 @@ def resume(
     Overrides may change only how long the run goes and how it logs and saves
     (training.max_steps, num_train_epochs, save_steps, logging_steps, report_to, ...).
     """
+    from ft_cli.launch import relaunch_if_distributed
+    from ft_cli.train.distributed import is_main_process
     from ft_cli.train.resume import resume_run
 
+    code = relaunch_if_distributed(output_dir, overrides or [], checkpoint=checkpoint, force=force)
+    if code is not None:  # a run started by ft launch: resumed on as many processes, by the same launcher
+        raise typer.Exit(code)
     result = resume_run(output_dir, overrides, checkpoint=checkpoint, force=force)
-    typer.echo(f"trained: {result}")
+    if is_main_process():
+        typer.echo(f"trained: {result}")
 
 
 @config_app.command("show")

@@ -68,6 +68,9 @@ class ModelSection(Section):
     load_in_8bit: bool = Field(False, description="Quantize the base model to 8 bits with bitsandbytes.")
     bnb_4bit_quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit quantization data type.")
     bnb_4bit_use_double_quant: bool = Field(True, description="Also quantize the quantization constants.")
+    bnb_4bit_quant_storage: Literal["auto", "uint8", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="dtype the 4-bit weights are packed in; auto = the compute dtype with distributed: fsdp or deepspeed_zero3 (FSDP-QLoRA), else uint8."
+    )
     max_seq_length: PositiveInt = Field(2048, description="Longest training sequence in tokens.")
     trust_remote_code: bool = Field(False, description="Run modelling code shipped with the model (only for models you trust).")
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"] = Field(
@@ -192,7 +195,7 @@ class Config(Section):
         "auto", description="auto = Unsloth on one CUDA GPU when installed, otherwise accelerate."
     )
     distributed: Literal["none", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"] = Field(
-        "none", description="Multi-process strategy."
+        "none", description="Multi-process strategy under `ft launch` (or torchrun / accelerate launch); see From one GPU to many."
     )
     model: ModelSection
     lora: LoraSection | None = Field(None, description="LoRA settings; absent = full fine-tuning.")
@@ -466,6 +469,18 @@ def check_combinations(config: Config) -> list[tuple[str, str]]:
         problems.append((key, "quantized weights cannot be fine-tuned in full; add a `lora:` section (QLoRA) or set it to false"))
     if config.backend == "unsloth" and config.distributed != "none":
         problems.append(("backend", f"unsloth runs on a single GPU only; use backend: accelerate with distributed: {config.distributed}"))
+    sharded = config.distributed in ("fsdp", "deepspeed_zero3")
+    if model.load_in_8bit and sharded:
+        problems.append((
+            "model.load_in_8bit",
+            f"8-bit weights cannot be sharded by distributed: {config.distributed}; use model.load_in_4bit (FSDP-QLoRA) "
+            "or distributed: ddp / deepspeed_zero2",
+        ))
+    if model.load_in_4bit and sharded and model.bnb_4bit_quant_storage == "uint8":
+        problems.append((
+            "model.bnb_4bit_quant_storage",
+            f"uint8 storage cannot be sharded by distributed: {config.distributed}; set it to auto (the compute dtype, as FSDP-QLoRA needs)",
+        ))
     if config.training.padding_free and config.model.attn_implementation not in ("flash_attention_2", "flash_attention_3"):
         problems.append((
             "training.padding_free",

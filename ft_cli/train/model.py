@@ -27,7 +27,20 @@ def load_tokenizer(model: ModelSection):
     return tokenizer
 
 
-def quantization_config(model: ModelSection, compute_dtype):
+def quant_storage_dtype(model: ModelSection, distributed: str, compute_dtype):
+    """The dtype 4-bit weights are packed in. FSDP shards (and ZeRO-3 partitions) only floating-point
+    tensors of one dtype, so FSDP-QLoRA stores them in the compute dtype; uint8 elsewhere."""
+    import torch
+
+    if model.bnb_4bit_quant_storage != "auto":
+        return getattr(torch, _STORAGE_DTYPES[model.bnb_4bit_quant_storage])
+    return compute_dtype if distributed in ("fsdp", "deepspeed_zero3") else torch.uint8
+
+
+_STORAGE_DTYPES = {**_TORCH_DTYPES, "uint8": "uint8"}
+
+
+def quantization_config(model: ModelSection, compute_dtype, distributed: str = "none"):
     if not (model.load_in_4bit or model.load_in_8bit):
         return None
     from transformers import BitsAndBytesConfig
@@ -39,6 +52,7 @@ def quantization_config(model: ModelSection, compute_dtype):
         bnb_4bit_quant_type=model.bnb_4bit_quant_type,
         bnb_4bit_use_double_quant=model.bnb_4bit_use_double_quant,
         bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_quant_storage=quant_storage_dtype(model, distributed, compute_dtype),
     )
 
 
@@ -51,8 +65,15 @@ def load_model(config: Config):
         revision=section.revision,
         trust_remote_code=section.trust_remote_code,
         dtype=dtype,
-        quantization_config=quantization_config(section, dtype),
+        quantization_config=quantization_config(section, dtype, config.distributed),
     )
+    import os
+
+    if kwargs["quantization_config"] is not None and "LOCAL_RANK" in os.environ:
+        import torch
+
+        if torch.cuda.is_available():  # each process quantizes its own copy onto its own GPU
+            kwargs["device_map"] = {"": int(os.environ["LOCAL_RANK"])}
     if section.attn_implementation != "auto":
         kwargs["attn_implementation"] = section.attn_implementation
     model = AutoModelForCausalLM.from_pretrained(section.path, **kwargs)

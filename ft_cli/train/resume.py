@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 from ft_cli.config import Config, LoadedConfig, config_to_dict, flatten, load_config
 from ft_cli.errors import ConfigError, DataError, UsageError
 from ft_cli.files import file_sha256
 from ft_cli.train.checkpoints import Checkpoint, checkpoint_step, discover, verify
-from ft_cli.train.run import RUN_FILE, train
+from ft_cli.train.run import RUN_FILE, say, train
 
 # Keys a resumed run may change: none of them changes the result of the steps already taken.
 SAFE_RESUME_KEYS = (
@@ -38,7 +37,7 @@ _LENGTH_KEYS = ("training.max_steps", "training.num_train_epochs")
 
 
 def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    say(line)
 
 
 def comparable(config: Config) -> dict:
@@ -114,6 +113,7 @@ def resume_run(
         )
     _check_data_unchanged(stored.config, force)
     run = stored.config.run or {}
+    _check_same_process_count(output_dir, run, force)
     if run.get("status") == "finished" and not _asks_for_more(stored, loaded):
         _say(f"{output_dir}: the run finished at step {run.get('step')}; nothing to resume")
         return output_dir
@@ -123,6 +123,19 @@ def resume_run(
         return train(loaded, overwrite=True)
     _say(f"resuming from {chosen.path.name} (step {chosen.step})")
     return train(loaded, resume_from=chosen)
+
+
+def _check_same_process_count(output_dir: Path, run: dict, force: bool) -> None:
+    """The process count is part of the global batch (and of the data order): a resume must keep it."""
+    import os
+
+    before, now = int(run.get("world_size") or 1), int(os.environ.get("WORLD_SIZE", "1"))
+    if before != now and not force:
+        how = "ft resume relaunches runs started by ft launch; " if before > 1 else ""
+        raise ConfigError(
+            f"{output_dir}: the run trained on {before} process(es), this resume has {now}: the global batch and data "
+            f"order would change; {how}start it with the same process count, or pass --force"
+        )
 
 
 def _asks_for_more(stored: LoadedConfig, loaded: LoadedConfig) -> bool:

@@ -19,6 +19,15 @@ from ft_cli.files import file_sha256, write_text_atomically
 from ft_cli.train.backends import choose_backend
 from ft_cli.train.checkpoints import Checkpoint
 from ft_cli.train.data import TrainingData, load_training_records
+from ft_cli.train.distributed import (
+    describe_strategy,
+    distributed_options,
+    is_distributed,
+    is_main_process,
+    wait_for_everyone,
+    with_fsdp_on_cpu,
+    world_size,
+)
 from ft_cli.train.methods import METHODS, Method
 from ft_cli.train.plan import check_integrations, make_plan
 
@@ -30,8 +39,9 @@ FULL_MODEL_DIR = "model"
 
 
 def say(line: str) -> None:
-    """A status line for the user, on stderr so stdout stays for results."""
-    print(line, file=sys.stderr, flush=True)
+    """A status line for the user, on stderr so stdout stays for results; on several processes, rank 0's only."""
+    if is_main_process():
+        print(line, file=sys.stderr, flush=True)
 
 
 def check_output_dir(output_dir: Path, overwrite: bool) -> None:
@@ -119,6 +129,7 @@ def _trainer_args(loaded: LoadedConfig, method: Method, output_dir: Path, shape:
         push_to_hub=t.push_to_hub,
         hub_model_id=t.hub_model_id,
         hub_token=t.hub_token.get_secret_value() if t.hub_token else None,
+        **distributed_options(cfg),
         **method.options(cfg, shape),
     )
 
@@ -140,6 +151,8 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, 
     if cfg.data.train is None:
         raise ConfigError(f"{loaded.path or 'command line'}: data.train: required for ft train (a JSONL file)")
     output_dir = Path(cfg.training.output_dir)
+    if not dry_run:
+        wait_for_everyone()  # every process has read the run directory before rank 0 writes into it
     if resume_from is None and cfg.training.resume == "auto" and not overwrite and (output_dir / RUN_FILE).exists() and not dry_run:
         from ft_cli.train.resume import resume_run
 
@@ -154,7 +167,7 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, 
     eval_records = eval_data.records if eval_data else None
     if cfg.method == "grpo":
         check_rewards(cfg, records[0])  # before the model loads: a broken reward should cost seconds, not a GPU hour
-    if resume_from is None:
+    if resume_from is None and is_main_process():
         check_output_dir(output_dir, overwrite)
     tokenizer = None
     if dry_run:
@@ -168,21 +181,30 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, 
     if dry_run:
         say(f"dry run: nothing written; the run would go to {output_dir}")
         return output_dir
-    if resume_from is None:
+    main = is_main_process()  # on several processes only rank 0 writes the run's files
+    if main and resume_from is None:
         prepare_output_dir(output_dir)
-    else:
+    elif main:
         for log in (METRICS_FILE, SAMPLES_FILE):
             keep_metrics_through(output_dir / log, resume_from.step)
     _quiet_library_noise()
-    write_run_file(output_dir, loaded, status="running")
+    if main:
+        write_run_file(output_dir, loaded, status="running")
+    wait_for_everyone()
     trainer = build_trainer(loaded, train_data, eval_data)
+    if is_distributed():
+        say(f"distributed: {describe_strategy(trainer)} on {trainer.args.world_size} process(es)")
     trainer.train(resume_from_checkpoint=str(resume_from.path) if resume_from else None)
     step = trainer.state.global_step
     if _preemption(trainer).stopped_at is not None and step < trainer.state.max_steps:
-        write_run_file(output_dir, loaded, status="preempted", step=step)
+        if main:
+            write_run_file(output_dir, loaded, status="preempted", step=step)
+        trainer.accelerator.wait_for_everyone()  # no rank exits (and gets the others killed) before the record is written
         raise Preempted(f"preempted at step {step}: checkpoint-{step} is saved; run `ft resume {output_dir}` to continue")
     final = save_final(trainer, trainer.processing_class, output_dir, adapter=cfg.uses_lora)
-    write_run_file(output_dir, loaded, status="finished", step=step)
+    if main:
+        write_run_file(output_dir, loaded, status="finished", step=step)
+    trainer.accelerator.wait_for_everyone()
     return final
 
 
@@ -190,6 +212,13 @@ def write_run_file(output_dir: Path, loaded: LoadedConfig, status: str, step: in
     """ft_run.yaml: the resolved config plus `run:` (versions, data hashes, status), rewritten at each state change."""
     record = run_record(loaded)
     record["run"]["status"] = status
+    from ft_cli.launch import current_launch
+
+    if is_distributed():
+        record["run"]["world_size"] = world_size()  # part of the global batch: resume checks it
+        launch = current_launch()
+        if launch is not None:
+            record["run"]["launch"] = launch  # `ft resume` relaunches the same way
     if step is not None:
         record["run"]["step"] = step
     write_text_atomically(output_dir / RUN_FILE, dump_yaml(record))
@@ -251,7 +280,7 @@ def build_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_data: Tra
         split = train_dataset.train_test_split(test_size=cfg.data.eval_split, seed=cfg.training.seed)
         train_dataset, eval_dataset = split["train"], split["test"]
 
-    trainer_cls = with_safe_checkpoints(method.load(method.trainer))
+    trainer_cls = with_fsdp_on_cpu(with_safe_checkpoints(method.load(method.trainer)))
     extra = {}
     if cfg.method == "grpo":
         from ft_cli.train.rewards import load_rewards
@@ -312,6 +341,8 @@ def _quiet_library_noise() -> None:
 def save_final(trainer, tokenizer, output_dir: Path, adapter: bool) -> Path:
     """Save the adapter (LoRA) or the full model with its tokenizer, via a temp dir and a rename."""
     target = output_dir / (ADAPTER_DIR if adapter else FULL_MODEL_DIR)
+    if is_distributed():
+        return _save_final_distributed(trainer, tokenizer, target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=output_dir))
     staging.chmod(0o755)
     try:
@@ -323,4 +354,23 @@ def save_final(trainer, tokenizer, output_dir: Path, adapter: bool) -> Path:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return target
+
+
+def _save_final_distributed(trainer, tokenizer, target: Path) -> Path:
+    """Every process takes part (FSDP and ZeRO-3 gather the sharded weights); rank 0 writes, then renames."""
+    staging = target.with_name(f".{target.name}.partial")
+    main = trainer.args.should_save
+    if main and staging.exists():
+        shutil.rmtree(staging)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(staging))
+    if main:
+        (staging / "training_args.bin").unlink(missing_ok=True)
+        tokenizer.save_pretrained(staging)
+        staging.chmod(0o755)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    trainer.accelerator.wait_for_everyone()
     return target
