@@ -12,13 +12,14 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 
 import pytest
 import yaml
 from safetensors.torch import load_file
 
-from conftest import OFFLINE_ENV, ft_executable, run_ft
+from conftest import OFFLINE_ENV, REPO, ft_executable, run_ft
 from ft_cli.errors import EXIT_PREEMPTED, EXIT_USAGE
 from test_train import arithmetic_chats, write_jsonl
 
@@ -235,3 +236,34 @@ def test_accelerate_launcher_configs_match_the_strategies():
     assert found["fsdp"]["fsdp_config"]["fsdp_version"] == 2
     assert found["fsdp"]["fsdp_config"]["fsdp_state_dict_type"] == "FULL_STATE_DICT"
     assert [found[f"deepspeed_zero{stage}"]["deepspeed_config"]["zero_stage"] for stage in (2, 3)] == [2, 3]
+
+
+def test_multi_node_sbatch_script_runs_one_ft_launch_per_node_and_trains_like_one_process(workdir, single, tmp_path):
+    """configs/slurm/multi_node.sbatch as SLURM runs it, on one machine: a stand-in `srun` starts its
+    command once per "node" with that node's SLURM variables; the two `ft launch`es meet through torchrun's
+    multi-node rendezvous (MASTER_ADDR:MASTER_PORT) and train one 2-process DDP run."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text(
+        "#!/bin/bash\nshift  # --kill-on-bad-exit=1\n"
+        'SLURM_NODEID=0 "$@" & first=$!\nSLURM_NODEID=1 "$@" & second=$!\n'
+        'wait $first; a=$?; wait $second; b=$?\n[ $a -ne 0 ] && exit $a; exit $b\n'
+    )
+    (fake_bin / "scontrol").write_text("#!/bin/sh\necho 127.0.0.1\n")  # `scontrol show hostnames`: node 0's address
+    for tool in ("srun", "scontrol"):
+        (fake_bin / tool).chmod(0o755)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, **OFFLINE_ENV, "SLURM_JOB_ID": "77", "SLURM_JOB_NUM_NODES": "2", "SLURM_NNODES": "2",
+           "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_GPUS_ON_NODE": "1", "MASTER_PORT": str(port),
+           "PATH": f"{fake_bin}:{ft_executable()[0].rsplit('/', 1)[0]}:{os.environ['PATH']}"}  # fmt: skip
+    config = write_config(workdir, "two-nodes", distributed="ddp", per_device=2)
+    script = [shutil.which("bash"), str(REPO / "configs" / "slurm" / "multi_node.sbatch"), config]
+    result = subprocess.run(script, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert f"--nnodes 2 --node-rank 1 --master-addr 127.0.0.1 --master-port {port} -m ft_cli train {config}" in result.stderr
+    assert "distributed: DDP on 2 process(es)" in result.stderr
+    assert_same_training(workdir / "two-nodes", single)
+    launch = yaml.safe_load((workdir / "two-nodes" / "ft_run.yaml").read_text())["run"]["launch"]
+    assert launch["nnodes"] == 2
