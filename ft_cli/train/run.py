@@ -109,8 +109,7 @@ def _trainer_args(loaded: LoadedConfig, method: Method, output_dir: Path, shape:
         max_grad_norm=t.max_grad_norm,
         optim=t.optim,
         # transformers 5 renamed gradient checkpointing; ft keeps the name users know.
-        activation_checkpointing=t.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        **_checkpointing_args(method, t.gradient_checkpointing),
         logging_steps=t.logging_steps,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=(t.eval_steps or t.logging_steps) if has_eval else None,
@@ -132,6 +131,16 @@ def _trainer_args(loaded: LoadedConfig, method: Method, output_dir: Path, shape:
         **distributed_options(cfg),
         **method.options(cfg, shape),
     )
+
+
+def _checkpointing_args(method: Method, on: bool) -> dict:
+    """Gradient checkpointing under the name this transformers knows: 5.23 renamed
+    `gradient_checkpointing` to `activation_checkpointing`, and Unsloth pins transformers <= 5.17."""
+    import dataclasses
+
+    names = {field.name for field in dataclasses.fields(method.load(method.config))}
+    name = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {name: on, f"{name}_kwargs": {"use_reentrant": False} if on else None}
 
 
 def _check_some_labels_are_trained(dataset, data_path: str) -> None:
@@ -159,7 +168,7 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, 
         say(f"training.resume: auto: {output_dir} holds a run; checking whether it can be continued")
         return resume_run(output_dir, given=loaded)
     check_integrations(loaded)
-    backend, why = choose_backend(cfg)
+    backend, why = choose_backend(cfg, source=loaded.source_of("backend"))
     train_data = load_training_records(cfg.data.train, cfg.method, method.shapes, cfg.data.format, cfg.data.template)
     eval_data = load_training_records(cfg.data.eval, cfg.method, method.shapes, cfg.data.format, cfg.data.template) if cfg.data.eval else None
     records, shape = train_data.records, train_data.shape
@@ -191,7 +200,7 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, 
     if main:
         write_run_file(output_dir, loaded, status="running")
     wait_for_everyone()
-    trainer = build_trainer(loaded, train_data, eval_data)
+    trainer = build_trainer(loaded, train_data, eval_data, backend)
     if is_distributed():
         say(f"distributed: {describe_strategy(trainer)} on {trainer.args.world_size} process(es)")
     trainer.train(resume_from_checkpoint=str(resume_from.path) if resume_from else None)
@@ -261,14 +270,15 @@ def check_rewards(cfg, example: dict) -> None:
     dry_run_rewards(functions, cfg.grpo, example)
 
 
-def build_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_data: TrainingData | None):
+def build_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_data: TrainingData | None, backend: str = "accelerate"):
     """Model, tokenizer, datasets and callbacks wired into the method's TRL trainer, ready to train."""
     from transformers.trainer_callback import PrinterCallback
 
     from ft_cli.train.callbacks import MetricsCallback, PreemptionCallback, ProgressCallback
     from ft_cli.train.checkpoints import with_safe_checkpoints
     from ft_cli.train.methods import with_samples_log
-    from ft_cli.train.model import load_model, load_tokenizer, lora_config
+    from ft_cli.train.backends import load_model_and_lora
+    from ft_cli.train.model import load_tokenizer
     from ft_cli.train.resume import config_hash  # resume.py imports this module
 
     cfg = loaded.config
@@ -287,13 +297,14 @@ def build_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_data: Tra
 
         extra["reward_funcs"] = load_rewards(cfg.grpo)[0]
         trainer_cls = with_samples_log(trainer_cls, output_dir / SAMPLES_FILE, cfg.grpo.samples_per_log)
+    model, tokenizer, peft_config = load_model_and_lora(cfg, backend)  # Unsloth returns its own tokenizer and a PeftModel
     trainer = trainer_cls(
-        model=load_model(cfg),
+        model=model,
         args=_trainer_args(loaded, method, output_dir, train_data.shape, has_eval=eval_dataset is not None),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        processing_class=load_tokenizer(cfg.model),
-        peft_config=lora_config(cfg),
+        processing_class=tokenizer if tokenizer is not None else load_tokenizer(cfg.model),
+        peft_config=peft_config,
         callbacks=[MetricsCallback(output_dir), ProgressCallback(method.extra_metrics), PreemptionCallback()],
         **extra,
     )
