@@ -18,7 +18,8 @@ tokenizer = AutoTokenizer.from_pretrained(model_path)
 model = AutoModelForCausalLM.from_pretrained(model_path)
 args = SFTConfig(
     output_dir=out, max_steps=steps, per_device_train_batch_size=8, gradient_accumulation_steps=1, learning_rate=5e-3,
-    lr_scheduler_type="constant", optim="adamw_torch", logging_steps=10, save_strategy="no", report_to="none",
+    lr_scheduler_type="constant", optim="adamw_torch", logging_steps=10, report_to="none",
+    save_strategy="steps", save_steps=10_000,  # like ft: no save on the way, one checkpoint at the last step
     max_length=256, packing=packing, assistant_only_loss=True, use_cpu=True, seed=42, data_seed=42,
     activation_checkpointing=False, disable_tqdm=True, bf16=False,  # TRL defaults to bf16 autocast; ft runs fp32 here
 )  # fmt: skip
