@@ -259,6 +259,27 @@ def resume(
         typer.echo(f"trained: {result}")
 
 
+@app.command()
+def estimate(
+    config: ConfigPath,
+    overrides: Overrides = None,
+    gpu_mem: Annotated[str, typer.Option("--gpu-mem", help="Memory per GPU, e.g. 80GiB, 24GB, 40000MiB.")] = "80GiB",
+    gpus: Annotated[int, typer.Option("--gpus", help="Number of GPUs (sharding with distributed: fsdp / deepspeed_zero*).", min=1)] = 1,
+    tflops: Annotated[float, typer.Option("--tflops", help="Peak TFLOPS per GPU (default: H100 dense bf16).")] = 989.0,
+    mfu: Annotated[float, typer.Option("--mfu", help="Model FLOPs utilisation assumed for the step time.")] = 0.4,
+) -> None:
+    """Will it fit? Peak memory per GPU and step time, from the model's config alone.
+
+    Reads config.json (local directory or Hugging Face cache), loads no weights, prints
+    each memory term, whether the total fits --gpu-mem and, when it does not, the
+    cheapest changes that do (QLoRA, gradient checkpointing, smaller micro-batch, ZeRO-3).
+    """
+    from ft_cli.config import load_config
+    from ft_cli.estimate import run_estimate
+
+    run_estimate(load_config(config, overrides).config, gpu_mem=gpu_mem, gpus=gpus, tflops=tflops, mfu=mfu)
+
+
 @config_app.command("show")
 def config_show(
     config: ConfigPath,
