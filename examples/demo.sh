@@ -39,6 +39,7 @@ mkdir -p "$OUT"
 stage "environment" env
 stage "build a tiny model" tiny-model "$OUT/tiny-model" --overwrite
 stage "check the run config" config validate configs/demo.yaml
+stage "will it fit? (peak memory and step time from config.json alone)" estimate configs/demo.yaml --gpu-mem 24GiB
 # Alpaca records to chat messages, checked, with a report and one record shown as the trainer
 # sees it; configs/demo.yaml trains on the result. (examples/data/demo_chat.jsonl holds the
 # same records in chat form, for reading.)
