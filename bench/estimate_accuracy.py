@@ -10,7 +10,7 @@ labels = inputs, fused torch AdamW, zero_grad(set_to_none=True) after each step,
 Trainer does). bf16 cases hold the weights in bf16 and run the forward pass and the loss
 under torch.autocast, as the Trainer does with bf16=True.
 
-Measured = peak RSS (getrusage ru_maxrss) minus the RSS after the warm-up: every byte the
+Measured = peak RSS (VmHWM) minus the RSS after the warm-up: every byte the
 run touched. Predicted = ft_cli.estimate.estimate(..., device="cpu") for the same config:
 no CUDA context allowance, and CPU dropout's dtype-sized noise tensors instead of CUDA's
 1-byte masks. The estimate targets live tensors (what torch.cuda.max_memory_allocated
@@ -53,11 +53,14 @@ CASES = [  # (label, model, lora, gradient checkpointing, batch, seq, dtype)
 ]
 
 
-def rss_bytes() -> int:
+def status_bytes(field: str) -> int:
+    """VmRSS (now) or VmHWM (peak) of this process. Not getrusage's ru_maxrss: Linux carries
+    that across fork and exec, so a worker started by a big parent (`make bench` has imported
+    torch and run other benchmarks) would report the parent's size as its own peak."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def train_steps(model_dir: str, lora: bool, gc: bool, batch: int, seq: int, dtype: str, steps: int, accum: int) -> None:
@@ -91,9 +94,8 @@ def train_steps(model_dir: str, lora: bool, gc: bool, batch: int, seq: int, dtyp
 
 
 def worker(spec: dict) -> dict:
-    """One measured run (in its own process, so ru_maxrss is this case's peak)."""
+    """One measured run (in its own process, so VmHWM is this case's peak)."""
     import gc
-    import resource
 
     import torch
 
@@ -103,10 +105,9 @@ def worker(spec: dict) -> dict:
     # thread-pool set-up of the first step (~100-200 MiB) belong to the process, not the run.
     train_steps(spec["warmup_dir"], spec["lora"], spec["gc"], 1, 16, spec["dtype"], 1, 1)
     gc.collect()
-    baseline = rss_bytes()
+    baseline = status_bytes("VmRSS")
     train_steps(spec["model_dir"], spec["lora"], spec["gc"], spec["batch"], spec["seq"], spec["dtype"], STEPS, ACCUM)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"measured": peak - baseline}
+    return {"measured": status_bytes("VmHWM") - baseline}
 
 
 def predict(model_dir: Path, lora: bool, gc: bool, batch: int, seq: int, dtype: str) -> tuple[float, int]:
