@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 from ft_cli.config import Config, ModelSection
 
 _TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+_STORAGE_DTYPES = {**_TORCH_DTYPES, "uint8": "uint8"}
 
 
 def resolve_dtype(model: ModelSection):
@@ -37,8 +40,6 @@ def quant_storage_dtype(model: ModelSection, distributed: str, compute_dtype):
     return compute_dtype if distributed in ("fsdp", "deepspeed_zero3") else torch.uint8
 
 
-_STORAGE_DTYPES = {**_TORCH_DTYPES, "uint8": "uint8"}
-
 
 def quantization_config(model: ModelSection, compute_dtype, distributed: str = "none"):
     if not (model.load_in_4bit or model.load_in_8bit):
@@ -67,8 +68,6 @@ def load_model(config: Config):
         dtype=dtype,
         quantization_config=quantization_config(section, dtype, config.distributed),
     )
-    import os
-
     if kwargs["quantization_config"] is not None and "LOCAL_RANK" in os.environ:
         import torch
 
