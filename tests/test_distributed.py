@@ -137,10 +137,9 @@ def test_two_process_ddp_run_preempted_and_resumed_trains_like_one_process_with_
     assert {p.name for p in (run / "checkpoint-6").glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
 
 
-def test_two_process_fsdp_run_through_accelerate_launch_killed_resumed_and_merged(workdir, single):
+def test_two_process_fsdp_run_through_accelerate_launch_killed_and_resumed_trains_like_one_process(workdir, single):
     """FSDP2 (one unit per decoder layer, full-state-dict checkpoints) started by `accelerate launch`, SIGKILLed
-    after step 4: `ft resume` relaunches it the same way and it ends like the 1-process run; `ft merge` takes
-    its adapter."""
+    after step 4: `ft resume` relaunches it the same way and it ends like the 1-process run."""
     config = write_config(workdir, "fsdp", distributed="fsdp", per_device=2)
     killed = run_ft("launch", config, "--nproc", "2", "--launcher", "accelerate", env={"FT_FAULT_INJECTION": "sigkill@step:4"})
     assert killed.returncode != 0
@@ -154,11 +153,7 @@ def test_two_process_fsdp_run_through_accelerate_launch_killed_resumed_and_merge
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "ft launch: accelerate launch --config_file " in resumed.stderr
     assert "resuming from checkpoint-3" in resumed.stderr
-    assert_same_training(run, single)
-
-    merged = run_ft("merge", run / "lora_weights", "-o", workdir / "fsdp-merged")
-    assert merged.returncode == 0, merged.stderr[-3000:]
-    assert (workdir / "fsdp-merged" / "model.safetensors").is_file()
+    assert_same_training(run, single)  # an ordinary adapter, equal to the 1-process one: ft merge takes it as any other
 
 
 def test_launch_dry_run_prints_the_torchrun_and_accelerate_command_lines(workdir):
