@@ -23,6 +23,7 @@ from ft_cli.merge import FAILED_MARKER, MERGE_RECORD, VerificationFailed, merge_
 PROMPTS = ["What is 2 + 3?", "Write a short poem about the sea.", "The quick brown fox"]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 FP32_ATOL = 1e-5
+pytestmark = pytest.mark.xdist_group("merge")  # one worker: the trained adapters (module fixtures) are built once
 
 
 # ---------------------------------------------------------------- fixtures
