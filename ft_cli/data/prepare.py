@@ -22,7 +22,7 @@ from ft_cli.data.convert import (
     invalid_records_error,
     parse_mapping,
 )
-from ft_cli.data.formats import ALIASES, FORMATS
+from ft_cli.data.formats import ALIASES, FORMATS, RecordProblem
 from ft_cli.data.manifest import write_manifest
 from ft_cli.data.report import Stats, summarize_lengths
 from ft_cli.data.templates import TOKENIZER, load_template
@@ -160,7 +160,11 @@ def _convert_all(opts, converter, tokenizer, stats, staged, rejects) -> tuple[ar
                 for example in item.examples:
                     stats.examples += 1
                     if tokenizer is not None:
-                        sequences = loss_sequences(example.record, tokenizer)
+                        try:
+                            sequences = loss_sequences(example.record, tokenizer)
+                        except RecordProblem as problem:  # the model's template refuses or rewrites the record
+                            refuse(item.location, str(problem), item.value)
+                            continue
                         length = max(len(s) for s in sequences)
                         if opts.max_seq_length and length > opts.max_seq_length:
                             stats.too_long += 1

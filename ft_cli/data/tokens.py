@@ -1,10 +1,11 @@
 """What the loss covers: records tokenized the way TRL's trainers tokenize them, token by token trained or masked.
 
-Used for `--model` token statistics and for `--preview`. It follows TRL's SFT
-rules: messages are rendered by the chat template and trained on the assistant
-turns (the template's `{% generation %}` blocks); a prompt/completion pair is
-trained on the completion, with the EOS token appended; plain text is trained on
-every token (EOS appended). Preference records give two sequences (prompt+chosen,
+Used for `--model` token statistics, for `--preview`, and by `ft train`, which hands
+SFT records to TRL already tokenized with these masks, so what is trained is exactly
+what the preview shows. Messages are rendered by the chat template and trained on
+the assistant turns, each with the end-of-turn token that closes it (ft_cli.data.chat_masks
+finds them for any template); a prompt/completion pair is trained on the completion,
+with the EOS token appended; plain text is trained on every token (EOS appended). Preference records give two sequences (prompt+chosen,
 prompt+rejected); a prompt-only record is the prompt, nothing trained (GRPO
 generates the answers).
 """
@@ -15,6 +16,8 @@ import re
 import sys
 from dataclasses import dataclass
 
+from ft_cli.data.chat_masks import assistant_spans
+from ft_cli.data.formats import RecordProblem
 from ft_cli.errors import UsageError
 
 _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -23,6 +26,7 @@ _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 @dataclass
 class Sequence:
     text: str
+    ids: list[int]
     offsets: list[tuple[int, int]]  # character span of each token in `text`
     trained: list[bool]  # per token: does the loss cover it?
     label: str | None = None  # 'chosen' / 'rejected' for preference records
@@ -81,6 +85,23 @@ def loss_sequences(record: dict, tokenizer) -> list[Sequence]:
     return [_prompt(record["prompt"], tokenizer)]
 
 
+def sft_features(record: dict, tokenizer) -> dict:
+    """An SFT record as TRL's pre-tokenized input: its ids and, per token, 1 where the loss covers it."""
+    (sequence,) = loss_sequences(record, tokenizer)
+    return {"input_ids": sequence.ids, "assistant_masks": [int(flag) for flag in sequence.trained]}
+
+
+def preview_json(record: dict, tokenizer) -> list[dict]:
+    """`--preview --json`: per sequence, the ids, each id decoded, and whether it is trained."""
+    rows = []
+    for sequence in loss_sequences(record, tokenizer):
+        row = {"ids": sequence.ids, "tokens": [tokenizer.decode([i]) for i in sequence.ids], "trained": sequence.trained}
+        if sequence.label:
+            row["label"] = sequence.label
+        rows.append(row)
+    return rows
+
+
 def sequence_length(record: dict, tokenizer) -> int:
     return max(len(sequence) for sequence in loss_sequences(record, tokenizer))
 
@@ -91,28 +112,48 @@ def _encode(tokenizer, text: str, add_special_tokens: bool = True) -> tuple[list
 
 
 def _chat(messages: list[dict], tokenizer, tools=None) -> Sequence:
-    """Messages through the chat template; trained where the template's generation blocks are (TRL's assistant masks)."""
+    """Messages through the chat template, trained on the assistant turns: the template's generation
+    blocks when it has them (transformers' assistant masks), else the turns found by rendering."""
     _require_chat_template(tokenizer)
-    text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
-    _, offsets = _encode(tokenizer, text, add_special_tokens=False)
     if _GENERATION_TAG.search(tokenizer.chat_template):
-        masks = tokenizer.apply_chat_template(messages, tools=tools, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
-        return Sequence(text, offsets, [bool(m) for m in masks["assistant_masks"]])
-    # No generation blocks: each assistant turn is what its rendering adds after the generation prompt.
-    spans = []
-    for i, message in enumerate(messages):
-        if message["role"] == "assistant":
-            start = len(tokenizer.apply_chat_template(messages[:i], tools=tools, add_generation_prompt=True, tokenize=False))
-            spans.append((start, len(tokenizer.apply_chat_template(messages[: i + 1], tools=tools, tokenize=False))))
-    return Sequence(text, offsets, [any(a <= s < b for a, b in spans) for s, _ in offsets])
+        text = _render(tokenizer, messages, tools, False)
+        masks = _apply(tokenizer, messages, tools=tools, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        ids, offsets = _encode(tokenizer, text, add_special_tokens=False)
+        if ids != list(masks["input_ids"]):
+            raise RecordProblem("messages", "the chat template's text does not tokenize to the ids transformers computes its mask on")
+        return Sequence(text, ids, offsets, [bool(m) for m in masks["assistant_masks"]])
+    text, spans = assistant_spans(messages, lambda turns, prompt: _render(tokenizer, turns, tools, prompt), _special_tokens(tokenizer))
+    ids, offsets = _encode(tokenizer, text, add_special_tokens=False)
+    # A token is trained when any of its characters is: " Hello" after "[/INST]" starts with the template's space.
+    return Sequence(text, ids, offsets, [any(a < e and b > s for a, b in spans) for s, e in offsets])
+
+
+def _apply(tokenizer, messages, **kwargs):
+    """apply_chat_template, with a template's own error (Mistral's "roles must alternate") as the record's problem."""
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(messages, **kwargs)
+    except TemplateError as exc:
+        raise RecordProblem("messages", f"the chat template refuses it: {exc}") from None
+
+
+def _render(tokenizer, messages: list[dict], tools, add_generation_prompt: bool) -> str:
+    return _apply(tokenizer, messages, tools=tools, add_generation_prompt=add_generation_prompt, tokenize=False)
+
+
+def _special_tokens(tokenizer) -> list[str]:
+    """Every special or added token string: the candidates for a turn's closing token."""
+    added = [token.content for token in getattr(tokenizer, "added_tokens_decoder", {}).values()]
+    return list(dict.fromkeys([*tokenizer.all_special_tokens, *added]))
 
 
 def _pair(prompt, answer, tokenizer, label: str | None = None) -> Sequence:
     """Prompt + answer, trained on the answer from where the tokenized prompt stops matching (as TRL does)."""
     if isinstance(prompt, list):
         _require_chat_template(tokenizer)
-        prompt_text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-        text = tokenizer.apply_chat_template(prompt + answer, tokenize=False)
+        prompt_text = _render(tokenizer, prompt, None, True)
+        text = _render(tokenizer, prompt + answer, None, False)
         prompt_ids, _ = _encode(tokenizer, prompt_text, add_special_tokens=False)
         ids, offsets = _encode(tokenizer, text, add_special_tokens=False)
     else:
@@ -122,24 +163,24 @@ def _pair(prompt, answer, tokenizer, label: str | None = None) -> Sequence:
     shared = 0
     while shared < min(len(ids), len(prompt_ids)) and ids[shared] == prompt_ids[shared]:
         shared += 1
-    return Sequence(text, offsets, [i >= shared for i in range(len(ids))], label)
+    return Sequence(text, ids, offsets, [i >= shared for i in range(len(ids))], label)
 
 
 def _plain(text: str, tokenizer) -> Sequence:
     text = _with_eos(text, tokenizer)
-    _, offsets = _encode(tokenizer, text)
-    return Sequence(text, offsets, [True] * len(offsets))
+    ids, offsets = _encode(tokenizer, text)
+    return Sequence(text, ids, offsets, [True] * len(offsets))
 
 
 def _prompt(prompt, tokenizer) -> Sequence:
     if isinstance(prompt, list):
         _require_chat_template(tokenizer)
-        text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-        _, offsets = _encode(tokenizer, text, add_special_tokens=False)
+        text = _render(tokenizer, prompt, None, True)
+        ids, offsets = _encode(tokenizer, text, add_special_tokens=False)
     else:
         text = prompt
-        _, offsets = _encode(tokenizer, text)
-    return Sequence(text, offsets, [False] * len(offsets))
+        ids, offsets = _encode(tokenizer, text)
+    return Sequence(text, ids, offsets, [False] * len(offsets))
 
 
 def _with_eos(text: str, tokenizer) -> str:

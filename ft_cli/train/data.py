@@ -104,3 +104,54 @@ def load_sft_records(path: str | Path, data_format: str = "auto", template: str 
     """Records for SFT and their shape (conversational, prompt-completion or language-modeling)."""
     data = load_training_records(path, "sft", tuple(SHAPES), data_format, template)
     return data.records, data.shape
+
+
+_PROBLEM = "ft_problem"  # a column that carries a record's problem out of datasets.map
+
+
+def tokenize_sft(dataset, tokenizer, data: TrainingData):
+    """SFT records as TRL's pre-tokenized input (input_ids + assistant_masks), masked by ft.
+
+    TRL can compute assistant-only masks only for templates with `{% generation %}` blocks
+    or the few it knows how to patch (it raises for Llama 3.x, Mistral, Gemma 2, ...). ft
+    masks every template itself (ft_cli.data.chat_masks), with exactly the function that
+    `ft prepare --preview` uses, and TRL then only builds labels from the mask. The map goes
+    through datasets, so the result is cached by data + tokenizer fingerprint like TRL's own.
+    """
+    from accelerate import PartialState
+
+    from ft_cli.data.formats import RecordProblem
+    from ft_cli.data.tokens import sft_features
+
+    def features(record: dict) -> dict:
+        try:
+            return {**sft_features(_without_nulls(record), tokenizer), _PROBLEM: ""}
+        except RecordProblem as problem:
+            return {"input_ids": [], "assistant_masks": [], _PROBLEM: str(problem)}
+
+    with PartialState().main_process_first():  # rank 0 fills the cache; the others read it
+        tokenized = dataset.map(features, remove_columns=dataset.column_names, desc="Tokenizing with ft's answer masks")
+    problems = [(index, text) for index, text in enumerate(tokenized[_PROBLEM]) if text]
+    if problems:
+        lines = _record_lines(data.path) if not data.converted else None
+        where = [f"{data.path}:{lines[i]}" if lines else f"{data.path}: record {i + 1}" for i, _ in problems]
+        raise DataError(
+            f"{data.path}: {len(problems)} record(s) cannot be trained with model.path's chat template "
+            "(fix or drop them; `ft prepare --model ... --skip-invalid` sets them aside)",
+            [f"{place}: {text}" for place, (_, text) in zip(where, problems)],
+        )
+    return tokenized.remove_columns(_PROBLEM)
+
+
+def _without_nulls(record: dict) -> dict:
+    """A record as written: datasets fills keys that other records have with None, and templates test `is defined`."""
+    clean = {key: value for key, value in record.items() if value is not None}
+    if isinstance(clean.get("messages"), list):
+        clean["messages"] = [{k: v for k, v in turn.items() if v is not None} for turn in clean["messages"]]
+    return clean
+
+
+def _record_lines(path: Path) -> list[int]:
+    """The line number of each record of a JSONL file (read_jsonl skips blank lines)."""
+    with path.open(encoding="utf-8") as handle:
+        return [number for number, line in enumerate(handle, start=1) if line.strip()]

@@ -35,9 +35,10 @@ def sft_options(cfg: Config, shape: str) -> dict:
         "max_length": cfg.model.max_seq_length,
         "packing": cfg.training.packing,
         "padding_free": cfg.training.padding_free,
-        # Train on the answer only: assistant turns of chats, completions of prompt/completion pairs.
-        "assistant_only_loss": shape == "conversational",
-        "completion_only_loss": shape == "prompt-completion",
+        # ft hands SFT data over tokenized, with its own answer masks (train/data.py: tokenize_sft);
+        # TRL's own masking would patch the chat template, which it cannot do for most models.
+        "assistant_only_loss": False,
+        "completion_only_loss": False,
         "dataset_num_proc": None,
     }
 

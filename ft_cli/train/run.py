@@ -284,8 +284,15 @@ def build_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_data: Tra
     cfg = loaded.config
     method = METHODS[cfg.method]
     output_dir = Path(cfg.training.output_dir)
+    model, tokenizer, peft_config = load_model_and_lora(cfg, backend)  # Unsloth returns its own tokenizer and a PeftModel
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
     train_dataset = _as_dataset(train_data)
     eval_dataset = _as_dataset(eval_data) if eval_data else None
+    if cfg.method == "sft":  # ft's answer masks, the ones `ft prepare --preview` shows, for any chat template
+        from ft_cli.train.data import tokenize_sft
+
+        train_dataset = tokenize_sft(train_dataset, tokenizer, train_data)
+        eval_dataset = tokenize_sft(eval_dataset, tokenizer, eval_data) if eval_dataset is not None else None
     if cfg.data.eval_split > 0:
         split = train_dataset.train_test_split(test_size=cfg.data.eval_split, seed=cfg.training.seed)
         train_dataset, eval_dataset = split["train"], split["test"]
@@ -297,13 +304,12 @@ def build_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_data: Tra
 
         extra["reward_funcs"] = load_rewards(cfg.grpo)[0]
         trainer_cls = with_samples_log(trainer_cls, output_dir / SAMPLES_FILE, cfg.grpo.samples_per_log)
-    model, tokenizer, peft_config = load_model_and_lora(cfg, backend)  # Unsloth returns its own tokenizer and a PeftModel
     trainer = trainer_cls(
         model=model,
         args=_trainer_args(loaded, method, output_dir, train_data.shape, has_eval=eval_dataset is not None),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        processing_class=tokenizer if tokenizer is not None else load_tokenizer(cfg.model),
+        processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=[MetricsCallback(output_dir), ProgressCallback(method.extra_metrics), PreemptionCallback()],
         **extra,
