@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-REAL_DATA = REPO.parent / "shared" / "data" / "real"
+REAL_DATA = REPO / "tests" / "data" / "real"  # in the repository: a bare clone has nothing beside it
 
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -81,3 +81,19 @@ def pytest_report_header(config):
     return f"ft executable: {' '.join(ft_executable())}; real data: {REAL_DATA} ({'present' if REAL_DATA.exists() else 'missing'})"
 
 
+
+
+@pytest.fixture(scope="session")
+def family_model_dir(tmp_path_factory):
+    """`family_model_dir("llama3.2")`: that family's miniature, built on first use, once per session (per worker)."""
+    from ft_cli.models.families import build_family_model
+
+    built: dict[str, Path] = {}
+    root = tmp_path_factory.mktemp("families")
+
+    def get(family: str) -> Path:
+        if family not in built:
+            built[family] = build_family_model(root / family, family)
+        return built[family]
+
+    return get
