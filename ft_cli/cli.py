@@ -73,6 +73,9 @@ def prepare(
     seed: Annotated[int, typer.Option(help="Seed for the eval split.")] = 42,
     dedupe: Annotated[bool, typer.Option(help="Drop exact duplicate records.")] = False,
     preview: Annotated[int, typer.Option(help="Print N rendered records with trained tokens highlighted.")] = 0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="With --preview and --model: one JSON object per record on stdout (ids, tokens, trained).")
+    ] = False,
 ) -> None:
     """Convert raw data into validated training JSONL.
 
@@ -87,7 +90,24 @@ def prepare(
         subset=subset, split=split, skip_invalid=skip_invalid, model=model, max_seq_length=max_seq_length, long=long,
         eval_split=eval_split, seed=seed, dedupe=dedupe, preview=preview,
     )  # fmt: skip
+    if as_json and not (preview and model):
+        from ft_cli.errors import UsageError
+
+        raise UsageError("--json: needs --preview N and --model (the JSON lists the model's token ids)")
     result = run_prepare(options)
+    if as_json:
+        import json
+
+        from rich.console import Console
+
+        from ft_cli.data.tokens import preview_json
+
+        for record in result.previews:
+            sequences = preview_json(record, result.tokenizer)
+            row = sequences[0] if len(sequences) == 1 else {s.pop("label"): s for s in sequences}
+            typer.echo(json.dumps(row, ensure_ascii=False))
+        print_report(result.stats, Console(stderr=True))  # stdout stays pure JSON lines
+        return
     if result.previews:
         print_preview(result.previews, result.tokenizer)
     print_report(result.stats)
