@@ -346,12 +346,23 @@ def tiny_model(
     seed: Annotated[int, typer.Option(help="Seed for weights and tokenizer.")] = 0,
     tie_word_embeddings: Annotated[bool, typer.Option(help="Share input embeddings and lm_head.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing directory.")] = False,
+    family: Annotated[
+        Optional[str],
+        typer.Option(help="A faithful miniature of a family: llama3.1, llama3.2, qwen2.5, qwen3, mistral, gemma3, phi3, smollm2, deepseek-r1-distill."),
+    ] = None,
 ) -> None:
     """Build a tiny offline model for tests and demos.
 
     A ~140k-parameter Llama or Qwen2 with a byte-level BPE tokenizer and a chat
-    template, seeded and built without any download.
+    template, seeded and built without any download. With --family, a miniature of that
+    family: its architecture class and quirks, special tokens and published chat template.
     """
+    if family is not None:
+        from ft_cli.models.families import build_family_model
+
+        path = build_family_model(out_dir, family, seed=seed, overwrite=overwrite)
+        typer.echo(f"tiny {family} model written to {path}")
+        return
     from ft_cli.tiny import build_tiny_model
 
     path = build_tiny_model(out_dir, arch=arch, seed=seed, tie_word_embeddings=tie_word_embeddings, overwrite=overwrite)

@@ -135,7 +135,30 @@ def build_tiny_model(
         pad_token_id=tokenizer.pad_token_id,
     )
 
-    # Build next to the target and rename, so an interrupted build never looks complete.
+    def write(staging: Path) -> None:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        save_tokenizer_as_loaded(staging)
+
+    return publish_directory(out_dir, write)
+
+
+def save_tokenizer_as_loaded(directory: Path) -> None:
+    """Re-save the tokenizer the way AutoTokenizer loads it next to this config.json.
+
+    transformers 5 may load a tokenizer.json through a model-specific class (Qwen2Tokenizer
+    for a qwen2 config) that rebuilds the pre-tokenizer from the class's defaults: a file
+    written with GPT-2's split regex would then encode " 12345" differently from what it says.
+    Saving what was loaded makes the files say what transformers does with them.
+    """
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(directory).save_pretrained(directory)
+
+
+def publish_directory(out_dir: Path, write) -> Path:
+    """Run `write(staging)` in a directory next to `out_dir`, then rename it into place, so an
+    interrupted build never looks complete."""
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -143,8 +166,7 @@ def build_tiny_model(
         raise UsageError(f"{out_dir}: cannot create it ({exc.strerror or exc})") from None
     staging.chmod(0o755)  # mkdtemp makes it private; a model dir is meant to be shared
     try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+        write(staging)
         if out_dir.exists():
             shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
         staging.rename(out_dir)

@@ -52,7 +52,10 @@ def test_each_assistant_turn_is_trained_with_its_closing_token_and_nothing_else(
     (sequence,) = loss_sequences(CHAT, tokenizer)
     end = FAMILIES[family].end_of_turn
     runs = trained_runs(sequence.ids, sequence.trained, tokenizer)
-    assert [run.strip() for run in runs] == [f"{answer}{end}" for answer in ANSWERS]
+    expected = [f"{answer}{end}" for answer in ANSWERS]
+    if family == "qwen3":  # Qwen3 writes an empty think block into the last turn (after the last user message) only
+        expected[-1] = f"<think>\n\n</think>\n\n{expected[-1]}"
+    assert [run.strip() for run in runs] == expected
     assert sequence.ids[-1] == tokenizer.convert_tokens_to_ids(end) or sequence.text.rstrip().endswith(tokenizer.eos_token)
 
 
@@ -143,7 +146,9 @@ def test_llama3_without_a_pad_token_still_trains_its_end_of_turn(tmp_path, famil
 def test_a_template_that_refuses_a_record_is_a_path_line_error_in_prepare_and_train(tmp_path, family_model_dir, ft, write_yaml):
     model = family_model_dir("mistral")
     data = tmp_path / "chat.jsonl"
-    bad = {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}]}
+    # Valid for ft (a tool result between assistant turns), refused by Mistral v0.3's template.
+    bad = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                        {"role": "tool", "content": "r"}, {"role": "assistant", "content": "c"}]}  # fmt: skip
     good = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "c"}]}
     data.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
 

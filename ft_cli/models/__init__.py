@@ -1,0 +1,1 @@
+"""Model families: faithful miniatures, and real models from GGUF files."""
