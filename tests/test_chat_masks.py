@@ -159,6 +159,8 @@ def test_a_template_that_refuses_a_record_is_a_path_line_error_in_prepare_and_tr
 
     config = write_yaml(yaml.safe_dump({"model": {"path": str(model)}, "data": {"train": str(data)}, "lora": {"r": 4},
                                         "training": {"output_dir": str(tmp_path / "run"), "max_steps": 1, "optim": "adamw_torch"}}))  # fmt: skip
-    result = ft("train", config)
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    assert f"{data}:2: messages: the chat template refuses it" in result.stderr and "alternate" in result.stderr
+    for dry_run in (["--dry-run"], []):  # the dry run finds it before any weight loads; the run, before training
+        result = ft("train", config, *dry_run)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert f"{data}:2: messages: the chat template refuses it" in result.stderr and "alternate" in result.stderr
+    assert not (tmp_path / "run" / "lora_weights").exists()

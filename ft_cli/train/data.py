@@ -133,14 +133,19 @@ def tokenize_sft(dataset, tokenizer, data: TrainingData):
         tokenized = dataset.map(features, remove_columns=dataset.column_names, desc="Tokenizing with ft's answer masks")
     problems = [(index, text) for index, text in enumerate(tokenized[_PROBLEM]) if text]
     if problems:
-        lines = _record_lines(data.path) if not data.converted else None
-        where = [f"{data.path}:{lines[i]}" if lines else f"{data.path}: record {i + 1}" for i, _ in problems]
-        raise DataError(
-            f"{data.path}: {len(problems)} record(s) cannot be trained with model.path's chat template "
-            "(fix or drop them; `ft prepare --model ... --skip-invalid` sets them aside)",
-            [f"{place}: {text}" for place, (_, text) in zip(where, problems)],
-        )
+        raise template_problems_error(data, problems)
     return tokenized.remove_columns(_PROBLEM)
+
+
+def template_problems_error(data: TrainingData, problems: list[tuple[int, str]]) -> DataError:
+    """`path:LINE: reason` for each record (by index) that the model's chat template cannot train."""
+    lines = _record_lines(data.path) if not data.converted else None
+    where = [f"{data.path}:{lines[i]}" if lines else f"{data.path}: record {i + 1}" for i, _ in problems]
+    return DataError(
+        f"{data.path}: {len(problems)} record(s) cannot be trained with model.path's chat template "
+        "(fix or drop them; `ft prepare --model ... --skip-invalid` sets them aside)",
+        [f"{place}: {text}" for place, (_, text) in zip(where, problems)],
+    )
 
 
 def _without_nulls(record: dict) -> dict:

@@ -74,23 +74,19 @@ class Plan:
         return out
 
 
-def count_tokens(records: list[dict], shape: str, tokenizer) -> list[int]:
-    """Tokens per record as the trainer will see them (chat template included)."""
+def count_tokens(records: list[dict], tokenizer) -> tuple[list[int], list[tuple[int, str]]]:
+    """Tokens per record as the trainer will see them (chat template included), and the
+    (index, reason) of each record the model's chat template refuses: the dry run finds them too."""
+    from ft_cli.data.formats import RecordProblem
+    from ft_cli.data.tokens import sequence_length
 
-    def length(value) -> int:
-        if isinstance(value, list):  # conversational
-            return len(tokenizer.apply_chat_template(value, tokenize=True, return_dict=True)["input_ids"])
-        return len(tokenizer(value, add_special_tokens=False)["input_ids"])
-
-    if shape == "conversational":
-        return [length(r["messages"]) for r in records]
-    if shape == "prompt-completion":  # strings concatenate to text, message lists to one conversation
-        return [length(r["prompt"] + r["completion"]) for r in records]
-    if shape == "preference":  # the longer of the two answers decides what fits
-        return [max(length(r["prompt"] + r["chosen"]), length(r["prompt"] + r["rejected"])) for r in records]
-    if shape == "prompt-only":
-        return [length(r["prompt"]) for r in records]
-    return [length(r["text"]) for r in records]
+    lengths, problems = [], []
+    for index, record in enumerate(records):
+        try:
+            lengths.append(sequence_length(record, tokenizer))
+        except RecordProblem as problem:
+            problems.append((index, str(problem)))
+    return lengths, problems
 
 
 def optimizer_steps(config: Config, train_records: int, world_size: int = 1) -> int:
@@ -104,7 +100,7 @@ def optimizer_steps(config: Config, train_records: int, world_size: int = 1) -> 
     return math.ceil(t.num_train_epochs * max(batches // t.gradient_accumulation_steps, 1))
 
 
-def make_plan(config: Config, records: list[dict], shape: str, eval_records: int, tokenizer=None) -> Plan:
+def make_plan(config: Config, records: list[dict], shape: str, eval_records: int, token_lengths: list[int] | None = None) -> Plan:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     held_out = math.ceil(len(records) * config.data.eval_split) if config.data.eval_split else 0
     t = config.training
@@ -115,5 +111,5 @@ def make_plan(config: Config, records: list[dict], shape: str, eval_records: int
         optimizer_steps=optimizer_steps(config, len(records) - held_out, world_size),
         global_batch=t.per_device_train_batch_size * t.gradient_accumulation_steps * world_size,
         max_seq_length=config.model.max_seq_length,
-        token_lengths=count_tokens(records, shape, tokenizer) if tokenizer is not None else None,
+        token_lengths=token_lengths,
     )

@@ -29,7 +29,7 @@ from ft_cli.train.distributed import (
     world_size,
 )
 from ft_cli.train.methods import METHODS, Method
-from ft_cli.train.plan import check_integrations, make_plan
+from ft_cli.train.plan import check_integrations, count_tokens, make_plan
 
 RUN_FILE = "ft_run.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -178,12 +178,15 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, 
         check_rewards(cfg, records[0])  # before the model loads: a broken reward should cost seconds, not a GPU hour
     if resume_from is None and is_main_process():
         check_output_dir(output_dir, overwrite)
-    tokenizer = None
+    token_lengths = None
     if dry_run:
+        from ft_cli.train.data import template_problems_error
         from ft_cli.train.model import load_tokenizer
 
-        tokenizer = load_tokenizer(cfg.model)
-    plan = make_plan(cfg, records, shape, len(eval_records or []), tokenizer)
+        token_lengths, problems = count_tokens(records, load_tokenizer(cfg.model))
+        if problems:
+            raise template_problems_error(train_data, problems)
+    plan = make_plan(cfg, records, shape, len(eval_records or []), token_lengths)
     say(f"backend: {backend} ({why})")
     for line in plan.lines():
         say(line)
