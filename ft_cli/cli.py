@@ -146,6 +146,7 @@ def train(
     """
     from ft_cli.config import load_config
     from ft_cli.errors import UsageError
+    from ft_cli.run_dir import wants_auto_resume
     from ft_cli.train.distributed import is_main_process
     from ft_cli.train.run import train as run_training
 
@@ -154,7 +155,15 @@ def train(
         raise UsageError("ft train: give a CONFIG file, or at least --model and --dataset")
     flags = {"model.path": model, "data.train": dataset, "method": method, "training.output_dir": output_dir}
     loaded = load_config(config, overrides, flags=flags, defaults=None if config else SHORTCUT_DEFAULTS)
-    result = run_training(loaded, overwrite=overwrite, dry_run=dry_run)
+    if wants_auto_resume(loaded.config, overwrite, dry_run):
+        from ft_cli.train.resume import resume_run
+        from ft_cli.train.run import say
+
+        output_dir = Path(loaded.config.training.output_dir)
+        say(f"training.resume: auto: {output_dir} holds a run; checking whether it can be continued")
+        result = resume_run(output_dir, given=loaded)
+    else:
+        result = run_training(loaded, overwrite=overwrite, dry_run=dry_run)
     if not dry_run and is_main_process():
         typer.echo(f"trained: {result}")
 

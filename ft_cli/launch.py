@@ -23,9 +23,8 @@ from pathlib import Path
 
 from ft_cli.config import Config, LoadedConfig
 from ft_cli.errors import EXIT_PREEMPTED, ConfigError, DataError, UsageError
+from ft_cli.run_dir import LAUNCH_ENV, RUN_FILE, check_output_dir, read_run_record, run_status
 from ft_cli.train.distributed import check_strategy_device
-
-LAUNCH_ENV = "FT_LAUNCH"  # the launch (JSON) as the workers see it; recorded in ft_run.yaml
 LAUNCHERS = ("torchrun", "accelerate")
 ACCELERATE_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
 
@@ -111,8 +110,6 @@ def _executable(cmd: list[str]) -> list[str]:
 
 def prepare_launch(loaded: LoadedConfig, launch: Launch, overwrite: bool) -> None:
     """Every check that can fail before the processes start, so a mistake costs a second, not a job."""
-    from ft_cli.train.run import RUN_FILE, check_output_dir
-
     launch.check()
     cfg = loaded.config
     source = str(loaded.path or "command line")
@@ -156,7 +153,7 @@ def run_launcher(cmd: list[str], launch: Launch, output_dir: Path | None) -> int
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if code != 0 and output_dir is not None and _run_status(output_dir) == "preempted":
+    if code != 0 and output_dir is not None and run_status(output_dir) == "preempted":
         return EXIT_PREEMPTED
     return code
 
@@ -178,18 +175,6 @@ def _workers(launcher_pid: int) -> list[int]:
         if "ft_cli" in cmdline or any(part.endswith("/ft") for part in cmdline):
             workers.append(child.pid)
     return workers
-
-
-def _run_status(output_dir: Path) -> str | None:
-    import yaml
-
-    from ft_cli.train.run import RUN_FILE
-
-    try:
-        record = yaml.safe_load((output_dir / RUN_FILE).read_text(encoding="utf-8"))
-        return (record.get("run") or {}).get("status")
-    except (OSError, ValueError, AttributeError, yaml.YAMLError):
-        return None
 
 
 def launch_training(config_path: Path, overrides: list[str], launch: Launch, overwrite: bool = False, dry_run: bool = False) -> int:
@@ -217,34 +202,19 @@ def recorded_launch(run: dict | None) -> Launch | None:
         return None
 
 
-def current_launch() -> dict | None:
-    """In a worker started by ft launch: the launch, for ft_run.yaml."""
-    raw = os.environ.get(LAUNCH_ENV)
-    if not raw:
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None
-
-
 def relaunch_if_distributed(output_dir: Path, overrides: list[str], checkpoint: Path | None = None, force: bool = False) -> int | None:
     """`ft resume` of a run started by ft launch: the same launch, running `ft resume` on every process.
 
     None when this process should resume by itself: the run was not launched, or this is
     already one of the launched processes."""
-    import yaml
-
     from ft_cli.train.distributed import is_distributed
-    from ft_cli.train.run import RUN_FILE
 
     if is_distributed():
         return None
-    try:
-        record = yaml.safe_load((output_dir / RUN_FILE).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+    record = read_run_record(output_dir)
+    if record is None:
         return None  # resume_run explains what is wrong with the directory
-    run = record.get("run") if isinstance(record, dict) else None
+    run = record.get("run")
     launch = recorded_launch(run)
     if launch is None:
         return None

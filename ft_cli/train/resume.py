@@ -8,51 +8,20 @@ changed data file is refused, unless `--force`.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 from ft_cli.config import Config, LoadedConfig, config_to_dict, flatten, load_config
 from ft_cli.errors import ConfigError, DataError, UsageError
 from ft_cli.files import file_sha256
+from ft_cli.run_dir import RUN_FILE, SAFE_RESUME_KEYS, config_diff
 from ft_cli.train.checkpoints import Checkpoint, checkpoint_step, discover, verify
-from ft_cli.train.run import RUN_FILE, say, train
+from ft_cli.train.run import say, train
 
-# Keys a resumed run may change: none of them changes the result of the steps already taken.
-SAFE_RESUME_KEYS = (
-    "training.max_steps",
-    "training.num_train_epochs",
-    "training.save_steps",
-    "training.save_total_limit",
-    "training.logging_steps",
-    "training.eval_steps",
-    "training.report_to",
-    "training.run_name",
-    "training.resume",
-    "training.push_to_hub",
-    "training.hub_model_id",
-    "training.hub_token",
-)
 _LENGTH_KEYS = ("training.max_steps", "training.num_train_epochs")
 
 
 def _say(line: str) -> None:
     say(line)
-
-
-def comparable(config: Config) -> dict:
-    """The settings that decide what a run trains: everything but safe keys and the `run:` record."""
-    flat = flatten({k: v for k, v in config_to_dict(config).items() if k != "run"})
-    return {key: value for key, value in flat.items() if key not in SAFE_RESUME_KEYS}
-
-
-def config_hash(config: Config) -> str:
-    return hashlib.sha256(json.dumps(comparable(config), sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def config_diff(before: Config, after: Config) -> list[str]:
-    old, new = comparable(before), comparable(after)
-    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
 
 
 def _check_data_unchanged(config: Config, force: bool) -> None:

@@ -1,21 +1,29 @@
 """`ft train` as one straight line: config → data → model → trainer → train → save.
 
-Methods other than SFT (DPO, GRPO) arrive with issue #5 through a registry; the
-line below stays the same for them.
+Methods differ only by their spec in methods.py; the line below is the same for all.
+The run directory's files and checks live in ft_cli.run_dir.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from ft_cli.config import LoadedConfig, config_to_dict, dump_yaml
-from ft_cli.errors import ConfigError, DataError, Preempted, UsageError
-from ft_cli.files import file_sha256, write_text_atomically
+from ft_cli.config import LoadedConfig
+from ft_cli.errors import ConfigError, DataError, Preempted
+from ft_cli.run_dir import (
+    ADAPTER_DIR,
+    FULL_MODEL_DIR,
+    METRICS_FILE,
+    SAMPLES_FILE,
+    check_output_dir,
+    config_hash,
+    keep_metrics_through,
+    prepare_output_dir,
+    write_run_file,
+)
 from ft_cli.train.backends import choose_backend
 from ft_cli.train.checkpoints import Checkpoint
 from ft_cli.train.data import TrainingData, load_training_records
@@ -26,64 +34,14 @@ from ft_cli.train.distributed import (
     is_main_process,
     wait_for_everyone,
     with_fsdp_on_cpu,
-    world_size,
 )
 from ft_cli.train.methods import METHODS, Method
 from ft_cli.train.plan import check_integrations, count_tokens, make_plan
-
-RUN_FILE = "ft_run.yaml"
-METRICS_FILE = "metrics.jsonl"
-SAMPLES_FILE = "samples.jsonl"
-ADAPTER_DIR = "lora_weights"
-FULL_MODEL_DIR = "model"
-
 
 def say(line: str) -> None:
     """A status line for the user, on stderr so stdout stays for results; on several processes, rank 0's only."""
     if is_main_process():
         print(line, file=sys.stderr, flush=True)
-
-
-def check_output_dir(output_dir: Path, overwrite: bool) -> None:
-    """Refuse to mix two runs in one directory; --overwrite may replace only a directory that holds an ft run."""
-    if not output_dir.exists() or (output_dir.is_dir() and not any(output_dir.iterdir())):
-        return
-    if not output_dir.is_dir():
-        raise UsageError(f"{output_dir}: training.output_dir is a file")
-    if not (output_dir / RUN_FILE).exists():
-        raise UsageError(f"{output_dir}: training.output_dir is not empty and holds no ft run; choose an empty or new directory")
-    if not overwrite:
-        raise UsageError(f"{output_dir}: holds another run ({RUN_FILE}); pass --overwrite to replace it, or set training.output_dir")
-
-
-def prepare_output_dir(output_dir: Path) -> None:
-    """An empty output_dir, after check_output_dir allowed replacing what was there."""
-    if output_dir.exists() and any(output_dir.iterdir()):
-        shutil.rmtree(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def run_record(loaded: LoadedConfig) -> dict:
-    """The resolved config (secrets redacted) plus what is needed to reproduce the run."""
-    from ft_cli.env_report import PACKAGES, package_version
-
-    data = loaded.config.data
-    files = {name: path for name, path in (("train", data.train), ("eval", data.eval)) if path}
-    record = config_to_dict(loaded.config)
-    record["run"] = {
-        "versions": {name: package_version(name) for name in PACKAGES},
-        "data_sha256": {name: file_sha256(path) for name, path in files.items()},
-        "git_commit": _git_commit(),
-    }
-    return record
 
 
 def _trainer_args(loaded: LoadedConfig, method: Method, output_dir: Path, shape: str, has_eval: bool):
@@ -154,7 +112,8 @@ def _check_some_labels_are_trained(dataset, data_path: str) -> None:
 
 
 def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, resume_from: Checkpoint | None = None) -> Path:
-    """Run `ft train`; with `resume_from`, continue the run in output_dir from that checkpoint (`ft resume`)."""
+    """Run `ft train`; with `resume_from`, continue the run in output_dir from that checkpoint (`ft resume`).
+    `training.resume: auto` is decided by the caller (cli.py, resume.py): resume calls into run, never the reverse."""
     cfg = loaded.config
     method = METHODS[cfg.method]
     if cfg.data.train is None:
@@ -162,11 +121,6 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, 
     output_dir = Path(cfg.training.output_dir)
     if not dry_run:
         wait_for_everyone()  # every process has read the run directory before rank 0 writes into it
-    if resume_from is None and cfg.training.resume == "auto" and not overwrite and (output_dir / RUN_FILE).exists() and not dry_run:
-        from ft_cli.train.resume import resume_run
-
-        say(f"training.resume: auto: {output_dir} holds a run; checking whether it can be continued")
-        return resume_run(output_dir, given=loaded)
     check_integrations(loaded)
     backend, why = choose_backend(cfg, source=loaded.source_of("backend"))
     train_data = load_training_records(cfg.data.train, cfg.method, method.shapes, cfg.data.format, cfg.data.template)
@@ -220,36 +174,6 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, 
     return final
 
 
-def write_run_file(output_dir: Path, loaded: LoadedConfig, status: str, step: int | None = None) -> None:
-    """ft_run.yaml: the resolved config plus `run:` (versions, data hashes, status), rewritten at each state change."""
-    record = run_record(loaded)
-    record["run"]["status"] = status
-    from ft_cli.launch import current_launch
-
-    if is_distributed():
-        record["run"]["world_size"] = world_size()  # part of the global batch: resume checks it
-        launch = current_launch()
-        if launch is not None:
-            record["run"]["launch"] = launch  # `ft resume` relaunches the same way
-    if step is not None:
-        record["run"]["step"] = step
-    write_text_atomically(output_dir / RUN_FILE, dump_yaml(record))
-
-
-def keep_metrics_through(metrics_path: Path, step: int) -> None:
-    """Before a resume: drop the log lines (metrics, samples) of steps after the checkpoint; they are trained again."""
-    if not metrics_path.exists():
-        return
-    kept = []
-    for line in metrics_path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                kept.append(line + "\n")
-        except ValueError:
-            continue  # the torn last line of a killed run
-    write_text_atomically(metrics_path, "".join(kept))
-
-
 def _preemption(trainer):
     from ft_cli.train.callbacks import PreemptionCallback
 
@@ -282,7 +206,6 @@ def build_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_data: Tra
     from ft_cli.train.methods import with_samples_log
     from ft_cli.train.backends import load_model_and_lora
     from ft_cli.train.model import load_tokenizer
-    from ft_cli.train.resume import config_hash  # resume.py imports this module
 
     cfg = loaded.config
     method = METHODS[cfg.method]

@@ -1,0 +1,164 @@
+"""The run directory contract: what an ft run directory holds and who may write it.
+
+`ft train`, `ft launch` and `ft resume` all go through here: the run file (ft_run.yaml,
+the resolved config plus `run:` with versions, data hashes, launch and status), the
+output-dir checks, the config hash that checkpoints carry, and the log files a resume
+trims. Nothing here imports the ML stack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from ft_cli.config import Config, LoadedConfig, config_to_dict, dump_yaml, flatten
+from ft_cli.errors import UsageError
+from ft_cli.files import file_sha256, write_text_atomically
+
+RUN_FILE = "ft_run.yaml"
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "samples.jsonl"
+ADAPTER_DIR = "lora_weights"
+FULL_MODEL_DIR = "model"
+LAUNCH_ENV = "FT_LAUNCH"  # the launch (JSON) as the workers see it; recorded in ft_run.yaml
+
+# Keys a resumed run may change: none of them changes the result of the steps already taken.
+SAFE_RESUME_KEYS = (
+    "training.max_steps",
+    "training.num_train_epochs",
+    "training.save_steps",
+    "training.save_total_limit",
+    "training.logging_steps",
+    "training.eval_steps",
+    "training.report_to",
+    "training.run_name",
+    "training.resume",
+    "training.push_to_hub",
+    "training.hub_model_id",
+    "training.hub_token",
+)
+
+
+def check_output_dir(output_dir: Path, overwrite: bool) -> None:
+    """Refuse to mix two runs in one directory; --overwrite may replace only a directory that holds an ft run."""
+    if not output_dir.exists() or (output_dir.is_dir() and not any(output_dir.iterdir())):
+        return
+    if not output_dir.is_dir():
+        raise UsageError(f"{output_dir}: training.output_dir is a file")
+    if not (output_dir / RUN_FILE).exists():
+        raise UsageError(f"{output_dir}: training.output_dir is not empty and holds no ft run; choose an empty or new directory")
+    if not overwrite:
+        raise UsageError(f"{output_dir}: holds another run ({RUN_FILE}); pass --overwrite to replace it, or set training.output_dir")
+
+
+def prepare_output_dir(output_dir: Path) -> None:
+    """An empty output_dir, after check_output_dir allowed replacing what was there."""
+    if output_dir.exists() and any(output_dir.iterdir()):
+        shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+
+def wants_auto_resume(config: Config, overwrite: bool, dry_run: bool) -> bool:
+    """`training.resume: auto` and output_dir already holds a run: `ft train` continues it."""
+    output_dir = Path(config.training.output_dir)
+    return config.training.resume == "auto" and not overwrite and not dry_run and (output_dir / RUN_FILE).exists()
+
+
+def read_run_record(output_dir: Path) -> dict | None:
+    """ft_run.yaml as a dict, or None when it is missing or unreadable."""
+    import yaml
+
+    try:
+        record = yaml.safe_load((output_dir / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def run_status(output_dir: Path) -> str | None:
+    run = (read_run_record(output_dir) or {}).get("run")
+    return run.get("status") if isinstance(run, dict) else None
+
+
+def current_launch() -> dict | None:
+    """In a worker started by ft launch: the launch, for ft_run.yaml."""
+    raw = os.environ.get(LAUNCH_ENV)
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def run_record(loaded: LoadedConfig) -> dict:
+    """The resolved config (secrets redacted) plus what is needed to reproduce the run."""
+    from ft_cli.env_report import PACKAGES, package_version
+
+    data = loaded.config.data
+    files = {name: path for name, path in (("train", data.train), ("eval", data.eval)) if path}
+    record = config_to_dict(loaded.config)
+    record["run"] = {
+        "versions": {name: package_version(name) for name in PACKAGES},
+        "data_sha256": {name: file_sha256(path) for name, path in files.items()},
+        "git_commit": _git_commit(),
+    }
+    return record
+
+
+def write_run_file(output_dir: Path, loaded: LoadedConfig, status: str, step: int | None = None) -> None:
+    """ft_run.yaml: the resolved config plus `run:` (versions, data hashes, status), rewritten at each state change."""
+    from ft_cli.train.distributed import is_distributed, world_size
+
+    record = run_record(loaded)
+    record["run"]["status"] = status
+    if is_distributed():
+        record["run"]["world_size"] = world_size()  # part of the global batch: resume checks it
+        launch = current_launch()
+        if launch is not None:
+            record["run"]["launch"] = launch  # `ft resume` relaunches the same way
+    if step is not None:
+        record["run"]["step"] = step
+    write_text_atomically(output_dir / RUN_FILE, dump_yaml(record))
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def comparable(config: Config) -> dict:
+    """The settings that decide what a run trains: everything but safe keys and the `run:` record."""
+    flat = flatten({k: v for k, v in config_to_dict(config).items() if k != "run"})
+    return {key: value for key, value in flat.items() if key not in SAFE_RESUME_KEYS}
+
+
+def config_hash(config: Config) -> str:
+    """What checkpoint manifests carry, so a checkpoint is never resumed under a different config."""
+    return hashlib.sha256(json.dumps(comparable(config), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def config_diff(before: Config, after: Config) -> list[str]:
+    old, new = comparable(before), comparable(after)
+    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
+
+
+def keep_metrics_through(metrics_path: Path, step: int) -> None:
+    """Before a resume: drop the log lines (metrics, samples) of steps after the checkpoint; they are trained again."""
+    if not metrics_path.exists():
+        return
+    kept = []
+    for line in metrics_path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line + "\n")
+        except ValueError:
+            continue  # the torn last line of a killed run
+    write_text_atomically(metrics_path, "".join(kept))
