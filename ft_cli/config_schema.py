@@ -1,0 +1,202 @@
+"""The config schema: one pydantic section per stage, with the names TRL and transformers use.
+
+Only pydantic is imported here, never the ML stack, so validating a config is instant.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from ft_cli.redaction import REDACTED
+
+# --------------------------------------------------------------------------- schema
+
+# transformers.training_args.OptimizerNames, copied so validating a config never
+# imports transformers; tests/test_config.py keeps this list equal to the real enum.
+OPTIMIZERS = (
+    "adamw_torch", "adamw_torch_fused", "adamw_torch_xla", "adamw_torch_npu_fused",
+    "adafactor", "adamw_anyprecision", "adamw_torch_4bit",
+    "adamw_torch_8bit", "ademamix", "sgd", "adagrad", "adamw_bnb_8bit", "adamw_8bit",
+    "ademamix_8bit", "lion_8bit", "lion_32bit", "paged_adamw_32bit", "paged_adamw_8bit",
+    "paged_ademamix_32bit", "paged_ademamix_8bit", "paged_lion_32bit", "paged_lion_8bit",
+    "rmsprop", "rmsprop_bnb", "rmsprop_bnb_8bit", "rmsprop_bnb_32bit", "galore_adamw",
+    "galore_adamw_8bit", "galore_adafactor", "galore_adamw_layerwise",
+    "galore_adamw_8bit_layerwise", "galore_adafactor_layerwise", "lomo", "adalomo",
+    "grokadamw", "schedule_free_radam", "schedule_free_adamw", "schedule_free_sgd",
+    "apollo_adamw", "apollo_adamw_layerwise", "stable_adamw",
+)  # fmt: skip
+
+# transformers.trainer_utils.SchedulerType, kept equal to the enum by the same test.
+SCHEDULERS = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+    "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr", "warmup_stable_decay", "greedy",
+)  # fmt: skip
+
+_DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    path: str = Field(description="Local directory or Hugging Face hub id of the base model.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to load.")
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="Weights and compute dtype; auto = bf16 on GPUs that support it, else fp32."
+    )
+    load_in_4bit: bool = Field(False, description="Quantize the base model to 4 bits with bitsandbytes (QLoRA).")
+    load_in_8bit: bool = Field(False, description="Quantize the base model to 8 bits with bitsandbytes.")
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit quantization data type.")
+    bnb_4bit_use_double_quant: bool = Field(True, description="Also quantize the quantization constants.")
+    bnb_4bit_quant_storage: Literal["auto", "uint8", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="dtype the 4-bit weights are packed in; auto = the compute dtype with distributed: fsdp or deepspeed_zero3 (FSDP-QLoRA), else uint8."
+    )
+    max_seq_length: PositiveInt = Field(2048, description="Longest training sequence in tokens.")
+    trust_remote_code: bool = Field(False, description="Run modelling code shipped with the model (only for models you trust).")
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"] = Field(
+        "auto", description="Attention kernel; auto lets transformers choose."
+    )
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype_alias(cls, value: Any) -> Any:
+        return _DTYPE_ALIASES.get(value, value) if isinstance(value, str) else value
+
+
+class LoraSection(Section):
+    enabled: bool = Field(True, description="Train LoRA adapters; false (or no lora section) = full fine-tuning.")
+    r: PositiveInt = Field(16, description="LoRA rank.")
+    alpha: PositiveInt = Field(32, description="LoRA scaling numerator (peft's lora_alpha).")
+    dropout: Fraction = Field(0.05, description="Dropout on the LoRA input.")
+    target_modules: Union[str, list[str]] = Field(
+        "all-linear", description="Modules to adapt: all-linear, a regex, or a list of module names."
+    )
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases to train.")
+    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+    use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r).")
+    modules_to_save: list[str] | None = Field(None, description="Extra modules trained in full and saved with the adapter.")
+
+
+class DataSection(Section):
+    train: str | None = Field(None, description="Training data: a JSONL from `ft prepare` or any format it reads.")
+    eval: str | None = Field(None, description="Evaluation data file.")
+    eval_split: Fraction = Field(0.0, description="Fraction of the training data held out for evaluation.")
+    format: Literal["auto", "alpaca", "sharegpt", "chat", "completion", "preference", "prompt-only"] = Field(
+        "auto", description="Input data format; auto detects it."
+    )
+    template: str = Field("tokenizer", description="Prompt template: tokenizer (the model's chat template), a name in ft_cli/templates/ (alpaca, vicuna_v1.1, chatml), or a .jinja path.")
+
+
+class TrainingSection(Section):
+    output_dir: str = Field("out/run", description="Run directory: checkpoints, weights, metrics, ft_run.yaml.")
+    num_train_epochs: PositiveFloat = Field(3.0, description="Passes over the training data (ignored when max_steps > 0).")
+    max_steps: int = Field(-1, ge=-1, description="Total optimizer steps; -1 = use num_train_epochs.")
+    per_device_train_batch_size: PositiveInt = Field(2, description="Micro-batch size per device.")
+    per_device_eval_batch_size: PositiveInt = Field(2, description="Evaluation batch size per device.")
+    gradient_accumulation_steps: PositiveInt = Field(4, description="Micro-batches per optimizer step.")
+    learning_rate: PositiveFloat = Field(2e-4, description="Peak learning rate.")
+    lr_scheduler_type: Literal[SCHEDULERS] = Field("cosine", description="Learning-rate schedule (transformers SchedulerType).")  # type: ignore[valid-type]
+    warmup_steps: Union[NonNegativeInt, NonNegativeFloat] = Field(
+        0, description="Learning-rate warm-up: steps (>= 1) or a fraction of all steps (< 1), as in transformers 5."
+    )
+    weight_decay: NonNegativeFloat = Field(0.0, description="AdamW weight decay.")
+    max_grad_norm: NonNegativeFloat = Field(1.0, description="Gradient clipping norm; 0 disables clipping.")
+    optim: Literal[OPTIMIZERS] = Field(  # type: ignore[valid-type]
+        "adamw_torch_fused", description="Optimizer (transformers OptimizerNames)."
+    )
+    gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass to save memory.")
+    packing: bool = Field(False, description="Pack several short examples into each sequence.")
+    padding_free: bool = Field(
+        False, description="Flatten each batch into one sequence with no padding (needs FlashAttention 2/3)."
+    )
+    logging_steps: PositiveInt = Field(10, description="Log metrics every N optimizer steps.")
+    eval_steps: PositiveInt | None = Field(None, description="Evaluate every N steps (default: logging_steps when there is eval data).")
+    save_steps: PositiveInt = Field(100, description="Save a checkpoint every N steps.")
+    save_total_limit: PositiveInt | None = Field(3, description="Keep at most N checkpoints (the newest complete one is never deleted).")
+    seed: int = Field(42, description="Random seed for data order, initialisation and dropout.")
+    resume: Literal["never", "auto"] = Field(
+        "never",
+        description="auto: when output_dir holds an unfinished run of the same config, continue it from its newest complete checkpoint (one sbatch script for first start and requeue).",
+    )
+    report_to: Literal["none", "tensorboard", "wandb"] = Field("none", description="Experiment tracker.")
+    run_name: str | None = Field(None, description="Run name shown in the tracker.")
+    push_to_hub: bool = Field(False, description="Upload the result to the Hugging Face hub.")
+    hub_model_id: str | None = Field(None, description="Hub repository for push_to_hub.")
+    hub_token: SecretStr | None = Field(None, description="Hub token; prefer the HF_TOKEN environment variable. Never written to any file or log.")
+
+    @field_validator("hub_token", mode="before")
+    @classmethod
+    def _redacted_means_unset(cls, value: Any) -> Any:
+        # A dumped config (ft_run.yaml) holds the redaction marker; reading it back must not use it as a token.
+        return None if value == REDACTED else value
+
+
+class DpoSection(Section):
+    beta: PositiveFloat = Field(0.1, description="DPO temperature: strength of the pull towards the reference model.")
+    loss_type: str = Field("sigmoid", description="TRL DPO loss type: sigmoid, ipo, hinge, robust, ... (see TRL's DPOConfig).")
+    label_smoothing: Annotated[float, Field(ge=0, lt=0.5)] = Field(0.0, description="Assumed rate of flipped preference labels (robust/cDPO).")
+    truncation_mode: Literal["keep_start", "keep_end"] = Field(
+        "keep_start", description="Which end of a too-long prompt+answer to keep (the length limit is model.max_seq_length)."
+    )
+
+
+class RewardSpec(Section):
+    name: str = Field(description="Built-in reward name, `file.py:function` or `module:function`.")
+    weight: float = Field(1.0, description="Weight of this reward in the sum.")
+
+
+class GrpoSection(Section):
+    num_generations: Annotated[int, Field(ge=2)] = Field(8, description="Completions sampled per prompt.")
+    max_completion_length: PositiveInt = Field(256, description="Longest sampled completion in tokens.")
+    temperature: PositiveFloat = Field(1.0, description="Sampling temperature for the completions.")
+    beta: Annotated[float, Field(ge=0)] = Field(0.0, description="KL penalty towards the reference model (0 = none, no reference pass).")
+    generation_batch_size: PositiveInt | None = Field(
+        None, description="Completions generated per batch (default: the global train batch); a multiple of num_generations."
+    )
+    use_vllm: bool = Field(False, description="Generate with vLLM (must be installed; GPU only).")
+    rewards: list[RewardSpec] = Field(
+        default_factory=lambda: [RewardSpec(name="format_tags"), RewardSpec(name="exact_answer")],
+        description="Reward functions: built-in format_tags, exact_answer, length, or path/file.py:function, package.module:function; each a name (weight 1) or a {name, weight} mapping.",
+    )
+    format_tags: list[str] = Field(["think"], description="format_tags reward: tags the completion opens and closes in order before its answer.")
+    answer_column: str = Field("answer", description="exact_answer reward: the data column with the reference answer (GSM8K `#### 42` understood).")
+    target_length: PositiveInt = Field(200, description="length reward: completion length in tokens that scores best.")
+    samples_per_log: Annotated[int, Field(ge=0)] = Field(4, description="Sampled completions (with rewards) appended to samples.jsonl at each logging step.")
+
+    @field_validator("rewards", mode="before")
+    @classmethod
+    def _name_is_shorthand(cls, value: Any) -> Any:
+        return [{"name": item} if isinstance(item, str) else item for item in value] if isinstance(value, list) else value
+
+
+class Config(Section):
+    method: Literal["sft", "dpo", "grpo"] = Field("sft", description="Training method.")
+    backend: Literal["auto", "unsloth", "accelerate"] = Field(
+        "auto", description="auto = Unsloth on one CUDA GPU when installed, otherwise accelerate."
+    )
+    distributed: Literal["none", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"] = Field(
+        "none", description="Multi-process strategy under `ft launch` (or torchrun / accelerate launch); see From one GPU to many."
+    )
+    model: ModelSection
+    lora: LoraSection | None = Field(None, description="LoRA settings; absent = full fine-tuning.")
+    data: DataSection = Field(default_factory=DataSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    dpo: DpoSection = Field(default_factory=DpoSection)
+    grpo: GrpoSection = Field(default_factory=GrpoSection)
+    run: dict[str, Any] | None = Field(
+        None, description="Written by ft train into ft_run.yaml (package versions, data sha256, git commit); ignored as input."
+    )
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.lora is not None and self.lora.enabled
