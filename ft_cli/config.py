@@ -32,6 +32,7 @@ from ft_cli.config_schema import (  # noqa: F401 - re-exported: the schema is pa
 )
 from ft_cli.errors import ConfigError
 from ft_cli.redaction import REDACTED, is_secret_key, redact, redact_text  # noqa: F401 - re-exported
+
 # --------------------------------------------------------------------------- YAML
 
 
