@@ -51,8 +51,14 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", "-V", help="Print the version and exit.", callback=_version_callback, is_eager=True)
     ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show every library message and warning (also FT_VERBOSE=1).")] = False,
 ) -> None:
     """Fine-tune language models."""
+    from ft_cli.quiet import quiet_libraries, set_verbose
+
+    if verbose:
+        set_verbose()
+    quiet_libraries()
 
 
 @app.command()

@@ -268,13 +268,13 @@ def _as_dataset(data: TrainingData):
 
 
 def _quiet_library_noise() -> None:
-    """Library progress bars and deprecation chatter drown our progress lines in job logs."""
-    import warnings
-
+    """Library progress bars drown our progress lines in job logs (ft_cli.quiet has the rest)."""
     import datasets
 
-    warnings.filterwarnings("ignore", message=".*is deprecated and will be removed in v6.*", category=FutureWarning)
-    if not sys.stderr.isatty():
+    from ft_cli.quiet import is_verbose, quiet_libraries
+
+    quiet_libraries()
+    if not sys.stderr.isatty() and not is_verbose():
         from transformers.utils import logging as hf_logging
 
         datasets.disable_progress_bars()

@@ -1,0 +1,56 @@
+"""A quiet console: ft's own lines on the normal path, everything with `--verbose` (or FT_VERBOSE=1).
+
+Each filter below names the harmless message it hides and why, so nothing a user
+needs is hidden; nothing here imports a library (filters attach to logger names).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+VERBOSE_ENV = "FT_VERBOSE"
+
+# (logger name, start of the message): harmless lines that libraries print on every run.
+_HARMLESS_LOG_LINES = (
+    # peft imports bitsandbytes even when nothing is quantized; on a CPU with AVX512-BF16 bitsandbytes then
+    # asks the `kernels` package for an optional faster 4-bit CPU kernel from the Hub and falls back to its own.
+    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward"),
+    ("kernels._internals.hf_hub", "Skipping publisher trust check"),
+)
+# (category, message regex): deprecations raised inside libraries, not by ft's own calls.
+_HARMLESS_WARNINGS = (
+    # transformers 5.23 renamed gradient checkpointing; TRL and PEFT still call the old property names.
+    (FutureWarning, r".*is deprecated and will be removed in v6.*"),
+)
+
+
+def is_verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def set_verbose() -> None:
+    """--verbose: for this process and the ones it starts (ft launch's workers)."""
+    os.environ[VERBOSE_ENV] = "1"
+
+
+class _DropStartingWith(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def quiet_libraries() -> None:
+    """Hide the known harmless library lines, unless verbose. Safe to call more than once."""
+    if is_verbose():
+        return
+    for name, prefix in _HARMLESS_LOG_LINES:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropStartingWith) and f.prefix == prefix for f in logger.filters):
+            logger.addFilter(_DropStartingWith(prefix))
+    for category, message in _HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
