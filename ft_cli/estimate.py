@@ -100,8 +100,12 @@ class ModelFacts:
 
 def read_model_config(path: str, revision: str | None = None, trust_remote_code: bool = False):
     """transformers' config for model.path: config.json in a local directory, or the Hugging
-    Face cache for a hub id. Never downloads, never reads weights."""
+    Face cache for a hub id, or a .gguf file's metadata. Never downloads, never reads weights."""
     local = Path(path).expanduser()
+    if local.is_file() and local.suffix.lower() == ".gguf":
+        from ft_cli.models.gguf import auto_config
+
+        return auto_config(local)  # the file's metadata only (the weights are read lazily, never here)
     if local.exists():
         if not (local.is_dir() and (local / "config.json").is_file()):
             raise ConfigError(f"model.path: {path}: no config.json there (ft estimate needs the model's config.json)")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ft_cli.errors import UsageError
+from ft_cli.models.gguf import auto_tokenizer, is_gguf
 from ft_cli.merge import (
     ADAPTER_CONFIG,
     ADAPTER_DIR,
@@ -44,8 +45,14 @@ class Generator:
 
 
 def load_generator(path: str | Path, base: str | None = None) -> Generator:
-    """A model directory (merged or full), an adapter directory, or a run directory holding either."""
+    """A model directory (merged or full), an adapter directory, a run directory holding either, or a .gguf file."""
     path = Path(path)
+    if is_gguf(path) and path.is_file():
+        if base:
+            raise UsageError(f"--base: {path} is a full model, not an adapter; leave --base out")
+        quiet_library_noise()
+        model = load_base(BaseModel(str(path), "MODEL_OR_ADAPTER"), dtype=None).eval()
+        return Generator(model, auto_tokenizer(path), str(path))
     if not path.is_dir():
         what = "not found" if not path.exists() else "is a file"
         raise UsageError(f"{path}: {what}; expected a model directory (config.json) or a LoRA adapter directory ({ADAPTER_CONFIG})")

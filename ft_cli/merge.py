@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ft_cli.errors import EXIT_VERIFY_FAILED, FtError, UsageError
+from ft_cli.models.gguf import is_gguf
 
 # Names `ft train` writes (ft_cli/train/run.py; a test keeps them equal). Not imported
 # from there, so merging never depends on the training stack importing cleanly.
@@ -141,8 +142,9 @@ def resolve_base(adapter: Adapter, override: str | None = None) -> BaseModel:
     candidates = [(source, str(value)) for source, value in candidates if value]
     extras = dict(revision=adapter.config.get("revision") or run_model.get("revision"), trust_remote_code=bool(run_model.get("trust_remote_code")))
     for source, value in candidates:
-        if Path(value).expanduser().is_dir():
-            return BaseModel(str(Path(value).expanduser()), source, **extras)
+        local = Path(value).expanduser()
+        if local.is_dir() or (is_gguf(value) and local.is_file()):
+            return BaseModel(str(local), source, **extras)
     for source, value in candidates:
         if _HUB_ID.match(value):
             return BaseModel(value, source, **extras)
@@ -202,10 +204,11 @@ def load_base(base: BaseModel, dtype: str | None):
     `dtype` None keeps the stored dtype. A base stored pre-quantized is dequantized.
     """
     import torch
-    from transformers import AutoModelForCausalLM
+
+    from ft_cli.models.gguf import auto_model
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = auto_model(
             base.path,
             revision=base.revision,
             trust_remote_code=base.trust_remote_code,
@@ -250,10 +253,10 @@ def load_adapted_model(adapter: Adapter, base: BaseModel, dtype: str | None):
 
 def load_tokenizer(adapter: Adapter, base: BaseModel):
     """The run's tokenizer (saved with the adapter, with its chat template), else the base's."""
-    from transformers import AutoTokenizer
+    from ft_cli.models.gguf import auto_tokenizer
 
     source = str(adapter.path) if adapter.has_tokenizer else base.path
-    return AutoTokenizer.from_pretrained(source, trust_remote_code=base.trust_remote_code)
+    return auto_tokenizer(source, trust_remote_code=base.trust_remote_code)
 
 
 def eos_token_ids(tokenizer, generation_config) -> list[int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 
 VERBOSE_ENV = "FT_VERBOSE"
@@ -54,3 +55,7 @@ def quiet_libraries() -> None:
             logger.addFilter(_DropStartingWith(prefix))
     for category, message in _HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
+    if not sys.stderr.isatty():
+        # Library progress bars (transformers' GGUF dequantization uses tqdm directly) are carriage-return
+        # noise in a job log; ft draws its own progress lines.
+        os.environ.setdefault("TQDM_DISABLE", "1")

