@@ -188,10 +188,10 @@ def _adapter_tensors(weights: Path):
 
 def base_dtype_name(base: BaseModel) -> str:
     """The dtype the base model is stored in (fp32 when it does not say)."""
-    from transformers import AutoConfig
+    from ft_cli.models.gguf import auto_config
 
     try:
-        config = AutoConfig.from_pretrained(base.path, revision=base.revision, trust_remote_code=base.trust_remote_code)
+        config = auto_config(base.path, revision=base.revision, trust_remote_code=base.trust_remote_code)
     except (OSError, ValueError) as exc:
         raise _load_error(base, exc) from None
     stored = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32").replace("torch.", "")

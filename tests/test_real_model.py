@@ -73,3 +73,18 @@ def test_missing_gguf_is_a_one_line_error(tmp_path, ft):
     result = ft("models", "convert-gguf", tmp_path / "nope.gguf", tmp_path / "out")
     assert result.returncode == 2 and result.stderr.strip() == f"error: {tmp_path / 'nope.gguf'}: GGUF file not found"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_lora_on_a_gguf_model_path_trains_and_merges_back_onto_the_gguf(tmp_path, ft):
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Say {i}"}, {"role": "assistant", "content": f"{i}!"}]}) + "\n" for i in range(4)))
+    run = tmp_path / "run"
+    result = ft("train", "--model", smollm2_gguf(), "--dataset", data, "--output-dir", run, "training.max_steps=1",
+                "training.per_device_train_batch_size=2", "training.save_steps=1", "model.dtype=fp32")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "is a GGUF file" in result.stderr
+    adapter_config = json.loads((run / "lora_weights" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str(smollm2_gguf())
+    merged = ft("merge", run / "lora_weights", "-o", tmp_path / "merged")
+    assert merged.returncode == 0, merged.stderr  # verified against base (the GGUF) + adapter

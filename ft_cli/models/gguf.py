@@ -74,6 +74,8 @@ def auto_model(path: str | Path, **kwargs):
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **extra)
     if extra:
         forget_gguf_quantizer(model)
+        # Recorded by PEFT as the adapter's base_model_name_or_path: the file, so `ft merge` finds it.
+        model.name_or_path = model.config._name_or_path = str(Path(path).expanduser())
     return model
 
 
