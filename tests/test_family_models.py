@@ -97,3 +97,17 @@ def test_families_build_deterministically_and_unknown_names_get_a_did_you_mean(t
     result = ft("tiny-model", tmp_path / "c", "--family", "phi-3")
     assert result.returncode == 2 and "unknown family 'phi-3'" in result.stderr and "did you mean phi3?" in result.stderr
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_default_tiny_models_tokenizer_files_agree_with_what_transformers_loads(arch, tmp_path):
+    """transformers 5 loads a qwen2 tokenizer.json through Qwen2Tokenizer (Qwen2's split regex): the saved files must say so."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    from ft_cli.tiny import build_tiny_model
+
+    path = build_tiny_model(tmp_path / arch, arch=arch)
+    loaded, from_files = AutoTokenizer.from_pretrained(path), Tokenizer.from_file(str(path / "tokenizer.json"))
+    for text in STRINGS:
+        assert from_files.encode(text, add_special_tokens=False).ids == loaded(text, add_special_tokens=False).input_ids, text
