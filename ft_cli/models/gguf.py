@@ -45,6 +45,9 @@ def pretrained_source(path: str | Path) -> tuple[str, dict]:
     file = Path(path).expanduser()
     if not file.is_file():
         raise UsageError(f"{path}: GGUF file not found")
+    with open(file, "rb") as handle:  # transformers' own error for a wrong file is a traceback deep in its reader
+        if handle.read(4) != b"GGUF":
+            raise UsageError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")
     if importlib.util.find_spec("gguf") is None:
         raise UsageError(f"{path}: reading GGUF files needs the gguf package (pip install gguf)")
     return str(file.parent), {"gguf_file": file.name}
@@ -63,27 +66,29 @@ def smollm2_gguf() -> Path:
 
 def auto_model(path: str | Path, **kwargs):
     """AutoModelForCausalLM.from_pretrained for a directory, hub id or `.gguf` file (dequantized)."""
+    source, extra = pretrained_source(path)  # a wrong path fails before transformers is imported
     from transformers import AutoModelForCausalLM
 
-    source, extra = pretrained_source(path)
     if extra and kwargs.get("quantization_config") is not None:
         raise UsageError(f"{path}: a GGUF file loads dequantized; to quantize it for QLoRA, convert it first (ft models convert-gguf)")
     if extra and str(path) not in _announced:
         _announced.add(str(path))
-        print(f"model: {Path(path).name} is a GGUF file: transformers dequantizes it to float (this takes a while)", file=sys.stderr, flush=True)
+        dtype = kwargs.get("dtype")  # "auto" and None: the GGUF loader's float32
+        dtype = str(dtype).replace("torch.", "") if dtype not in (None, "auto") else "float32"
+        print(f"model.path {path} is a GGUF file: ft dequantizes it to {dtype} through transformers (this takes a while)", file=sys.stderr, flush=True)
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **extra)
     if extra:
         forget_gguf_quantizer(model)
         # Recorded by PEFT as the adapter's base_model_name_or_path: the file, so `ft merge` finds it.
-        model.name_or_path = model.config._name_or_path = str(Path(path).expanduser())
+        model.name_or_path = model.config._name_or_path = str(Path(path).expanduser().absolute())
     return model
 
 
 def auto_tokenizer(path: str | Path, **kwargs):
     """AutoTokenizer.from_pretrained for a directory, hub id or `.gguf` file (tokenizer as llama.cpp runs it)."""
+    source, extra = pretrained_source(path)
     from transformers import AutoTokenizer
 
-    source, extra = pretrained_source(path)
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs, **extra)
     if extra:
         _restore_pre_tokenizer(tokenizer, _metadata_string(Path(path).expanduser(), "tokenizer.ggml.pre"))
@@ -91,9 +96,9 @@ def auto_tokenizer(path: str | Path, **kwargs):
 
 
 def auto_config(path: str | Path, **kwargs):
+    source, extra = pretrained_source(path)
     from transformers import AutoConfig
 
-    source, extra = pretrained_source(path)
     return AutoConfig.from_pretrained(source, **kwargs, **extra)
 
 
@@ -121,6 +126,8 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, overwrite: bool = F
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     if not gguf_path.is_file():
         raise UsageError(f"{gguf_path}: GGUF file not found")
+    if not is_gguf(gguf_path):
+        raise UsageError(f"{gguf_path}: expected a .gguf file")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
         raise UsageError(f"{out_dir}: already exists and is not empty; choose another path or pass --overwrite")
     _quiet_conversion()
