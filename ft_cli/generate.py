@@ -16,11 +16,10 @@ from typing import TextIO
 
 from ft_cli.errors import UsageError
 from ft_cli.models.gguf import auto_tokenizer, is_gguf
+from ft_cli.run_dir import ADAPTER_DIR, FULL_MODEL_DIR
 from ft_cli.merge import (
     ADAPTER_CONFIG,
-    ADAPTER_DIR,
     FAILED_MARKER,
-    FULL_MODEL_DIR,
     BaseModel,
     eos_token_ids,
     find_adapter,

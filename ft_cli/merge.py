@@ -20,12 +20,8 @@ from pathlib import Path
 
 from ft_cli.errors import EXIT_VERIFY_FAILED, FtError, UsageError
 from ft_cli.models.gguf import is_gguf
+from ft_cli.run_dir import ADAPTER_DIR, RUN_FILE  # what `ft train` writes (no training stack import)
 
-# Names `ft train` writes (ft_cli/train/run.py; a test keeps them equal). Not imported
-# from there, so merging never depends on the training stack importing cleanly.
-RUN_FILE = "ft_run.yaml"
-ADAPTER_DIR = "lora_weights"
-FULL_MODEL_DIR = "model"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 MERGE_RECORD = "ft_merge.json"  # what was merged, how, and the verification result

@@ -62,6 +62,20 @@ def run_ft(*args: str, env: dict | None = None, cwd: Path | None = None, timeout
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def trained_runs(ids, trained, tokenizer) -> list[str]:
+    """The trained stretches of a sequence, decoded."""
+    runs, current = [], []
+    for token, flag in zip(ids, trained):
+        if flag:
+            current.append(token)
+        elif current:
+            runs.append(tokenizer.decode(current))
+            current = []
+    if current:
+        runs.append(tokenizer.decode(current))
+    return runs
+
+
 @pytest.fixture
 def ft():
     return run_ft

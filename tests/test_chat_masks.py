@@ -11,6 +11,7 @@ import json
 
 import pytest
 import yaml
+from conftest import trained_runs
 
 from ft_cli.models.families import FAMILIES
 
@@ -26,20 +27,6 @@ CHAT = {
     ]
 }
 ANSWERS = ["2 + 3 = 5 ✓", "4 + 4 = 8, naïvely.", "八です。"]
-
-
-def trained_runs(ids, trained, tokenizer) -> list[str]:
-    """The trained stretches of a sequence, decoded."""
-    runs, current = [], []
-    for token, flag in zip(ids, trained):
-        if flag:
-            current.append(token)
-        elif current:
-            runs.append(tokenizer.decode(current))
-            current = []
-    if current:
-        runs.append(tokenizer.decode(current))
-    return runs
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -284,14 +284,6 @@ def test_failed_verification_exits_nonzero_and_marks_the_output(lora_run, tmp_pa
     assert json.loads((out / MERGE_RECORD).read_text())["verification"]["passed"] is False
 
 
-def test_merge_reads_the_names_train_writes():
-    """merge.py repeats train's file names (so it never imports the training stack): keep them equal."""
-    from ft_cli import merge
-    from ft_cli.train import run
-
-    assert (merge.RUN_FILE, merge.ADAPTER_DIR, merge.FULL_MODEL_DIR) == (run.RUN_FILE, run.ADAPTER_DIR, run.FULL_MODEL_DIR)
-
-
 # ---------------------------------------------------------------- refusals
 
 

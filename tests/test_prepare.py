@@ -585,7 +585,7 @@ def test_demo_config_trains_on_the_prepared_file():
     import yaml
 
     assert yaml.safe_load((REPO / "configs/demo.yaml").read_text())["data"]["train"] == "out/demo/train.jsonl"
-    assert "prepare examples/data/alpaca_demo.json --format alpaca -o \"$OUT/train.jsonl\"" in (REPO / "examples/demo.sh").read_text()
+    assert "prepare examples/data/capitals.json --format alpaca -o \"$OUT/train.jsonl\"" in (REPO / "examples/demo.sh").read_text()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import random
 import pytest
 import yaml
 
+from conftest import trained_runs
 from ft_cli.errors import EXIT_USAGE
 
 
@@ -208,17 +209,8 @@ def test_loss_covers_exactly_the_answer_tokens(tmp_path, tiny_model_dir, records
     if trained is None:
         assert sample.get("labels", sample["input_ids"]) == sample["input_ids"]
         return
-    runs, current = [], []
-    for token, label in zip(sample["input_ids"], sample["labels"]):
-        if label != -100:
-            assert label == token
-            current.append(token)
-        elif current:
-            runs.append(tokenizer.decode(current))
-            current = []
-    if current:
-        runs.append(tokenizer.decode(current))
-    assert runs == trained
+    assert all(label in (-100, token) for token, label in zip(sample["input_ids"], sample["labels"]))
+    assert trained_runs(sample["input_ids"], [label != -100 for label in sample["labels"]], tokenizer) == trained
 
 
 def test_a_diverging_run_stops_with_a_clear_error(ft, run_config, tmp_path):
