@@ -17,9 +17,9 @@ from typing import TextIO
 from ft_cli.errors import UsageError
 from ft_cli.models.gguf import auto_tokenizer, is_gguf
 from ft_cli.run_dir import ADAPTER_DIR, FULL_MODEL_DIR
-from ft_cli.merge import (
+from ft_cli.merge import FAILED_MARKER
+from ft_cli.adapters import (
     ADAPTER_CONFIG,
-    FAILED_MARKER,
     BaseModel,
     eos_token_ids,
     find_adapter,

@@ -67,7 +67,8 @@ def test_family_goes_through_the_whole_pipeline(family, family_model_dir, tmp_pa
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from ft_cli.generate import generate_reply, load_generator
-    from ft_cli.merge import eos_token_ids, merge_adapter
+    from ft_cli.adapters import eos_token_ids
+    from ft_cli.merge import merge_adapter
 
     model = family_model_dir(family)
     spec = FAMILIES[family]

@@ -195,7 +195,7 @@ def test_both_loading_recipes_agree_within_fp32_tolerance(merged_cli, lora_run, 
 
 def test_in_memory_merge_matches_before_saving(lora_run, base_dir):
     """peft's merge in memory reproduces base + adapter; ft's own measurement agrees."""
-    from ft_cli.merge import find_adapter, load_adapted_model, resolve_base
+    from ft_cli.adapters import find_adapter, load_adapted_model, resolve_base
 
     adapter = find_adapter(lora_run / "lora_weights")
     model = load_adapted_model(adapter, resolve_base(adapter), "fp32")
@@ -320,7 +320,8 @@ def test_missing_or_non_adapter_paths_are_clear_errors(ft, tmp_path, base_dir):
 
 
 def test_base_is_found_through_the_run_record_and_missing_bases_are_listed(lora_run, base_dir, tmp_path):
-    from ft_cli.merge import default_output, find_adapter, resolve_base
+    from ft_cli.adapters import find_adapter, resolve_base
+    from ft_cli.merge import default_output
 
     run = tmp_path / "moved-run"
     shutil.copytree(lora_run / "lora_weights", run / "lora_weights")
