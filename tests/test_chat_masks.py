@@ -43,7 +43,7 @@ def test_each_assistant_turn_is_trained_with_its_closing_token_and_nothing_else(
     if family == "qwen3":  # Qwen3 writes an empty think block into the last turn (after the last user message) only
         expected[-1] = f"<think>\n\n</think>\n\n{expected[-1]}"
     assert [run.strip() for run in runs] == expected
-    assert sequence.ids[-1] == tokenizer.convert_tokens_to_ids(end) or sequence.text.rstrip().endswith(tokenizer.eos_token)
+    assert sequence.text.rstrip().endswith((end, tokenizer.eos_token))  # nothing after the last turn but its closer (and eos)
 
 
 def test_qwen3_and_r1_reasoning_is_trained_where_the_template_shows_it_and_refused_where_it_drops_it(family_model_dir):
