@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import re
 
-# What library output looks like: Python warnings, logging from bitsandbytes/kernels/transformers, tracebacks.
-LIBRARY_NOISE = re.compile(r"Warning|warnings\.warn|deprecated|kernels-community|publisher trust|Traceback|^\s+File ", re.I)
+# What library output looks like: Python warnings, library loggers (transformers prints "[transformers] ..."),
+# bitsandbytes/kernels lines, progress bars (tqdm's "it/s" and "|███|"), tracebacks.
+LIBRARY_NOISE = re.compile(
+    r"Warning|warnings\.warn|deprecat|kernels-community|publisher trust|Traceback|^\s+File |^\[[a-z_]+\] |it/s\]|%\|", re.I
+)
 
 
 def test_train_merge_and_generate_print_only_fts_lines_unless_verbose(tmp_path, tiny_model_dir, ft):
