@@ -261,11 +261,15 @@ def untie_adapted_embeddings(peft_model) -> bool:
 
 
 def quiet_library_noise() -> None:
-    """Progress bars only on a terminal; peft's tied-embedding warning is handled by untie_adapted_embeddings."""
+    """ft_cli.quiet's filters, plus peft's tied-embedding warning (untie_adapted_embeddings handles it)."""
     import warnings
 
+    from ft_cli.quiet import is_verbose, quiet_libraries
+
+    quiet_libraries()
+    if is_verbose():
+        return
     warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*", category=UserWarning)
-    warnings.filterwarnings("ignore", message=".*is deprecated and will be removed in v6.*", category=FutureWarning)
     if not sys.stderr.isatty():
         from transformers.utils import logging as hf_logging
 

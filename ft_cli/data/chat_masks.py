@@ -23,6 +23,7 @@ turn) makes the record fail with the reason: never a silently wrong mask.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 
@@ -71,11 +72,7 @@ def _turn_start(messages: list[dict], i: int, full: str, render: Render, previou
                 "and the turn's content is not in the rendering, so where the answer starts cannot be told",
             )
         return found
-    header, rest = prompted[len(before) :], full[len(before) :]
-    shared = 0
-    while shared < min(len(header), len(rest)) and header[shared] == rest[shared]:
-        shared += 1
-    return len(before) + shared
+    return len(before) + len(os.path.commonprefix([prompted[len(before) :], full[len(before) :]]))
 
 
 def message_text(message: dict) -> str:

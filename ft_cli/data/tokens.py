@@ -12,6 +12,7 @@ generates the answers).
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -160,9 +161,7 @@ def _pair(prompt, answer, tokenizer, label: str | None = None) -> Sequence:
         text = prompt + _with_eos(answer, tokenizer)
         prompt_ids, _ = _encode(tokenizer, prompt)
         ids, offsets = _encode(tokenizer, text)
-    shared = 0
-    while shared < min(len(ids), len(prompt_ids)) and ids[shared] == prompt_ids[shared]:
-        shared += 1
+    shared = len(os.path.commonprefix([ids, prompt_ids]))  # works on lists too
     return Sequence(text, ids, offsets, [i >= shared for i in range(len(ids))], label)
 
 
