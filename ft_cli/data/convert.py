@@ -78,6 +78,8 @@ class Converter:
         self.first: tuple[Example, Location] | None = None  # the shape every record must share
         self.output_shape: str | None = None
         self._sources: dict[str, str] = {source: target for target, source in options.mapping.items()}
+        self.mapped_columns_seen: set[str] = set()  # --map sources some record has: a typo'd one is an error
+        self.first_columns: list[str] | None = None
 
     def convert(self, inputs: list[str]) -> Iterator[Converted]:
         for spec in inputs:
@@ -114,8 +116,11 @@ class Converter:
             yield Converted(raw.location, examples, value=raw.value)
 
     def _renamed(self, record: dict) -> dict:
+        if self.first_columns is None:
+            self.first_columns = list(record)
         if not self._sources:
             return record
+        self.mapped_columns_seen.update(key for key in record if key in self._sources)
         return {self._sources.get(key, key): value for key, value in record.items()}
 
     def _check_shape(self, example: Example, location: Location) -> None:
@@ -136,6 +141,15 @@ class Converter:
             if top and top.group() in self.options.mapping:
                 return f"{self.options.mapping[top.group()]}{problem.field[top.end():]}: {problem.reason}"
         return str(problem)
+
+
+def unused_mapping_error(converter: Converter) -> DataError | None:
+    """`--map target=source` where no record has `source`: silently training on the wrong column is worse than stopping."""
+    missing = [f"{target}={source}" for target, source in converter.options.mapping.items() if source not in converter.mapped_columns_seen]
+    if not missing:
+        return None
+    columns = ", ".join(converter.first_columns or []) or "none"
+    return DataError(f"--map {' '.join(missing)}: no record has that column (the first record's columns: {columns})")
 
 
 def parse_mapping(pairs: list[str] | None) -> dict[str, str]:
@@ -176,7 +190,11 @@ class LoadedRecords:
 
 
 def load_records(
-    path: str | Path, data_format: str = "auto", template: str | None = None, shapes: tuple[str, ...] | None = None
+    path: str | Path,
+    data_format: str = "auto",
+    template: str | None = None,
+    shapes: tuple[str, ...] | None = None,
+    special_tokens: dict | None = None,
 ) -> LoadedRecords:
     """Every record of a file (or directory) in any format prepare reads, as TRL-shaped records.
 
@@ -186,7 +204,10 @@ def load_records(
     """
     if data_format != "auto" and canonical_format(data_format) not in FORMATS:
         raise DataError(f"{path}: unknown data format {data_format!r}")
-    converter = Converter(ConvertOptions(data_format=data_format, template=load_template(template)))
+    loaded_template = load_template(template)
+    if loaded_template is not None and special_tokens:
+        loaded_template.special_tokens = special_tokens
+    converter = Converter(ConvertOptions(data_format=data_format, template=loaded_template))
     records, problems, bad, unchanged = [], [], 0, True
     for item in converter.convert([str(path)]):
         if item.problem is not None:

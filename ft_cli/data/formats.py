@@ -17,6 +17,7 @@ the file and line, giving `data/x.jsonl:7: messages[1].role: unknown role 'wizar
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -187,10 +188,36 @@ def read_turns(
         message = {"role": role, "content": content}
         if keep_extras:
             message.update((k, v) for k, v in turn.items() if k not in (role_key, content_key))
+            if calls_tools:
+                message["tool_calls"] = _tool_calls(turn["tool_calls"], f"{here}.tool_calls")
         messages.append(message)
         labels.append(label)
     alternation = "human/gpt" if speakers is not None else "user/assistant"
     return Turns(messages, labels, lambda i, key: f"{path}[{i}].{role_key if key == 'role' else content_key}", alternation)
+
+
+def _tool_calls(calls: Any, path: str) -> list:
+    """Tool calls as chat templates expect them: OpenAI's `arguments` is a JSON string, templates want an
+    object (they write it with `tojson`, so a string would be encoded twice)."""
+    if not isinstance(calls, list):
+        raise RecordProblem(path, f"expected a list, got {json_type(calls)}")
+    out = []
+    for i, call in enumerate(calls):
+        if not isinstance(call, dict):
+            raise RecordProblem(f"{path}[{i}]", f"expected an object, got {json_type(call)}")
+        function = call.get("function", call)
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise RecordProblem(f"{path}[{i}].function.name", "missing field (a tool call needs the function's name)")
+        arguments = function.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            except ValueError:
+                raise RecordProblem(f"{path}[{i}].function.arguments", "a string that is not JSON (expected the arguments as a JSON object)") from None
+        if not isinstance(arguments, dict):
+            raise RecordProblem(f"{path}[{i}].function.arguments", f"expected an object, got {json_type(arguments)}")
+        out.append({**call, "type": call.get("type", "function"), "function": {**function, "arguments": arguments}})
+    return out
 
 
 def check_order(turns: Turns, path: str, final: str | None = "assistant", check_answers: bool = True) -> None:

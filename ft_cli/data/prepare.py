@@ -21,12 +21,13 @@ from ft_cli.data.convert import (
     ConvertOptions,
     invalid_records_error,
     parse_mapping,
+    unused_mapping_error,
 )
 from ft_cli.data.formats import ALIASES, FORMATS, RecordProblem
-from ft_cli.data.manifest import write_manifest
+from ft_cli.data.manifest import manifest_path, write_manifest
 from ft_cli.data.report import Stats, summarize_lengths
 from ft_cli.data.templates import TOKENIZER, load_template
-from ft_cli.data.writer import AtomicJsonl, encode_json
+from ft_cli.data.writer import AtomicJsonl, encode_json, remove_stale_temp_files
 from ft_cli.errors import DataError, UsageError
 
 LONG_POLICIES = ("truncate", "drop", "error")
@@ -80,11 +81,8 @@ def check_options(opts: PrepareOptions) -> None:
         problems.append(f"-o {opts.output}: the output is JSONL; name it *.jsonl")
     elif opts.output.is_dir():
         problems.append(f"-o {opts.output}: is a directory")
-    for spec in opts.inputs:
-        if Path(spec).resolve() == opts.output.resolve():
-            problems.append(f"-o {opts.output}: would replace the input {spec}")
-        elif Path(spec).is_dir() and Path(spec).resolve() == opts.output.resolve().parent:
-            problems.append(f"-o {opts.output}: is inside the input directory {spec}, so the next run would read it as input")
+    else:
+        problems.extend(_output_problems(opts))
     if not 0 <= opts.eval_split < 1:
         problems.append(f"--eval-split {opts.eval_split:g}: expected a fraction >= 0 and < 1")
     if opts.long not in LONG_POLICIES:
@@ -105,8 +103,45 @@ def check_options(opts: PrepareOptions) -> None:
         raise UsageError(f"ft prepare: {len(problems)} problems:", problems)
 
 
+def output_paths(opts: PrepareOptions) -> dict[str, Path]:
+    """Every file this run may write, by what it is: the data, its split and rejects, and their manifests."""
+    paths = {"-o": opts.output, "manifest": manifest_path(opts.output)}
+    if opts.eval_split > 0:
+        paths["eval file"] = eval_path(opts.output)
+        paths["eval manifest"] = manifest_path(eval_path(opts.output))
+    if opts.skip_invalid:
+        paths["rejects file"] = rejects_path(opts.output)
+    return paths
+
+
+def _output_problems(opts: PrepareOptions) -> list[str]:
+    """ft writes only where it was told: never over an input, never through a link or onto a device."""
+    problems = []
+    for what, path in output_paths(opts).items():
+        label = f"-o {opts.output}" if what == "-o" else f"-o {opts.output}: its {what} {path}"
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            problems.append(f"{label}: exists and is not a regular file (a link, device or directory); ft replaces only regular files")
+            continue
+        for spec in opts.inputs:
+            source = Path(spec)
+            if source.is_dir() and path.resolve().parent == source.resolve():
+                if what == "-o":
+                    problems.append(f"{label}: is inside the input directory {spec}, so the next run would read it as input")
+            elif _same_file(source, path):
+                problems.append(f"{label}: would replace the input {spec}")
+    return problems
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
 def prepare(opts: PrepareOptions) -> PrepareResult:
     check_options(opts)
+    remove_stale_temp_files(output_paths(opts).values())
     mapping = parse_mapping(opts.mapping)
     template = load_template(opts.template)
     tokenizer = None
@@ -126,6 +161,8 @@ def prepare(opts: PrepareOptions) -> PrepareResult:
     try:
         hashes, lengths, previews = _convert_all(opts, converter, tokenizer, stats, staged, rejects)
         stats.formats, stats.shape = converter.formats, converter.output_shape
+        if (problem := unused_mapping_error(converter)) is not None:
+            raise problem
         finals = _finish(opts, staged, hashes, lengths, stats)
         _publish(opts, finals, rejects, stats, tokenizer)
     except BaseException:
@@ -180,7 +217,11 @@ def _convert_all(opts, converter, tokenizer, stats, staged, rejects) -> tuple[ar
                             if all(not any(s.trained[: opts.max_seq_length]) for s in sequences if any(s.trained)):
                                 stats.nothing_trained += 1
                         lengths.append(length)
-                    line = encode_json(example.record)
+                    try:
+                        line = encode_json(example.record)
+                    except (ValueError, UnicodeEncodeError) as exc:  # NaN from Parquet/CSV sources, lone surrogates
+                        refuse(item.location, f"cannot be written as JSON: {exc}", None)
+                        continue
                     staged.write_line(line)
                     hashes.append(int.from_bytes(hashlib.blake2b(line.encode(), digest_size=8).digest(), "little"))
                     if len(previews) < opts.preview:

@@ -31,6 +31,8 @@ DATA_SUFFIXES = JSONL_SUFFIXES + JSON_SUFFIXES + CSV_SUFFIXES + PARQUET_SUFFIXES
 
 BOM = b"\xef\xbb\xbf"
 BOM_PROBLEM = "UTF-8 byte order mark (BOM) at the start of the file; save it as UTF-8 without BOM"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+UTF16_PROBLEM = "the file is UTF-16 text, not UTF-8; save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)"
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 # What a hub dataset id looks like: "name" or "owner/name".
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -108,6 +110,38 @@ def read_file(path: Path, name: str) -> Iterator[RawRecord]:
         raise DataError(f"{name}: cannot read: {exc.strerror or exc}") from None
 
 
+class _NonFinite(ValueError):
+    pass
+
+
+def _refuse_non_finite(name: str) -> None:
+    # Python's json reads NaN and Infinity, but they are not JSON: no other reader (or our output) accepts them.
+    raise _NonFinite(f"{name} is not valid JSON (JSON has no NaN or Infinity; use null or a string)")
+
+
+# One decoder for every line: strict JSON numbers, and no recursion limit to hit on hostile nesting (caught below).
+_DECODER = json.JSONDecoder(parse_constant=_refuse_non_finite)
+
+
+def decode_json(text: str) -> Any:
+    """json.loads, strict: NaN/Infinity, lone surrogates (\\ud800) and absurd nesting raise ValueError with the reason."""
+    try:
+        value = _DECODER.decode(text)
+    except RecursionError:
+        raise ValueError("nested too deeply (more than about 1,000 levels of brackets)") from None
+    if "\\u" in text:
+        _check_unicode(value)
+    return value
+
+
+def _check_unicode(value: Any) -> None:
+    """A `\\ud800` escape decodes to a lone surrogate, which no UTF-8 file can hold."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"invalid Unicode: a lone surrogate \\u{ord(exc.object[exc.start]):04x} (half of a UTF-16 pair)") from None
+
+
 def _open_binary(path: Path):
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb")
 
@@ -117,6 +151,8 @@ def read_jsonl(path: Path, name: str) -> Iterator[RawRecord]:
     with _open_binary(path) as handle:
         for number, line in enumerate(handle, start=1):
             where = Location(name, line=number)
+            if number == 1 and (line.startswith(UTF16_BOMS) or b"\x00" in line):
+                raise DataError(f"{name}:1: {UTF16_PROBLEM}")
             if number == 1 and line.startswith(BOM):
                 yield RawRecord(where, error=BOM_PROBLEM, raw=line[len(BOM) :].decode("utf-8", "replace").rstrip("\r\n"))
                 continue
@@ -131,9 +167,19 @@ def read_jsonl(path: Path, name: str) -> Iterator[RawRecord]:
                 yield RawRecord(where, error="blank line", raw=text)
                 continue
             try:
-                yield RawRecord(where, value=json.loads(text), raw=text)
+                value = decode_json(text)
             except json.JSONDecodeError as exc:
-                yield RawRecord(where, error=f"invalid JSON: {exc.msg} (column {exc.colno})", raw=text)
+                yield RawRecord(where, error=f"invalid JSON: {exc.msg} (column {exc.colno})", raw=_printable(text))
+                continue
+            except ValueError as exc:
+                yield RawRecord(where, error=str(exc), raw=_printable(text))
+                continue
+            yield RawRecord(where, value=value, raw=text)
+
+
+def _printable(text: str) -> str:
+    """The raw line as the rejects file can hold it (a lone surrogate escape stays an escape, it is ASCII)."""
+    return text if len(text) <= 100_000 else text[:100_000] + "…"
 
 
 def read_json(path: Path, name: str) -> Iterator[RawRecord]:
@@ -147,6 +193,8 @@ def read_json(path: Path, name: str) -> Iterator[RawRecord]:
         data = handle.read()
     if data.startswith(BOM):
         raise DataError(f"{name}:1: {BOM_PROBLEM}")
+    if data.startswith(UTF16_BOMS) or b"\x00" in data[:4096]:
+        raise DataError(f"{name}:1: {UTF16_PROBLEM}")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -155,9 +203,18 @@ def read_json(path: Path, name: str) -> Iterator[RawRecord]:
         raise DataError(f"{name}:{line}: invalid UTF-8 (byte 0x{data[exc.start]:02x} at column {column})") from None
     try:
         elements = list(_array_elements(text)) if text.lstrip().startswith("[") else None
-        document = None if elements is not None else json.loads(text)
+        document = None if elements is not None else _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"{name}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+    except RecursionError:
+        raise DataError(f"{name}: invalid JSON: nested too deeply (more than about 1,000 levels of brackets)") from None
+    except _NonFinite as exc:
+        raise DataError(f"{name}: {exc}") from None
+    if "\\u" in text:
+        try:
+            _check_unicode(elements if elements is not None else document)
+        except ValueError as exc:
+            raise DataError(f"{name}: {exc}") from None
     if elements is not None:
         lines = [line for line, _ in elements]
         by_line = len(set(lines)) == len(lines)  # one record per line or more: lines locate them
@@ -173,7 +230,7 @@ _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 def _array_elements(text: str) -> Iterator[tuple[int, Any]]:
     """(line, value) for each element of the top-level JSON array in `text`, with the stdlib decoder."""
-    decoder = json.JSONDecoder()
+    decoder = _DECODER
     position = _WHITESPACE.match(text, 0).end() + 1  # past "["
     line, counted_to = 1, 0
 

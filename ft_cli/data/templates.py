@@ -29,6 +29,27 @@ TOKENIZER = "tokenizer"  # the model's own chat template
 _GEN_START, _GEN_END = "\ue000", "\ue001"
 
 
+def special_tokens_of(model: str | None) -> dict:
+    """bos_token, eos_token, ... of a local model directory, read from its tokenizer files (no transformers import):
+    a model's own template used as a file (`data.template: llama3.jinja`) needs them, or `<|begin_of_text|>` is lost."""
+    import json
+
+    if not model or not Path(model).is_dir():
+        return {}
+    tokens: dict = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        try:
+            data = json.loads((Path(model) / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        for key, value in data.items() if isinstance(data, dict) else ():
+            if key.endswith("_token") and key not in tokens:
+                text = value.get("content") if isinstance(value, dict) else value
+                if isinstance(text, str):
+                    tokens[key] = text
+    return tokens
+
+
 def available_templates() -> list[str]:
     return sorted(path.stem for path in TEMPLATE_DIR.glob("*.jinja"))
 
@@ -80,6 +101,8 @@ class Template:
             )
         except TemplateError as exc:
             raise RecordProblem(f"template {self.name}", str(exc.message or exc)) from None
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # e.g. `content + ...` on a null content
+            raise RecordProblem(f"template {self.name}", f"rendering failed: {type(exc).__name__}: {exc}") from None
         return _strip_markers(marked)
 
     def split(self, messages: list[dict], **variables) -> tuple[str, str]:

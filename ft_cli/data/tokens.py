@@ -137,6 +137,8 @@ def _apply(tokenizer, messages, **kwargs):
         return tokenizer.apply_chat_template(messages, **kwargs)
     except TemplateError as exc:
         raise RecordProblem("messages", f"the chat template refuses it: {exc}") from None
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # e.g. `content | trim` on a null content
+        raise RecordProblem("messages", f"the chat template cannot render it: {type(exc).__name__}: {exc}") from None
 
 
 def _render(tokenizer, messages: list[dict], tools, add_generation_prompt: bool) -> str:

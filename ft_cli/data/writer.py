@@ -15,8 +15,38 @@ from types import TracebackType
 
 from ft_cli.files import make_readable
 
-# One encoder for every record: json.dumps with options builds a new one per call.
-encode_json = json.JSONEncoder(ensure_ascii=False).encode
+# One encoder for every record: json.dumps with options builds a new one per call. NaN is not JSON.
+encode_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+
+
+def _temp_prefix(path: Path) -> str:
+    # The writer's pid is in the name, so a later run can tell a dead writer's leftovers from a live one's.
+    return f".{path.name}.ft{os.getpid()}."
+
+
+def remove_stale_temp_files(paths) -> None:
+    """Temp files that a killed `ft prepare` (SIGKILL, power loss) left beside these outputs, when their writer is gone."""
+    for path in paths:
+        for leftover in path.parent.glob(f".{glob_escape(path.name)}.ft*.tmp") if path.parent.is_dir() else []:
+            pid = leftover.name[len(path.name) + 4 :].split(".", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                leftover.unlink(missing_ok=True)
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class AtomicJsonl:
@@ -36,7 +66,7 @@ class AtomicJsonl:
 
     def __enter__(self) -> AtomicJsonl:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        fd, name = tempfile.mkstemp(prefix=_temp_prefix(self.path), suffix=".tmp", dir=self.path.parent)
         self.temp_path = Path(name)
         self._handle = os.fdopen(fd, "wb")
         return self

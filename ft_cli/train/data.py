@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ft_cli.data.readers import decode_json
 from ft_cli.errors import DataError
 
 # TRL's dataset shapes, by the columns that identify them (most specific first).
@@ -40,9 +41,11 @@ def read_jsonl(path: str | Path) -> list[dict]:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = decode_json(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}:{number}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+            except ValueError as exc:
+                raise DataError(f"{path}:{number}: {exc}") from None
             if not isinstance(record, dict):
                 raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
             records.append(record)
@@ -65,7 +68,12 @@ class TrainingData:
 
 
 def load_training_records(
-    path: str | Path, method: str = "sft", shapes: tuple[str, ...] = tuple(SHAPES), data_format: str = "auto", template: str | None = None
+    path: str | Path,
+    method: str = "sft",
+    shapes: tuple[str, ...] = tuple(SHAPES),
+    data_format: str = "auto",
+    template: str | None = None,
+    model_path: str | None = None,
 ) -> TrainingData:
     """Records for `method` in one of `shapes`, from a prepared file or any data ft prepare reads."""
     from ft_cli.data.convert import FormatNotDetected, WrongShape, load_records
@@ -80,7 +88,10 @@ def load_training_records(
         data = TrainingData(path, read_jsonl(path), manifest["shape"], converted=False, manifest=manifest)
     else:
         try:
-            loaded = load_records(path, data_format, template, shapes=shapes)
+            from ft_cli.data.templates import special_tokens_of
+
+            tokens = special_tokens_of(model_path) if template not in (None, "tokenizer") else None
+            loaded = load_records(path, data_format, template, shapes=shapes, special_tokens=tokens)
         except WrongShape as exc:
             loaded = None
             data = TrainingData(path, [], exc.shape, converted=True)

@@ -123,8 +123,12 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, 
         wait_for_everyone()  # every process has read the run directory before rank 0 writes into it
     check_integrations(loaded)
     backend, why = choose_backend(cfg, source=loaded.source_of("backend"))
-    train_data = load_training_records(cfg.data.train, cfg.method, method.shapes, cfg.data.format, cfg.data.template)
-    eval_data = load_training_records(cfg.data.eval, cfg.method, method.shapes, cfg.data.format, cfg.data.template) if cfg.data.eval else None
+    train_data = load_training_records(cfg.data.train, cfg.method, method.shapes, cfg.data.format, cfg.data.template, cfg.model.path)
+    eval_data = (
+        load_training_records(cfg.data.eval, cfg.method, method.shapes, cfg.data.format, cfg.data.template, cfg.model.path)
+        if cfg.data.eval
+        else None
+    )
     records, shape = train_data.records, train_data.shape
     _check_prepared_against_run(train_data, cfg)
     eval_records = eval_data.records if eval_data else None
