@@ -190,6 +190,8 @@ def _read_yaml(path: Path) -> tuple[dict, dict[str, str]]:
         raise ConfigError(f"{path}: invalid YAML: {one_line(str(exc))}") from None
     except RecursionError:
         raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
+    if node is not None and (problem := _size_problem(node)):
+        raise ConfigError(f"{path}: invalid YAML: {problem}")
     if loaded is None:
         return {}, {}
     if not isinstance(loaded, dict):
@@ -200,6 +202,31 @@ def _read_yaml(path: Path) -> tuple[dict, dict[str, str]]:
     if problems:
         raise ConfigError(f"{path}: invalid keys:", [f"{path}:{problem}" for problem in problems])
     return loaded, {dotted: f"{path}:{line}" for dotted, line in lines.items()}
+
+
+# A config has tens of values; these bounds only stop hostile files (alias bombs, self-referencing aliases).
+_MAX_YAML_VALUES = 10_000
+_MAX_YAML_DEPTH = 32
+
+
+def _size_problem(root: yaml.Node) -> str | None:
+    """Walk the composed YAML as the tree it stands for (aliases expanded), within bounds, before anything uses it."""
+    count = 0
+    stack = [(root, 0, ())]
+    while stack:
+        node, depth, ancestors = stack.pop()
+        count += 1
+        if count > _MAX_YAML_VALUES:
+            return f"more than {_MAX_YAML_VALUES:,} values (aliases that repeat aliases?); a config needs far fewer"
+        if depth > _MAX_YAML_DEPTH:
+            return f"nested more than {_MAX_YAML_DEPTH} levels deep"
+        if isinstance(node, yaml.ScalarNode):
+            continue
+        if id(node) in ancestors:
+            return f"line {node.start_mark.line + 1}: an alias refers to the value that contains it"
+        children = node.value if isinstance(node, yaml.SequenceNode) else [item for pair in node.value for item in pair]
+        stack.extend((child, depth + 1, (*ancestors, id(node))) for child in children)
+    return None
 
 
 def _non_string_keys(data: Any, prefix: str = "") -> list[str]:
@@ -306,6 +333,12 @@ def check_combinations(config: Config) -> list[tuple[str, str]]:
             "training.padding_free",
             "needs FlashAttention: set model.attn_implementation: flash_attention_2 (or use training.packing)",
         ))
+    if config.method != "sft":
+        for key in ("packing", "padding_free"):
+            if getattr(config.training, key):
+                problems.append((f"training.{key}", f"applies to method: sft only; {config.method} would ignore it, so remove it"))
+    if config.backend == "unsloth":
+        problems.extend(unsloth_setting_problems(config))
     if config.data.eval and config.data.eval_split > 0:
         problems.append(("data.eval_split", "give either data.eval (a file) or data.eval_split (a fraction), not both"))
     if config.method == "grpo":
@@ -323,6 +356,21 @@ def check_combinations(config: Config) -> list[tuple[str, str]]:
                 f"num_generations = {generations} (each prompt's completions are compared with each other in one batch): "
                 f"set per_device_train_batch_size to a multiple of {generations}, or lower grpo.num_generations",
             ))
+    return problems
+
+
+def unsloth_setting_problems(config: Config) -> list[tuple[str, str]]:
+    """Settings Unsloth's loader would silently ignore, as (dotted key, message)."""
+    model = config.model
+    problems = []
+    if model.load_in_4bit and model.bnb_4bit_quant_type != "nf4":
+        problems.append(("model.bnb_4bit_quant_type", f"{model.bnb_4bit_quant_type}: Unsloth quantizes to nf4 only"))
+    if model.load_in_4bit and not model.bnb_4bit_use_double_quant:
+        problems.append(("model.bnb_4bit_use_double_quant", "false: Unsloth always double-quantizes"))
+    if model.load_in_4bit and model.bnb_4bit_quant_storage not in ("auto", "uint8"):
+        problems.append(("model.bnb_4bit_quant_storage", f"{model.bnb_4bit_quant_storage}: Unsloth stores 4-bit weights as uint8"))
+    if model.attn_implementation != "auto":
+        problems.append(("model.attn_implementation", f"{model.attn_implementation}: Unsloth chooses its own attention kernels"))
     return problems
 
 

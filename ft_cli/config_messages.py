@@ -173,6 +173,8 @@ def describe_errors(exc: ValidationError, sources: dict[str, str], file_label: s
         elif info is not None:
             value = REDACTED if is_secret_key(schema) else show_value(given)
             message = f"expected {_field_description(info)}, got {value}"
+            if error["type"] == "finite_number":
+                message = f"expected a finite number, got {value}"
             if typing.get_origin(info.annotation) is Literal and isinstance(given, str):
                 hint = suggest(given, [str(a) for a in typing.get_args(info.annotation)])
                 if hint:

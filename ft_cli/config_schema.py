@@ -37,6 +37,10 @@ SCHEDULERS = (
 
 _DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
 
+# Far beyond any real run, and small enough that an ETA or a schedule built from them still means something.
+MAX_STEPS = 100_000_000
+MAX_EPOCHS = 100_000
+
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
@@ -45,7 +49,8 @@ Fraction = Annotated[float, Field(ge=0, lt=1)]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: `max_steps: true` or `max_steps: 1e23` is a mistake, not 1 or a float to round; NaN and inf are never settings.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
 class ModelSection(Section):
@@ -99,8 +104,8 @@ class DataSection(Section):
 
 class TrainingSection(Section):
     output_dir: str = Field("out/run", description="Run directory: checkpoints, weights, metrics, ft_run.yaml.")
-    num_train_epochs: PositiveFloat = Field(3.0, description="Passes over the training data (ignored when max_steps > 0).")
-    max_steps: int = Field(-1, ge=-1, description="Total optimizer steps; -1 = use num_train_epochs.")
+    num_train_epochs: Annotated[float, Field(gt=0, le=MAX_EPOCHS)] = Field(3.0, description="Passes over the training data (ignored when max_steps > 0).")
+    max_steps: int = Field(-1, ge=-1, le=MAX_STEPS, description="Total optimizer steps; -1 = use num_train_epochs.")
     per_device_train_batch_size: PositiveInt = Field(2, description="Micro-batch size per device.")
     per_device_eval_batch_size: PositiveInt = Field(2, description="Evaluation batch size per device.")
     gradient_accumulation_steps: PositiveInt = Field(4, description="Micro-batches per optimizer step.")

