@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from ft_cli import __version__
+from ft_cli.cli_eval import eval_command
 from ft_cli.cli_models import env, models_app, tiny_model
 from ft_cli.errors import EXIT_CODES, EXIT_OOM, FtError
 
@@ -362,6 +363,7 @@ def config_reference() -> None:
 
 # Commands that build or describe models and the machine live in cli_models.py.
 app.command("tiny-model")(tiny_model)
+app.command("eval")(eval_command)
 app.add_typer(models_app, name="models")
 app.command("env")(env)
 

@@ -1,0 +1,126 @@
+"""Evaluation data: any file `ft prepare` reads, as TRL-shaped records, each split into what the
+metrics need: the record the loss is computed on (with training's masks), the prompt to generate
+from, and the reference answer to score the generation against.
+
+| shape             | loss on                     | prompt                        | reference                 |
+| ----------------- | --------------------------- | ----------------------------- | ------------------------- |
+| conversational    | the assistant turns         | turns before the last answer  | the last assistant turn   |
+| prompt-completion | the completion              | prompt                        | completion                |
+| language-modeling | every token                 | -                             | -                         |
+| prompt-only       | the reference, as completion| prompt                        | answer/reference/solution column |
+| preference        | chosen and rejected answers | -                             | -                         |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ft_cli.errors import DataError, UsageError
+
+# Columns of prompt-only data that hold the reference answer, in the order they are looked for.
+REFERENCE_COLUMNS = ("answer", "reference", "solution", "target", "output")
+
+
+@dataclass
+class EvalItem:
+    record: dict  # as loaded (TRL shape)
+    loss_record: dict | None  # what the loss is computed on, in a shape ft_cli.data.tokens knows
+    prompt: str | list | None  # what generation starts from
+    reference: str | None
+    columns: dict = field(default_factory=dict)  # the record's other columns, for reward functions
+
+
+@dataclass
+class EvalData:
+    path: str
+    shape: str
+    items: list[EvalItem]
+    total: int  # records in the file, before --limit
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+    @property
+    def references(self) -> list[str | None]:
+        return [item.reference for item in self.items]
+
+    @property
+    def chat(self) -> bool:
+        """Prompts are message lists (rendered with the chat template) rather than strings."""
+        return any(isinstance(item.prompt, list) for item in self.items)
+
+
+def load_eval_data(
+    path: str | Path, data_format: str = "auto", template: str | None = None, mapping: dict[str, str] | None = None, limit: int | None = None
+) -> EvalData:
+    """Records of `path` (the first `limit`), validated as `ft prepare` validates them; a bad record names path:LINE."""
+    from ft_cli.data.convert import ConvertOptions, Converter, invalid_records_error, unused_mapping_error
+    from ft_cli.data.templates import load_template
+
+    path = str(path)
+    if not Path(path).exists():
+        raise DataError(f"{path}: data file not found")
+    converter = Converter(ConvertOptions(data_format=data_format, template=load_template(template), mapping=mapping or {}))
+    records, problems, bad = [], [], 0
+    for item in converter.convert([path]):
+        if item.problem is not None:
+            bad += 1
+            problems.append(f"{item.location}: {item.problem}")
+            continue
+        records.extend(example.record for example in item.examples)
+    missing = unused_mapping_error(converter)
+    if missing is not None:
+        raise missing
+    if bad:
+        raise invalid_records_error([path], bad, problems, "fix them, or keep the valid ones with `ft prepare --skip-invalid`")
+    if not records:
+        raise DataError(f"{path}: no records")
+    shape = converter.output_shape
+    chosen = records if limit is None else records[:limit]
+    return EvalData(path, shape, [split_record(record, shape) for record in chosen], len(records))
+
+
+def split_record(record: dict, shape: str) -> EvalItem:
+    """One record as loss record, prompt and reference (see the table above)."""
+    if shape == "conversational":
+        messages = record["messages"]
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+        if last is None or not isinstance(messages[last].get("content"), str):
+            return EvalItem(record, record, None, None)
+        return EvalItem(record, record, messages[:last], messages[last]["content"])
+    if shape == "prompt-completion":
+        completion = record["completion"]
+        reference = completion[-1]["content"] if isinstance(completion, list) else completion
+        return EvalItem(record, record, record["prompt"], reference)
+    if shape == "language-modeling":
+        return EvalItem(record, record, None, None)
+    if shape == "preference":
+        return EvalItem(record, None, None, None)
+    # prompt-only: the reference comes from a column; with one, the loss is on it as a completion
+    columns = {key: value for key, value in record.items() if key != "prompt"}
+    reference = next((str(record[c]) for c in REFERENCE_COLUMNS if record.get(c) is not None), None)
+    prompt = record["prompt"]
+    loss_record = None
+    if reference is not None and reference.strip():
+        completion = [{"role": "assistant", "content": reference}] if isinstance(prompt, list) else reference
+        loss_record = {"prompt": prompt, "completion": completion}
+    return EvalItem(record, loss_record, prompt, reference, columns)
+
+
+def run_eval_data(run_dir: Path, record: dict) -> str:
+    """The eval data a run trained with (data.eval in its ft_run.yaml), or an error saying what to pass."""
+    data = record.get("data") or {}
+    eval_path = data.get("eval")
+    if eval_path:
+        for candidate in (Path(eval_path), run_dir / eval_path):
+            if candidate.exists():
+                return str(candidate)
+        raise UsageError(f"{run_dir}: its eval data {eval_path} (data.eval in ft_run.yaml) is not found; pass --data FILE")
+    if data.get("eval_split"):
+        raise UsageError(
+            f"{run_dir}: its eval data was a split of the training data (data.eval_split {data['eval_split']}), kept in memory only; "
+            "pass --data FILE (ft prepare --eval-split writes a held-out file to pass here and as data.eval)"
+        )
+    raise UsageError(f"{run_dir}: the run has no eval data (data.eval in ft_run.yaml); pass --data FILE")

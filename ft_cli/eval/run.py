@@ -1,0 +1,256 @@
+"""`ft eval`, top to bottom: resolve the models (adding each fine-tune's base) → load and check the
+data and the metrics it gets → check lm-eval's tasks → per model: load, score every data file and
+task, free → the table, results.json and samples.jsonl.
+
+Everything a user can get wrong (paths, data records, metric and task names) is checked before the
+first model loads, so a typo costs seconds, not a model load.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ft_cli.errors import OutOfMemory, UsageError
+from ft_cli.eval import metrics as M
+from ft_cli.eval.data import REFERENCE_COLUMNS, EvalData, load_eval_data, run_eval_data
+from ft_cli.eval.models import ModelSpec, base_of, load_model, release, resolve_models
+from ft_cli.eval.report import Progress, table, versions, write_outputs
+
+
+@dataclass
+class EvalRequest:
+    models: list[str]
+    data: list[str] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=list)  # empty: chosen from each file's shape
+    tasks: list[str] = field(default_factory=list)
+    output: Path = Path("results.json")
+    limit: int | None = None
+    max_new_tokens: int = 128
+    batch_size: int = 8
+    seed: int = 0
+    add_base: bool = True
+    data_format: str = "auto"
+    mapping: dict[str, str] = field(default_factory=dict)
+    samples: int = 5  # sample generations per model and file in samples.jsonl
+    command: str = ""
+
+
+@dataclass
+class Plan:
+    data: EvalData
+    metrics: list[str]
+    rewards: list[M.Reward]
+
+
+def say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def evaluate(request: EvalRequest) -> dict:
+    """Score every model on every data file and task; write results.json and samples.jsonl; return the results."""
+    _check_numbers(request)
+    models = resolve_models(request.models, add_base=request.add_base)
+    plans = [_plan(data, request, models) for data in _load_data(request, models)]
+    harness = _plan_tasks(request.tasks) if request.tasks else None
+    if not plans and harness is None:
+        raise UsageError("nothing to evaluate: pass --data FILE and/or --tasks TASK")
+    results = {
+        "command": request.command,
+        "versions": versions(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "settings": {"limit": request.limit, "max_new_tokens": request.max_new_tokens, "batch_size": request.batch_size, "seed": request.seed},
+        "models": [_describe(model, models) for model in models],
+        "data": [{"path": p.data.path, "shape": p.data.shape, "records": len(p.data.items), "of": p.data.total, "metrics": p.metrics} for p in plans],
+        "scores": {},
+        "timing": {},
+    }  # fmt: skip
+    samples: list[dict] = []
+    for model_spec in models:
+        say(f"loading {model_spec.name}" + (f" (the base of {model_spec.added_as_base_of})" if model_spec.added_as_base_of else ""))
+        model, tokenizer = load_model(model_spec)
+        for plan in plans:
+            scores, rows, timing = _guard(lambda: _score(model, tokenizer, plan, request, model_spec.name), model_spec, plan.data.name, request)
+            results["scores"].setdefault(plan.data.name, {})[model_spec.name] = scores
+            results["timing"].setdefault(plan.data.name, {})[model_spec.name] = timing
+            samples.extend(rows)
+        if harness is not None:
+            plan_, manager = harness
+            found = _guard(lambda: _tasks(model, tokenizer, plan_, manager, request), model_spec, "lm-eval tasks", request)
+            for task, values in found["scores"].items():
+                results["scores"].setdefault(f"lm-eval {task}", {})[model_spec.name] = values
+            for task, rows in found["samples"].items():
+                samples.extend({"model": model_spec.name, "task": task, **_harness_sample(row)} for row in rows)
+        release(model)
+        del model
+    written = write_outputs(results, samples, request.output)
+    print(table(results))
+    say(f"results: {written[0]}; sample answers: {written[1]}")
+    return results
+
+
+# ---------------------------------------------------------------- before any model loads
+
+
+def _check_numbers(request: EvalRequest) -> None:
+    for name, value in (("--limit", request.limit), ("--max-new-tokens", request.max_new_tokens), ("--batch-size", request.batch_size)):
+        if value is not None and value < 1:
+            raise UsageError(f"{name}: expected an integer > 0, got {value}")
+    if request.samples < 0:
+        raise UsageError(f"--samples: expected an integer >= 0, got {request.samples}")
+
+
+def _load_data(request: EvalRequest, models: list[ModelSpec]) -> list[EvalData]:
+    """--data files; without them (and without --tasks), the eval data of the first run among the models."""
+    if request.data:
+        return [load_eval_data(path, request.data_format, None, request.mapping, request.limit) for path in request.data]
+    if request.tasks:
+        return []
+    run_model = next((m for m in models if m.run is not None and m.run_dir is not None), None)
+    if run_model is None:
+        raise UsageError("no --data given and no MODEL is an ft run directory (whose data.eval would be used); pass --data FILE or --tasks TASK")
+    path = run_eval_data(run_model.run_dir, run_model.run)
+    data = run_model.run.get("data") or {}
+    say(f"data: {path} (data.eval of {run_model.run_dir})")
+    return [load_eval_data(path, data.get("format") or "auto", data.get("template"), request.mapping, request.limit)]
+
+
+def _plan(data: EvalData, request: EvalRequest, models: list[ModelSpec]) -> Plan:
+    names = list(request.metrics) or M.default_metrics(data.shape, data.references)
+    M.check_metric_names(names)
+    if not names:
+        raise UsageError(f"{data.path}: {data.shape} data without reference answers (columns {', '.join(REFERENCE_COLUMNS)}): no metric applies; pass --metric REWARD")
+    for name in names:
+        kind = M.kind_of(name)
+        if kind == "preference" and data.shape != "preference":
+            raise UsageError(f"--metric {name}: needs preference data (prompt, chosen, rejected); {data.path} is {data.shape} data")
+        if kind != "preference" and data.shape == "preference":
+            raise UsageError(f"--metric {name}: {data.path} is preference data; its metrics are reward_accuracy and reward_margin")
+        if kind == "loss" and not any(item.loss_record for item in data.items):
+            raise UsageError(f"--metric {name}: {data.path} has no answers to compute a loss on (prompt-only data needs a reference column: {', '.join(REFERENCE_COLUMNS)})")
+        if kind in ("generation", "reward") and data.shape == "language-modeling":
+            raise UsageError(f"--metric {name}: {data.path} is plain text: there is no prompt to generate from (its metrics are loss and perplexity)")
+        if kind == "generation" and not any(item.reference for item in data.items):
+            raise UsageError(f"--metric {name}: {data.path} has no reference answers to compare with")
+    grpo = next((m.run.get("grpo") for m in models if m.run and m.run.get("method") == "grpo"), None)
+    return Plan(data, names, M.load_reward_metrics(names, _grpo_section(grpo)))
+
+
+
+def _grpo_section(raw: dict | None):
+    """The run's grpo section (its format_tags, answer_column, ...) for built-in rewards, else the defaults."""
+    if not raw:
+        return None
+    from pydantic import ValidationError
+
+    from ft_cli.config_schema import GrpoSection
+
+    try:
+        return GrpoSection.model_validate(raw)
+    except ValidationError:
+        return None
+
+
+def _plan_tasks(tasks: list[str]):
+    from ft_cli.eval.harness import plan_tasks, require_lm_eval, task_manager
+
+    require_lm_eval()
+    plan = plan_tasks(tasks)
+    return plan, task_manager(plan)
+
+
+def _describe(model: ModelSpec, models: list[ModelSpec]) -> dict:
+    base = base_of(model, models)
+    return {"name": model.name, "kind": model.kind, "path": model.path, "base": model.base,
+            "base_in_table": base.name if base else None, "added_as_base_of": model.added_as_base_of}  # fmt: skip
+
+
+# ---------------------------------------------------------------- scoring one model
+
+
+def _score(model, tokenizer, plan: Plan, request: EvalRequest, name: str) -> tuple[dict, list[dict], dict]:
+    """One model on one data file: its metrics, its sample rows, and how long each part took."""
+    import torch
+
+    from ft_cli.eval.generation import generate_answers, prompt_ids
+    from ft_cli.eval.loss import loss_metrics, preference_metrics, score_sequences, sequences_of
+
+    torch.manual_seed(request.seed)
+    data, wanted, scores, timing, rows = plan.data, set(plan.metrics), {}, {}, []
+    label = f"{name} on {data.name}"
+    if data.shape == "preference":
+        pairs = sequences_of([item.record for item in data.items], tokenizer, data.path)
+        progress = Progress(f"{label}: log-probabilities", 2 * len(pairs))
+        flat = score_sequences(model, [s for pair in pairs for s in pair], request.batch_size, progress.tick)
+        timing["logprob_s"] = progress.finish()
+        chosen, rejected = flat[0::2], flat[1::2]
+        scores.update({k: v for k, v in preference_metrics(chosen, rejected).items() if k in wanted})
+        rows = [{"model": name, "data": data.name, "index": i, "chosen_logprob": c.logprob, "rejected_logprob": r.logprob}
+                for i, (c, r) in enumerate(zip(chosen[: request.samples], rejected[: request.samples]))]  # fmt: skip
+        return scores, rows, timing
+    if wanted & {"loss", "perplexity"}:
+        records = [item.loss_record for item in data.items if item.loss_record is not None]
+        sequences = [seqs[0] for seqs in sequences_of(records, tokenizer, data.path)]
+        progress = Progress(f"{label}: answer-token loss", len(sequences))
+        token_scores = score_sequences(model, sequences, request.batch_size, progress.tick)
+        timing["loss_s"] = progress.finish()
+        scores.update({k: v for k, v in loss_metrics(token_scores).items() if k in wanted})
+    generation = [n for n in plan.metrics if M.kind_of(n) in ("generation", "reward")]
+    if generation:
+        items = [item for item in data.items if item.prompt is not None]
+        ids = prompt_ids([item.prompt for item in items], tokenizer, data.path)
+        progress = Progress(f"{label}: generating (greedy, up to {request.max_new_tokens} tokens)", len(items))
+        answers = generate_answers(model, tokenizer, ids, request.max_new_tokens, request.batch_size, progress.tick)
+        timing["generation_s"], timing["generations"] = progress.finish(), len(items)
+        per_item: dict[str, list[float | None]] = {}
+        for metric in generation:
+            if metric in M.ANSWER_METRICS:
+                function = M.ANSWER_METRICS[metric]
+                per_item[metric] = [function(a, item.reference) if item.reference is not None else None for a, item in zip(answers, items)]
+        columns = [{**item.columns, **({"answer": item.reference} if "answer" not in item.columns and item.reference is not None else {})} for item in items]
+        per_item.update(M.score_rewards(plan.rewards, [item.prompt for item in items], answers, columns, data.chat))
+        for metric in generation:
+            scores[metric] = M.mean(per_item[metric])
+        for index, (item, answer) in enumerate(zip(items[: request.samples], answers)):
+            rows.append({"model": name, "data": data.name, "index": index, "prompt": item.prompt, "reference": item.reference,
+                         "answer": answer, "scores": {metric: per_item[metric][index] for metric in generation}})  # fmt: skip
+    return scores, rows, timing
+
+
+def _tasks(model, tokenizer, plan, manager, request: EvalRequest) -> dict:
+    from ft_cli.eval.harness import run_tasks
+
+    started = time.monotonic()
+    found = run_tasks(model, tokenizer, plan, manager, request.batch_size, request.limit, request.seed, request.max_new_tokens, request.samples)
+    say(f"lm-eval {', '.join(plan.names)}: {time.monotonic() - started:.1f} s")
+    return found
+
+
+def _harness_sample(row: dict) -> dict:
+    return {"doc": row.get("doc"), "target": row.get("target"), "response": row.get("filtered_resps"),
+            "scores": {k: row[k] for k in row.get("metrics", []) if k in row}}  # fmt: skip
+
+
+def _guard(work, model: ModelSpec, what: str, request: EvalRequest):
+    """Out of memory (GPU or CPU) becomes exit 3 with the batch size to try."""
+    try:
+        return work()
+    except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError; the CPU allocator raises a plain one
+        if not is_out_of_memory(exc):
+            raise
+        raise out_of_memory(model.name, what, request.batch_size) from None
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text or "can't allocate memory" in text
+
+
+def out_of_memory(model: str, what: str, batch_size: int) -> OutOfMemory:
+    if batch_size > 1:
+        fix = f"try --batch-size {max(1, batch_size // 2)}"
+    else:
+        fix = "it does not fit even at --batch-size 1: use a smaller --max-new-tokens, shorter records or a larger device"
+    return OutOfMemory(f"out of memory evaluating {model} on {what} at --batch-size {batch_size}; {fix}")
