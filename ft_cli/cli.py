@@ -13,9 +13,10 @@ from typing import Annotated, Optional
 import typer
 
 from ft_cli import __version__
+from ft_cli.cli_export import export_command
 from ft_cli.cli_eval import eval_command
 from ft_cli.cli_models import env, models_app, tiny_model
-from ft_cli.errors import EXIT_CODES, EXIT_OOM, FtError
+from ft_cli.errors import EXIT_CODES, EXIT_OOM, EXIT_USAGE, FtError
 
 # "\b" keeps click from re-wrapping the list, so each code stays on its own line.
 _EXIT_CODE_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
@@ -344,10 +345,14 @@ def config_show(
 
 @config_app.command("validate")
 def config_validate(config: ConfigPath, overrides: Overrides = None) -> None:
-    """Check a config without running anything; exit 0 when it is valid, 2 otherwise."""
+    """Check a config without running anything: its values, and that the model and data it names are there
+    and loadable (from their files; no weights are read). Exit 0 when it is valid, 2 otherwise."""
     from ft_cli.config import load_config
 
+    from ft_cli.train.plan import check_paths
+
     loaded = load_config(config, overrides)
+    check_paths(loaded)
     cfg = loaded.config
     mode = ("QLoRA" if cfg.model.load_in_4bit or cfg.model.load_in_8bit else "LoRA") if cfg.uses_lora else "full fine-tuning"
     typer.echo(f"{config}: valid ({cfg.method}, {mode}, model {cfg.model.path})")
@@ -364,8 +369,19 @@ def config_reference() -> None:
 # Commands that build or describe models and the machine live in cli_models.py.
 app.command("tiny-model")(tiny_model)
 app.command("eval")(eval_command)
+app.command("export")(export_command)
 app.add_typer(models_app, name="models")
 app.command("env")(env)
+
+
+def _storage_problem(exc: OSError) -> str | None:
+    """A full disk, a read-only or forbidden place: the machine's state, not a bug, so one line naming the path."""
+    import errno
+
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG):
+        return None
+    where = exc.filename or "a file"
+    return f"cannot write {where}: {exc.strerror or exc}; free space or choose a writable place, then run it again"
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -389,6 +405,12 @@ def main(argv: list[str] | None = None) -> int:
 
         typer.echo(f"error: {redact_text(exc.render())}", err=True)
         return exc.exit_code
+    except OSError as exc:
+        message = _storage_problem(exc)
+        if message is None:
+            raise
+        typer.echo(f"error: {message}", err=True)
+        return EXIT_USAGE
     except Exception as exc:
         if not _is_out_of_memory(exc):
             raise

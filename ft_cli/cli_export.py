@@ -1,0 +1,33 @@
+"""`ft export`: registered on the app by cli.py; thin, heavy imports inside."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def export_command(
+    model: Annotated[Path, typer.Argument(help="A model directory (merged or full fine-tune), a LoRA adapter, or a run directory.", show_default=False)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The .gguf file to write.", show_default=False)],
+    quant: Annotated[str, typer.Option(help="f32, f16, bf16, q8_0 (pure Python); q4_k_m, q5_k_m, q6_k, ... need llama-cpp-python.")] = "f16",
+    ollama: Annotated[bool, typer.Option("--ollama", help="Also write a Modelfile (template, stop tokens) and print the `ollama create` command.")] = False,
+    system: Annotated[Optional[str], typer.Option(help="System prompt for the Modelfile (with --ollama).")] = None,
+    base: Annotated[Optional[str], typer.Option(help="Base model of an adapter, when its records do not find it.")] = None,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Read the GGUF back and compare logits and tokenizer with the source.")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
+) -> None:
+    """Export to GGUF for llama.cpp, Ollama and LM Studio, verified against the source model.
+
+    An adapter or run directory is merged first (ft merge, verified). The file carries the
+    tensors under llama.cpp's names, the architecture's settings, the full tokenizer and the chat
+    template. Verification (on by default) reads it back with transformers and compares logits
+    (tolerance per type) and token ids; a failure exits 5 and marks the file.
+    """
+    from ft_cli.export.run import export_model
+
+    result = export_model(model, output, quant=quant, verify=verify, overwrite=overwrite, ollama=ollama, system=system, base=base)
+    typer.echo(f"wrote {result.output} ({result.quant}, {result.size_bytes / 1e6:.1f} MB)")
+    if result.modelfile is not None:
+        typer.echo(f"wrote {result.modelfile}; run: {result.ollama_command}")

@@ -1,0 +1,222 @@
+"""`ft export`: the straight line.
+
+check the arguments → (adapter or run directory: verified ft merge into a temp dir) → read the
+config and tokenizer, refuse what llama.cpp cannot run (before writing) → load the model in
+float32 → write the GGUF to a temp file beside the output → verify it (transformers reads it
+back; llama.cpp too where installed) → rename into place, with a record; a failed verification
+keeps the file but marks it and exits 5 → (--ollama) Modelfile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ft_cli.errors import EXIT_VERIFY_FAILED, FtError, UsageError
+from ft_cli.export.arch import plan_for, text_config
+from ft_cli.export.verify import Verification, verify_gguf
+from ft_cli.export.vocab import plan_vocab
+from ft_cli.export.writer import LLAMA_CPP_TYPES, WriteReport, check_quant, quantize_with_llama_cpp, write_gguf
+
+FAILED_SUFFIX = ".EXPORT_FAILED_VERIFICATION"  # OUT.gguf.EXPORT_FAILED_VERIFICATION marks a file that failed
+RECORD_SUFFIX = ".ft_export.json"  # OUT.gguf.ft_export.json: source, type, verification, versions
+
+
+class ExportVerificationFailed(FtError):
+    exit_code = EXIT_VERIFY_FAILED
+
+
+@dataclass
+class ExportResult:
+    output: Path
+    source: str
+    quant: str
+    size_bytes: int
+    report: WriteReport
+    verification: Verification | None
+    modelfile: Path | None = None
+    ollama_command: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def say(line: str) -> None:
+    from ft_cli.adapters import say as _say
+
+    _say(line)
+
+
+def check_output(output: Path, overwrite: bool) -> Path:
+    if output.suffix.lower() != ".gguf":
+        raise UsageError(f"-o {output}: the output must be a .gguf file name")
+    if output.is_dir():
+        raise UsageError(f"-o {output}: is a directory; give a file name such as {output / 'model.gguf'}")
+    if output.exists() and not overwrite:
+        raise UsageError(f"-o {output}: already exists; pass --overwrite to replace it, or choose another -o")
+    return output
+
+
+def classify_source(path: Path) -> str:
+    """'model' (a full model directory) or 'adapter' (an adapter or a run directory with lora_weights/)."""
+    from ft_cli.adapters import ADAPTER_CONFIG
+    from ft_cli.run_dir import ADAPTER_DIR
+
+    if not path.exists():
+        raise UsageError(f"{path}: not found; expected a model directory, a LoRA adapter or a run directory")
+    if path.is_file():
+        hint = " (it is already GGUF)" if path.suffix.lower() == ".gguf" else ""
+        raise UsageError(f"{path}: is a file{hint}; expected a model directory, a LoRA adapter or a run directory")
+    if (path / ADAPTER_CONFIG).exists() or (path / ADAPTER_DIR / ADAPTER_CONFIG).exists():
+        return "adapter"
+    if (path / "config.json").exists():
+        return "model"
+    raise UsageError(f"{path}: holds neither config.json (a model) nor {ADAPTER_CONFIG} / {ADAPTER_DIR}/ (an adapter or run)")
+
+
+def _stop_ids(model_dir: Path, tokenizer) -> list[int]:
+    """Every id that ends a turn: generation_config's eos ids, the tokenizer's eos, the template's turn end."""
+    from transformers import GenerationConfig
+
+    from ft_cli.models.gguf import end_of_turn_ids
+
+    ids: list[int] = []
+    try:
+        generation = GenerationConfig.from_pretrained(str(model_dir))
+        eos = generation.eos_token_id
+        ids += [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    except OSError:
+        pass
+    ids += end_of_turn_ids(tokenizer)
+    return [int(i) for i in dict.fromkeys(ids)]
+
+
+def model_name(source: Path, model_type: str) -> str:
+    """general.name: the source's name, with the family for llama.cpp's name-keyed quirks (Phi-3's rstrip).
+    Never exactly "mistral": transformers' reader then asks gguf-py for an architecture it lacks."""
+    name = source.resolve().name or "model"
+    if model_type == "phi3" and not any(key in name.lower() for key in ("phi3", "phi-3")):
+        name = f"{name} (phi3)"
+    return name if name.lower() != "mistral" else f"{name} (ft export)"
+
+
+def _quiet() -> None:
+    import sys
+
+    from ft_cli.adapters import quiet_library_noise
+
+    quiet_library_noise()
+    if not sys.stderr.isatty():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
+def export_model(
+    model_path: str | Path,
+    output: str | Path,
+    quant: str = "f16",
+    verify: bool = True,
+    overwrite: bool = False,
+    ollama: bool = False,
+    system: str | None = None,
+    base: str | None = None,
+) -> ExportResult:
+    quant = check_quant(quant)
+    output = check_output(Path(output), overwrite)
+    source = Path(model_path)
+    kind = classify_source(source)
+    _quiet()
+    workdir = Path(tempfile.mkdtemp(prefix=".ft-export.", dir=output.parent if output.parent.exists() else None))
+    try:
+        if kind == "adapter":
+            from ft_cli.merge import merge_adapter
+
+            say(f"{source}: an adapter; merging it first (ft merge, verified)")
+            model_dir = merge_adapter(source, output=workdir / "merged", base=base, verify=True).output
+        else:
+            model_dir = source
+        return _export_directory(model_dir, source, output, quant, verify, ollama, system, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _export_directory(model_dir: Path, source: Path, output: Path, quant: str, verify: bool, ollama: bool, system: str | None, workdir: Path) -> ExportResult:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ft_cli.models.gguf import auto_tokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(str(model_dir))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{model_dir}: cannot read its config ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    arch = plan_for(config, str(source))
+    tokenizer = auto_tokenizer(str(model_dir))
+    stops = _stop_ids(model_dir, tokenizer)
+    vocab = plan_vocab(tokenizer, int(text_config(config).vocab_size), stops, str(source))
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    tied = bool(getattr(text_config(model.config), "tie_word_embeddings", False))
+    say(f"{source}: {arch.model_type} as llama.cpp '{arch.arch}', tokenizer {vocab.model}{f' ({vocab.pre})' if vocab.pre else ''}, writing {quant}")
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, staging_name = tempfile.mkstemp(prefix=f".{output.stem}.", suffix=".partial.gguf", dir=output.parent)
+    os.close(fd)
+    staging = Path(staging_name)
+    try:
+        first_pass = "f16" if quant in LLAMA_CPP_TYPES else quant
+        target = workdir / "f16.gguf" if quant in LLAMA_CPP_TYPES else staging
+        report = write_gguf(target, model.state_dict(), arch, vocab, first_pass, model_name(source, arch.model_type), tied)
+        if quant in LLAMA_CPP_TYPES:
+            quantize_with_llama_cpp(target, staging, quant)
+        if report.fallbacks:
+            say(f"q8_0: {len(report.fallbacks)} tensors written as f16 instead (their rows are not a multiple of 32): " + "; ".join(report.fallbacks[:5]))
+        check = None
+        if verify:
+            say("verify: reading the GGUF back with transformers and comparing with the source")
+            check = verify_gguf(staging, arch, quant, model, tokenizer)
+        from ft_cli.files import make_readable
+
+        make_readable(staging)
+        os.replace(staging, output)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+    result = ExportResult(output=output, source=str(source), quant=quant, size_bytes=output.stat().st_size, report=report, verification=check, notes=list(arch.notes))
+    _write_record(output, result)
+    marker = output.with_name(output.name + FAILED_SUFFIX)
+    if check is not None and not check.passed:
+        marker.write_text(f"{check.describe(quant)}: this GGUF does not behave like {source}; do not use it\n", encoding="utf-8")
+    else:
+        marker.unlink(missing_ok=True)
+    if ollama:
+        from ft_cli.export.ollama import write_modelfile
+
+        result.modelfile, result.ollama_command = write_modelfile(output, tokenizer, stops, vocab.add_bos, system)
+    say(f"verify: {check.describe(quant)}" if check else "verify: skipped (--no-verify)")
+    if check is not None and not check.passed:
+        raise ExportVerificationFailed(f"{output}: the GGUF failed verification ({check.describe(quant)}); kept, marked with {marker.name}")
+    return result
+
+
+def _write_record(output: Path, result: ExportResult) -> None:
+    from ft_cli import __version__
+    from ft_cli.env_report import package_version
+    from ft_cli.files import write_text_atomically
+
+    check = result.verification
+    record = {
+        "source": result.source,
+        "quant": result.quant,
+        "size_bytes": result.size_bytes,
+        "tensors": result.report.tensors,
+        "tensor_types": result.report.by_type,
+        "f16_fallbacks": result.report.fallbacks,
+        "verification": None if check is None else {**asdict(check), "passed": check.passed},
+        "notes": result.notes,
+        "versions": {"ft": __version__, **{name: package_version(name) for name in ("torch", "transformers", "gguf")}},
+    }
+    write_text_atomically(output.with_name(output.name + RECORD_SUFFIX), json.dumps(record, indent=2, default=str) + "\n")
