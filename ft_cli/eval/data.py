@@ -7,7 +7,7 @@ from, and the reference answer to score the generation against.
 | conversational    | the assistant turns         | turns before the last answer  | the last assistant turn   |
 | prompt-completion | the completion              | prompt                        | completion                |
 | language-modeling | every token                 | -                             | -                         |
-| prompt-only       | the reference, as completion| prompt                        | answer/reference/solution column |
+| prompt-only       | the reference as answer     | prompt                        | answer/reference/solution column |
 | preference        | chosen and rejected answers | -                             | -                         |
 """
 
@@ -104,8 +104,10 @@ def split_record(record: dict, shape: str) -> EvalItem:
     prompt = record["prompt"]
     loss_record = None
     if reference is not None and reference.strip():
-        completion = [{"role": "assistant", "content": reference}] if isinstance(prompt, list) else reference
-        loss_record = {"prompt": prompt, "completion": completion}
+        if isinstance(prompt, list):  # scored as the chat SFT would train it: the answer turn and its end-of-turn token
+            loss_record = {"messages": [*prompt, {"role": "assistant", "content": reference}]}
+        else:
+            loss_record = {"prompt": prompt, "completion": reference}
     return EvalItem(record, loss_record, prompt, reference, columns)
 
 

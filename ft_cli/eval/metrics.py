@@ -62,7 +62,7 @@ def default_metrics(shape: str, references: list[str | None]) -> list[str]:
         names.append("exact_match")
         if all(numeric_answer(r) is not None for r in have):
             names.append("numeric_match")
-        if all(_json(r) is not _NOT_JSON for r in have):
+        if all(isinstance(_json(r), (dict, list)) for r in have):  # a bare number or string is not a format
             names.append("json_format")
     return names
 
@@ -147,15 +147,15 @@ def load_reward_metrics(names: list[str], grpo_section=None) -> list[Reward]:
     from ft_cli.errors import ConfigError
     from ft_cli.train.rewards import load_rewards
 
-    names = [n for n in names if kind_of(n) == "reward"]
-    if not names:
-        return []
-    section = (grpo_section or GrpoSection()).model_copy(update={"rewards": [RewardSpec(name=n) for n in names]})
-    try:
-        functions, _ = load_rewards(section, key="--metric")
-    except ConfigError as exc:
-        raise UsageError(exc.message.replace("--metric[", "--metric #").replace("].name", "")) from None
-    return [Reward(name, function) for name, function in zip(names, functions)]
+    base = grpo_section or GrpoSection()
+    rewards = []
+    for name in (n for n in names if kind_of(n) == "reward"):
+        try:
+            (function,), _ = load_rewards(base.model_copy(update={"rewards": [RewardSpec(name=name)]}), key="reward")
+        except ConfigError as exc:  # "reward[0].name: why" -> "--metric NAME: why"
+            raise UsageError(f"--metric {name}: {exc.message.split(': ', 1)[-1]}") from None
+        rewards.append(Reward(name, function))
+    return rewards
 
 
 def score_rewards(rewards: list[Reward], prompts: list, answers: list[str], columns: list[dict], chat: bool) -> dict[str, list[float | None]]:
