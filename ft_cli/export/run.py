@@ -19,7 +19,7 @@ from pathlib import Path
 from ft_cli.errors import EXIT_VERIFY_FAILED, FtError, UsageError
 from ft_cli.export.arch import plan_for, text_config
 from ft_cli.export.verify import Verification, verify_gguf
-from ft_cli.export.vocab import plan_vocab
+from ft_cli.export.vocab import plan_vocab, turn_end_id
 from ft_cli.export.writer import LLAMA_CPP_TYPES, WriteReport, check_quant, quantize_with_llama_cpp, write_gguf
 
 FAILED_SUFFIX = ".EXPORT_FAILED_VERIFICATION"  # OUT.gguf.EXPORT_FAILED_VERIFICATION marks a file that failed
@@ -90,6 +90,8 @@ def _stop_ids(model_dir: Path, tokenizer) -> list[int]:
     except OSError:
         pass
     ids += end_of_turn_ids(tokenizer)
+    turn_end = turn_end_id(tokenizer)
+    ids += [] if turn_end is None else [turn_end]
     return [int(i) for i in dict.fromkeys(ids)]
 
 

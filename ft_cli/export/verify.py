@@ -26,7 +26,7 @@ from ft_cli.export.vocab import CONTROL, USER_DEFINED
 
 # Allowed max |logit diff| / max(1, max |logit|), per type (measured on sharpened miniatures and
 # SmolLM2-135M: f32 ~1e-6, f16 ~3e-4, bf16 ~3e-3, q8_0 ~1e-2; see bench/RESULTS.md).
-RELATIVE_TOLERANCE = {"f32": 1e-4, "f16": 1e-3, "bf16": 2e-2, "q8_0": 4e-2}
+RELATIVE_TOLERANCE = {"f32": 1e-4, "f16": 2e-3, "bf16": 2e-2, "q8_0": 4e-2}
 KQUANT_TOLERANCE = 0.25  # llama.cpp's k-quants (4-6 bits): coarse; the greedy tokens are the real check
 TOKENIZER_PROBES = ("Numbers 12345 and 3.14159, spaces  and\ttabs\n\nnew lines.", "café naïve 日本語 😀", " leading space", "x")
 GREEDY_TOKENS = 8

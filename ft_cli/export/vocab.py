@@ -80,6 +80,23 @@ def _encodes(tokenizer, text: str) -> list[int]:
     return tokenizer(text)["input_ids"]
 
 
+def turn_end_id(tokenizer) -> int | None:
+    """The special token the chat template writes right after an assistant answer (<|eot_id|>, <end_of_turn>...)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    marker = "ANSWER_END_PROBE"
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": marker}]
+    try:
+        rendered = tokenizer.apply_chat_template(chat, tokenize=False)
+    except Exception:  # a template that refuses this shape
+        return None
+    if marker not in rendered:
+        return None
+    after = tokenizer(rendered.split(marker, 1)[1], add_special_tokens=False)["input_ids"]
+    special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special} | set(tokenizer.all_special_ids)
+    return next((int(i) for i in after if i in special), None)
+
+
 def plan_vocab(tokenizer, vocab_size: int, end_of_turn: list[int], source: str) -> VocabPlan:
     """The GGUF tokenizer for `tokenizer`, padded to the model's `vocab_size`; UsageError when unsupported."""
     if not getattr(tokenizer, "is_fast", False):
@@ -104,8 +121,9 @@ def plan_vocab(tokenizer, vocab_size: int, end_of_turn: list[int], source: str) 
             types.append(UNUSED)
         elif index in added:
             tokens.append(added[index].content)
-            special = added[index].special or index == tokenizer.unk_token_id
-            types.append(UNKNOWN if index == tokenizer.unk_token_id else CONTROL if special else USER_DEFINED)
+            # A byte-level vocabulary never produces unk: its unk (SmolLM2's <|endoftext|>) is a control token, as llama.cpp's converter writes it.
+            unknown = index == tokenizer.unk_token_id and not byte_level
+            types.append(UNKNOWN if unknown else CONTROL if added[index].special or index == tokenizer.unk_token_id else USER_DEFINED)
         else:
             tokens.append(token)
             types.append(BYTE if not byte_level and _BYTE_TOKEN.match(token) else UNKNOWN if index == tokenizer.unk_token_id else NORMAL)
@@ -121,9 +139,9 @@ def plan_vocab(tokenizer, vocab_size: int, end_of_turn: list[int], source: str) 
         value = getattr(tokenizer, f"{name}_token_id", None)
         if value is not None:
             plan.special_ids[name] = int(value)
-    eot = [i for i in end_of_turn if i != plan.special_ids.get("eos")]
-    if eot:
-        plan.special_ids["eot"] = int(eot[-1])
+    eot = turn_end_id(tokenizer)
+    if eot is not None and eot != plan.special_ids.get("eos"):
+        plan.special_ids["eot"] = eot
     probe = _encodes(tokenizer, "a")
     plan.add_bos = bool(probe) and plan.special_ids.get("bos") is not None and probe[0] == plan.special_ids["bos"]
     plan.add_eos = bool(probe) and plan.special_ids.get("eos") is not None and probe[-1] == plan.special_ids["eos"]
