@@ -21,25 +21,42 @@ def is_secret_key(key: str) -> bool:
     return bool(_SECRET_KEY.search(key))
 
 
+# A declared secret shorter than this is not searched for inside other text: replacing every "abc" would
+# garble messages; real tokens are 20+ characters. Fields named like a secret are redacted at any length.
+MIN_SECRET_LENGTH = 4
+
+
 def _secret_values() -> list[str]:
-    return [value for name in SECRET_ENV_VARS if len(value := os.environ.get(name, "")) >= 8]
+    return [value for name in SECRET_ENV_VARS if len(value := os.environ.get(name, "")) >= MIN_SECRET_LENGTH]
 
 
-def redact_text(text: str) -> str:
-    """Remove secret values (from the environment, or shaped like a hub token) from any text."""
-    for secret in _secret_values():
+def redact_text(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """Remove secret values (from the environment, the config's secret fields, or shaped like a hub token) from any text."""
+    for secret in sorted({*_secret_values(), *secrets}, key=len, reverse=True):
         text = text.replace(secret, REDACTED)
     return _SECRET_VALUE.sub(REDACTED, text)
 
 
-def redact(data: Any, key: str = "") -> Any:
-    """A copy of nested dicts/lists with secrets replaced: fields named like a secret, and secret values anywhere."""
+def _declared_secrets(data: Any, key: str = "") -> set[str]:
+    """Values of fields named like a secret, to be removed wherever else they appear (a token pasted into run_name)."""
     if isinstance(data, dict):
-        return {k: redact(v, str(k)) for k, v in data.items()}
+        return {s for k, v in data.items() for s in _declared_secrets(v, str(k))}
     if isinstance(data, list):
-        return [redact(v, key) for v in data]
+        return {s for v in data for s in _declared_secrets(v, key)}
+    value = data.get_secret_value() if type(data).__name__ == "SecretStr" else data if is_secret_key(key) else None
+    return {value} if isinstance(value, str) and len(value) >= MIN_SECRET_LENGTH and value != REDACTED else set()
+
+
+def redact(data: Any, key: str = "", secrets: tuple[str, ...] | None = None) -> Any:
+    """A copy of nested dicts/lists with secrets replaced: fields named like a secret, and secret values anywhere."""
+    if secrets is None:
+        secrets = tuple(_declared_secrets(data, key))
+    if isinstance(data, dict):
+        return {k: redact(v, str(k), secrets) for k, v in data.items()}
+    if isinstance(data, list):
+        return [redact(v, key, secrets) for v in data]
     if type(data).__name__ == "SecretStr" or (is_secret_key(key) and data not in (None, "")):
         return REDACTED
     if isinstance(data, str):
-        return redact_text(data)
+        return redact_text(data, secrets)
     return data

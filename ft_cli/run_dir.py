@@ -24,6 +24,7 @@ METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
 ADAPTER_DIR = "lora_weights"
 FULL_MODEL_DIR = "model"
+LOCK_FILE = ".ft_lock"  # held (flock) by the one process writing the run; see train/lifecycle.py
 LAUNCH_ENV = "FT_LAUNCH"  # the launch (JSON) as the workers see it; recorded in ft_run.yaml
 
 # Keys a resumed run may change: none of them changes the result of the steps already taken.
@@ -43,23 +44,37 @@ SAFE_RESUME_KEYS = (
 )
 
 
+def _entries(output_dir: Path) -> list[Path]:
+    return [p for p in output_dir.iterdir() if p.name != LOCK_FILE]
+
+
 def check_output_dir(output_dir: Path, overwrite: bool) -> None:
-    """Refuse to mix two runs in one directory; --overwrite may replace only a directory that holds an ft run."""
-    if not output_dir.exists() or (output_dir.is_dir() and not any(output_dir.iterdir())):
+    """Refuse to mix two runs in one directory; --overwrite may replace only a directory that holds an ft run.
+    A run that stopped before saving anything (failed, interrupted, preempted at start) is replaced without it."""
+    if not output_dir.exists() or (output_dir.is_dir() and not _entries(output_dir)):
         return
     if not output_dir.is_dir():
         raise UsageError(f"{output_dir}: training.output_dir is a file")
     if not (output_dir / RUN_FILE).exists():
         raise UsageError(f"{output_dir}: training.output_dir is not empty and holds no ft run; choose an empty or new directory")
-    if not overwrite:
-        raise UsageError(f"{output_dir}: holds another run ({RUN_FILE}); pass --overwrite to replace it, or set training.output_dir")
+    if not overwrite and not _nothing_to_keep(output_dir):
+        raise UsageError(f"{output_dir}: holds another run ({RUN_FILE}); pass --overwrite to replace it, `ft resume` to continue it, or set training.output_dir")
+
+
+def _nothing_to_keep(output_dir: Path) -> bool:
+    """The run there ended before it saved a checkpoint or weights: starting again loses nothing."""
+    saved = any(p.is_dir() and (p.name.startswith("checkpoint-") or p.name in (ADAPTER_DIR, FULL_MODEL_DIR)) for p in output_dir.iterdir())
+    return not saved and run_status(output_dir) in ("failed", "interrupted", "preempted", "running")
 
 
 def prepare_output_dir(output_dir: Path) -> None:
-    """An empty output_dir, after check_output_dir allowed replacing what was there."""
-    if output_dir.exists() and any(output_dir.iterdir()):
-        shutil.rmtree(output_dir)
+    """An empty output_dir (but for the lock this process holds), after check_output_dir allowed replacing what was there."""
     output_dir.mkdir(parents=True, exist_ok=True)
+    for entry in _entries(output_dir):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def wants_auto_resume(config: Config, overwrite: bool, dry_run: bool) -> bool:
@@ -102,6 +117,9 @@ def run_record(loaded: LoadedConfig) -> dict:
     data = loaded.config.data
     files = {name: path for name, path in (("train", data.train), ("eval", data.eval)) if path}
     record = config_to_dict(loaded.config)
+    for dotted in PATH_KEYS:
+        section, key = dotted.split(".")
+        record[section][key] = absolute_path(record[section][key])
     record["run"] = {
         "versions": {name: package_version(name) for name in PACKAGES},
         "data_sha256": {name: file_sha256(path) for name, path in files.items()},
@@ -134,10 +152,20 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+# Keys holding local paths: recorded absolute in ft_run.yaml, so a run resumes from any working directory.
+PATH_KEYS = ("model.path", "data.train", "data.eval")
+
+
+def absolute_path(value):
+    """A local path that exists, made absolute; anything else (a hub id, None) as it is."""
+    return str(Path(value).resolve()) if isinstance(value, str) and value and Path(value).exists() else value
+
+
 def comparable(config: Config) -> dict:
-    """The settings that decide what a run trains: everything but safe keys and the `run:` record."""
+    """The settings that decide what a run trains: everything but safe keys, where the run is, and the `run:` record."""
     flat = flatten({k: v for k, v in config_to_dict(config).items() if k != "run"})
-    return {key: value for key, value in flat.items() if key not in SAFE_RESUME_KEYS}
+    flat = {key: absolute_path(value) if key in PATH_KEYS else value for key, value in flat.items()}
+    return {key: value for key, value in flat.items() if key not in SAFE_RESUME_KEYS and key != "training.output_dir"}
 
 
 def config_hash(config: Config) -> str:

@@ -41,11 +41,18 @@ def read_manifest(data_path: str | Path) -> dict | None:
     return manifest
 
 
+def _same_model(a: str, b: str) -> bool:
+    """Two spellings of one model: equal, or one local directory by two paths (a run records absolute paths)."""
+    if a == b:
+        return True
+    return Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve()
+
+
 def check_manifest(manifest: dict, tokenizer_name_or_path: str | None, max_seq_length: int | None) -> list[str]:
     """Differences between what the data was checked against and what a run uses (empty when they agree)."""
     problems = []
     checked = (manifest.get("tokenizer") or {}).get("name_or_path")
-    if checked and tokenizer_name_or_path and checked != tokenizer_name_or_path:
+    if checked and tokenizer_name_or_path and not _same_model(checked, tokenizer_name_or_path):
         problems.append(f"checked with the tokenizer of {checked}, the run uses {tokenizer_name_or_path}; re-run ft prepare --model {tokenizer_name_or_path}")
     if manifest.get("max_seq_length") and max_seq_length and manifest["max_seq_length"] != max_seq_length:
         problems.append(f"checked against max_seq_length {manifest['max_seq_length']}, the run uses {max_seq_length}; re-run ft prepare --max-seq-length {max_seq_length}")

@@ -57,7 +57,10 @@ def score_sequences(model, sequences: list, batch_size: int, tick: Callable[[int
         ids, attention = ids.to(model.device), attention.to(model.device)
         with torch.inference_mode():
             logits = model(input_ids=ids, attention_mask=attention).logits.float()
-            logprobs = -torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+            # (tokens, vocab) rows, as the trainer's loss takes them: the (batch, vocab, time) layout rounds worse (2e-4 a token)
+            targets = ids[:, 1:]
+            logprobs = -torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+            logprobs = logprobs.view(targets.shape)
         mask = scored[:, 1:].to(logprobs.device)
         for row, index in enumerate(chosen):
             results[index] = TokenScores(float(logprobs[row][mask[row]].double().sum()), int(mask[row].sum()))

@@ -200,3 +200,27 @@ def plot_loss(metrics_path: Path, png_path: Path) -> None:
     fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     os.replace(tmp, png_path)
+
+
+class ScheduleOnResume(TrainerCallback):
+    """A resumed run's first step at the learning rate its schedule gives for that step.
+
+    The optimizer's state restores each param group's last learning rate, which the scheduler
+    only updates after the next step: resuming a finished cosine run with a larger max_steps
+    would train its first new step at lr 0 (the old schedule's end), then jump to the new one.
+    """
+
+    def __init__(self):
+        self.done = False
+
+    def on_step_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        if self.done:
+            return
+        self.done = True
+        lambdas = getattr(lr_scheduler, "lr_lambdas", None)
+        if state.global_step == 0 or optimizer is None or not lambdas:
+            return
+        rates = [fn(lr_scheduler.last_epoch) * base for fn, base in zip(lambdas, lr_scheduler.base_lrs)]
+        for group, rate in zip(optimizer.param_groups, rates):
+            group["lr"] = rate
+        lr_scheduler._last_lr = rates

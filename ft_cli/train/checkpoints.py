@@ -151,11 +151,17 @@ def with_safe_checkpoints(trainer_cls: type) -> type:
                 shutil.rmtree(target)  # a partial folder left by a killed run at this same step
             self.accelerator.wait_for_everyone()
             checkpoint_fault("start", step)
-            super()._save_checkpoint(model, trial)
-            self.accelerator.wait_for_everyone()  # every rank's files (RNG states, shards) are written
-            checkpoint_fault("saved", step)
+            try:
+                super()._save_checkpoint(model, trial)
+                self.accelerator.wait_for_everyone()  # every rank's files (RNG states, shards) are written
+                checkpoint_fault("saved", step)
+                if self.args.should_save:
+                    write_manifest(target, step, self.ft_config_hash)
+            except OSError:  # a full disk, a quota: no half-written checkpoint stays behind to be mistaken for one
+                if self.args.should_save:
+                    shutil.rmtree(target, ignore_errors=True)
+                raise
             if self.args.should_save:
-                write_manifest(target, step, self.ft_config_hash)
                 checkpoint_fault("committed", step)
                 apply_retention(target.parent, self.ft_keep_checkpoints, step)
             self.accelerator.wait_for_everyone()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from ft_cli.config import Config, ModelSection
+from ft_cli.errors import ConfigError
 
 _TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 _STORAGE_DTYPES = {**_TORCH_DTYPES, "uint8": "uint8"}
@@ -21,10 +23,24 @@ def resolve_dtype(model: ModelSection):
     return torch.float32
 
 
+@contextlib.contextmanager
+def loading_errors(path: str, what: str):
+    """The loaders' own errors for a model a user named (unreachable hub, corrupt files, ...) as one line naming it.
+    ft_cli.models.check catches most of them from the files first; this is for what only loading finds."""
+    try:
+        yield
+    except (OSError, ValueError) as exc:
+        if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
+            raise
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"model.path: {path}: cannot load its {what}: {reason}") from None
+
+
 def load_tokenizer(model: ModelSection):
     from ft_cli.models.gguf import auto_tokenizer
 
-    tokenizer = auto_tokenizer(model.path, revision=model.revision, trust_remote_code=model.trust_remote_code)
+    with loading_errors(model.path, "tokenizer"):
+        tokenizer = auto_tokenizer(model.path, revision=model.revision, trust_remote_code=model.trust_remote_code)
     if tokenizer.pad_token is None:  # many base models ship without one; padding with eos is the usual fix
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -75,7 +91,8 @@ def load_model(config: Config):
             kwargs["device_map"] = {"": int(os.environ["LOCAL_RANK"])}
     if section.attn_implementation != "auto":
         kwargs["attn_implementation"] = section.attn_implementation
-    model = auto_model(section.path, **kwargs)  # a .gguf file is dequantized
+    with loading_errors(section.path, "weights"):
+        model = auto_model(section.path, **kwargs)  # a .gguf file is dequantized
     if kwargs["quantization_config"] is not None:
         from peft import prepare_model_for_kbit_training
 

@@ -15,7 +15,32 @@ import statistics
 from dataclasses import dataclass
 
 from ft_cli.config import Config, LoadedConfig
-from ft_cli.errors import UsageError
+from ft_cli.errors import ConfigError, UsageError
+
+
+def check_paths(loaded: LoadedConfig, chat_template: bool = False) -> None:
+    """Every path the config names is there and usable (the model loadable from its files), all problems at once."""
+    from pathlib import Path
+
+    from ft_cli.models.check import model_problem
+
+    cfg = loaded.config
+    problems = []
+    model = model_problem(cfg.model.path, revision=cfg.model.revision, chat_template=chat_template)
+    if model:
+        problems.append(f"{loaded.source_of('model.path')}: {model}")
+    for key, value in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval)):
+        if value and not Path(value).exists():
+            problems.append(f"{loaded.source_of(key)}: {key}: {value}: no such file or directory")
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(f"{loaded.path or 'command line'}: {len(problems)} paths cannot be used:", problems)
+
+
+def needs_chat_template(cfg: Config, record: dict) -> bool:
+    """Records rendered by the model's own chat template: messages, or a prompt given as messages."""
+    return cfg.data.template == "tokenizer" and ("messages" in record or isinstance(record.get("prompt"), list))
 
 
 def check_integrations(loaded: LoadedConfig) -> None:

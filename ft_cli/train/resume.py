@@ -13,7 +13,7 @@ from pathlib import Path
 from ft_cli.config import Config, LoadedConfig, config_to_dict, flatten, load_config
 from ft_cli.errors import ConfigError, DataError, UsageError
 from ft_cli.files import file_sha256
-from ft_cli.run_dir import RUN_FILE, SAFE_RESUME_KEYS, config_diff
+from ft_cli.run_dir import RUN_FILE, SAFE_RESUME_KEYS, config_diff, config_hash
 from ft_cli.train.checkpoints import Checkpoint, checkpoint_step, discover, verify
 from ft_cli.train.run import say, train
 
@@ -70,6 +70,7 @@ def resume_run(
         raise UsageError(f"{output_dir}: no {RUN_FILE} here, so it is not an ft run directory (give the run's training.output_dir)")
     stored = load_config(run_file)
     loaded = given if given is not None else load_config(run_file, overrides)
+    _resume_here(output_dir, stored, loaded, overrides)
     changed = config_diff(stored.config, loaded.config)
     if changed and not force:
         what = "the config given to ft train differs from the run in output_dir" if given else "these overrides change what is trained"
@@ -90,8 +91,42 @@ def resume_run(
     if chosen is None:
         _say(f"{output_dir}: no complete checkpoint yet; starting the run again from step 0")
         return train(loaded, overwrite=True)
+    _check_checkpoint_matches(chosen, loaded, force)
+    _check_steps_left(chosen, stored, loaded)
     _say(f"resuming from {chosen.path.name} (step {chosen.step})")
     return train(loaded, resume_from=chosen)
+
+
+def _resume_here(output_dir: Path, stored: LoadedConfig, loaded: LoadedConfig, overrides: list[str] | None) -> None:
+    """A run resumes in the directory it was given (a copy or a moved run too), never in the one ft_run.yaml names."""
+    asked = next((item.split("=", 1)[1] for item in overrides or [] if item.startswith("training.output_dir=")), None)
+    if asked is not None and Path(asked).resolve() != output_dir.resolve():
+        raise UsageError(f"training.output_dir={asked}: ft resume continues the run in {output_dir}; copy the run there first to continue it elsewhere")
+    for config in (stored.config, loaded.config):
+        config.training.output_dir = str(output_dir)
+
+
+def _check_checkpoint_matches(chosen: Checkpoint, loaded: LoadedConfig, force: bool) -> None:
+    """The checkpoint was trained under this config: an edited ft_run.yaml is caught here, like an override."""
+    from ft_cli.train.checkpoints import read_manifest
+
+    recorded = (read_manifest(chosen.path) or {}).get("config_hash")
+    if recorded and recorded != config_hash(loaded.config) and not force:
+        raise ConfigError(
+            f"{chosen.path}: was trained under another config than {RUN_FILE} now holds (was it edited?); "
+            "restore it, or pass --force to resume under the new one"
+        )
+
+
+def _check_steps_left(chosen: Checkpoint, stored: LoadedConfig, loaded: LoadedConfig) -> None:
+    before, after = stored.config.training.max_steps, loaded.config.training.max_steps
+    if 0 < after <= chosen.step:
+        raise ConfigError(
+            f"training.max_steps={after}: {chosen.path.name} is already at step {chosen.step}, so nothing is left to train; "
+            f"raise it, or pass --checkpoint with an earlier checkpoint"
+        )
+    if after != before and after > 0:
+        _say(f"training.max_steps {before} -> {after}: the learning-rate schedule is recomputed for {after} steps from step {chosen.step}")
 
 
 def _check_same_process_count(output_dir: Path, run: dict, force: bool) -> None:

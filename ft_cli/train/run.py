@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ft_cli.config import LoadedConfig
+from ft_cli.config import LoadedConfig, redact_text
 from ft_cli.errors import ConfigError, DataError, Preempted
 from ft_cli.run_dir import (
     ADAPTER_DIR,
@@ -27,6 +27,7 @@ from ft_cli.run_dir import (
 from ft_cli.train.backends import choose_backend
 from ft_cli.train.checkpoints import Checkpoint
 from ft_cli.train.data import TrainingData, load_training_records
+from ft_cli.train.lifecycle import claim, guarded
 from ft_cli.train.distributed import (
     describe_strategy,
     distributed_options,
@@ -36,7 +37,7 @@ from ft_cli.train.distributed import (
     with_fsdp_on_cpu,
 )
 from ft_cli.train.methods import METHODS, Method
-from ft_cli.train.plan import check_integrations, count_tokens, make_plan
+from ft_cli.train.plan import check_integrations, check_paths, count_tokens, make_plan, needs_chat_template
 
 def say(line: str) -> None:
     """A status line for the user, on stderr so stdout stays for results; on several processes, rank 0's only."""
@@ -53,6 +54,7 @@ def _trainer_args(loaded: LoadedConfig, method: Method, output_dir: Path, shape:
     cfg = loaded.config
     t = cfg.training
     dtype = resolve_dtype(cfg.model)
+    _hub_token_to_environment(cfg)
     return method.load(method.config)(
         output_dir=str(output_dir),
         num_train_epochs=t.num_train_epochs,
@@ -77,7 +79,7 @@ def _trainer_args(loaded: LoadedConfig, method: Method, output_dir: Path, shape:
         seed=t.seed,
         data_seed=t.seed,
         report_to=t.report_to,
-        run_name=t.run_name,
+        run_name=redact_text(t.run_name) if t.run_name else None,
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         use_cpu=not torch.cuda.is_available(),
@@ -85,10 +87,19 @@ def _trainer_args(loaded: LoadedConfig, method: Method, output_dir: Path, shape:
         logging_nan_inf_filter=False,  # a NaN loss must surface (and stop the run), not be averaged away
         push_to_hub=t.push_to_hub,
         hub_model_id=t.hub_model_id,
-        hub_token=t.hub_token.get_secret_value() if t.hub_token else None,
+        # hub_token is not passed: TrainingArguments is pickled into every checkpoint (training_args.bin).
+        # _hub_token_to_environment hands it to huggingface_hub, which the Trainer's upload reads.
         **distributed_options(cfg),
         **method.options(cfg, shape),
     )
+
+
+def _hub_token_to_environment(cfg) -> None:
+    """training.hub_token for the upload, through the environment rather than any object that gets saved."""
+    import os
+
+    if cfg.training.hub_token is not None:
+        os.environ["HF_TOKEN"] = cfg.training.hub_token.get_secret_value()
 
 
 def _checkpointing_args(method: Method, on: bool) -> dict:
@@ -130,6 +141,7 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, 
         else None
     )
     records, shape = train_data.records, train_data.shape
+    check_paths(loaded, chat_template=needs_chat_template(cfg, records[0]))
     _check_prepared_against_run(train_data, cfg)
     eval_records = eval_data.records if eval_data else None
     if cfg.method == "grpo":
@@ -152,29 +164,33 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, 
         say(f"dry run: nothing written; the run would go to {output_dir}")
         return output_dir
     main = is_main_process()  # on several processes only rank 0 writes the run's files
+    if main:
+        claim(output_dir)  # one writer per run directory; checked again under the lock
     if main and resume_from is None:
+        check_output_dir(output_dir, overwrite)
         prepare_output_dir(output_dir)
     elif main:
         for log in (METRICS_FILE, SAMPLES_FILE):
             keep_metrics_through(output_dir / log, resume_from.step)
     _quiet_library_noise()
-    if main:
-        write_run_file(output_dir, loaded, status="running")
-    wait_for_everyone()
-    trainer = build_trainer(loaded, train_data, eval_data, backend)
-    if is_distributed():
-        say(f"distributed: {describe_strategy(trainer)} on {trainer.args.world_size} process(es)")
-    trainer.train(resume_from_checkpoint=str(resume_from.path) if resume_from else None)
-    step = trainer.state.global_step
-    if _preemption(trainer).stopped_at is not None and step < trainer.state.max_steps:
+    with guarded(output_dir, loaded, main):  # whatever stops it, ft_run.yaml never keeps saying "running"
         if main:
-            write_run_file(output_dir, loaded, status="preempted", step=step)
-        trainer.accelerator.wait_for_everyone()  # no rank exits (and gets the others killed) before the record is written
-        raise Preempted(f"preempted at step {step}: checkpoint-{step} is saved; run `ft resume {output_dir}` to continue")
-    final = save_final(trainer, trainer.processing_class, output_dir, adapter=cfg.uses_lora)
-    if main:
-        write_run_file(output_dir, loaded, status="finished", step=step)
-    trainer.accelerator.wait_for_everyone()
+            write_run_file(output_dir, loaded, status="running")
+        wait_for_everyone()
+        trainer = build_trainer(loaded, train_data, eval_data, backend)
+        if is_distributed():
+            say(f"distributed: {describe_strategy(trainer)} on {trainer.args.world_size} process(es)")
+        trainer.train(resume_from_checkpoint=str(resume_from.path) if resume_from else None)
+        step = trainer.state.global_step
+        if _preemption(trainer).stopped_at is not None and step < trainer.state.max_steps:
+            if main:
+                write_run_file(output_dir, loaded, status="preempted", step=step)
+            trainer.accelerator.wait_for_everyone()  # no rank exits (and gets the others killed) before the record is written
+            raise Preempted(f"preempted at step {step}: checkpoint-{step} is saved; run `ft resume {output_dir}` to continue")
+        final = save_final(trainer, trainer.processing_class, output_dir, adapter=cfg.uses_lora)
+        if main:
+            write_run_file(output_dir, loaded, status="finished", step=step)
+        trainer.accelerator.wait_for_everyone()
     return final
 
 
@@ -205,7 +221,7 @@ def build_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_data: Tra
     """Model, tokenizer, datasets and callbacks wired into the method's TRL trainer, ready to train."""
     from transformers.trainer_callback import PrinterCallback
 
-    from ft_cli.train.callbacks import MetricsCallback, PreemptionCallback, ProgressCallback
+    from ft_cli.train.callbacks import MetricsCallback, PreemptionCallback, ProgressCallback, ScheduleOnResume
     from ft_cli.train.checkpoints import with_safe_checkpoints
     from ft_cli.train.methods import with_samples_log
     from ft_cli.train.backends import load_model_and_lora
@@ -241,7 +257,7 @@ def build_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_data: Tra
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[MetricsCallback(output_dir), ProgressCallback(method.extra_metrics), PreemptionCallback()],
+        callbacks=[MetricsCallback(output_dir), ProgressCallback(method.extra_metrics), PreemptionCallback(), ScheduleOnResume()],
         **extra,
     )
     trainer.ft_keep_checkpoints = cfg.training.save_total_limit

@@ -1,0 +1,129 @@
+"""Is model.path usable? Checked from the files alone, before anything heavy loads.
+
+`ft config validate`, `ft train` (also `--dry-run`) and `ft estimate` ask here, so a typo'd
+path, a hub id that is not cached while offline, a directory without tokenizer, a missing,
+empty or truncated safetensors file, a broken config.json or a missing chat template is
+one line naming the path and the fix, not a traceback from deep inside transformers after
+a run directory was set up. Only the standard library and huggingface_hub's cache lookup
+are used: no weights are read (a safetensors file's header is, to compare its size).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from pathlib import Path
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "tokenizer_config.json")
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+GGUF_MAGIC = b"GGUF"
+
+
+def offline() -> bool:
+    return any(os.environ.get(name, "").lower() in ("1", "true", "yes", "on") for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def model_problem(path: str, key: str = "model.path", revision: str | None = None, chat_template: bool = False) -> str | None:
+    """Why `path` cannot be loaded as a model (with its tokenizer and, when asked, a chat template), or None."""
+    local = Path(path).expanduser()
+    if local.is_file():
+        if local.suffix.lower() == ".gguf":
+            with local.open("rb") as handle:
+                return None if handle.read(4) == GGUF_MAGIC else f"{key}: {path}: not a GGUF file (no GGUF magic bytes at its start)"
+        return f"{key}: {path}: is a file; expected a model directory, a .gguf file or a hub id"
+    if local.is_dir():
+        return _directory_problem(local, key, chat_template)
+    if not HUB_ID.match(path) or path.startswith((".", "~")):
+        return f"{key}: {path}: no such directory (and not a hub id like owner/name)"
+    if offline() and not _cached(path, revision):
+        return (
+            f"{key}: {path}: not a local directory and not in the Hugging Face cache, and HF_HUB_OFFLINE is set; "
+            f"download it where there is network (hf download {path}) or point {key} at a local copy"
+        )
+    return None
+
+
+def _cached(repo: str, revision: str | None) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo, "config.json", revision=revision), str)
+
+
+def _directory_problem(directory: Path, key: str, chat_template: bool) -> str | None:
+    where = f"{key}: {directory}"
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        ggufs = sorted(directory.glob("*.gguf"))
+        hint = f" (it holds {ggufs[0].name}: set {key} to that file)" if ggufs else ""
+        return f"{where}: no config.json, so this is not a Hugging Face model directory{hint}"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return f"{where}/config.json: not valid JSON ({str(exc).splitlines()[0]}); restore it from the model's source"
+    if not isinstance(config, dict) or not (config.get("model_type") or config.get("architectures")):
+        return f"{where}/config.json: has no model_type; restore it from the model's source"
+    weights = _weight_problem(directory, where)
+    if weights:
+        return weights
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        return f"{where}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); copy them from the base model"
+    if chat_template and not has_chat_template(directory):
+        return (
+            f"{where}: the tokenizer has no chat template, so chat data cannot be rendered; "
+            "use an instruct model, or set data.template (alpaca, chatml, vicuna_v1.1 or a .jinja file)"
+        )
+    return None
+
+
+def _weight_problem(directory: Path, where: str) -> str | None:
+    safetensors = sorted(directory.glob("*.safetensors"))
+    others = [*directory.glob("pytorch_model*.bin"), *directory.glob("*.pt")]
+    if not safetensors and not others:
+        return f"{where}: no weights (*.safetensors or pytorch_model*.bin)"
+    for file in safetensors:
+        problem = safetensors_problem(file)
+        if problem:
+            return f"{where}/{file.name}: {problem}; the download or copy was cut short: fetch it again"
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return f"{where}/{index.name}: not a valid safetensors index"
+        missing = sorted(name for name in shards if not (directory / name).is_file())
+        if missing:
+            return f"{where}: shard {missing[0]} of {index.name} is missing" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+    return None
+
+
+def safetensors_problem(file: Path) -> str | None:
+    """A safetensors file's header says how long the file is; anything shorter was truncated."""
+    size = file.stat().st_size
+    if size < 8:
+        return "empty" if size == 0 else "truncated (shorter than a header)"
+    with file.open("rb") as handle:
+        (header_length,) = struct.unpack("<Q", handle.read(8))
+        if header_length > min(size - 8, 100_000_000):
+            return "not a safetensors file (its header length is impossible)"
+        try:
+            header = json.loads(handle.read(header_length))
+        except ValueError:
+            return "not a safetensors file (its header is not JSON)"
+    ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry]
+    expected = 8 + header_length + max(ends, default=0)
+    if size < expected:
+        return f"truncated ({size:,} bytes, its header says {expected:,})"
+    return None
+
+
+def has_chat_template(directory: Path) -> bool:
+    if any((directory / name).is_file() for name in CHAT_TEMPLATE_FILES):
+        return True
+    try:
+        config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(isinstance(config, dict) and config.get("chat_template"))
