@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ft_cli.errors import UsageError
+from ft_cli.models.check import ARCHITECTURE_KEYS, architecture_of
 from ft_cli.models.gguf import is_gguf
 from ft_cli.run_dir import ADAPTER_DIR, RUN_FILE  # what `ft train` writes (no training stack import)
 
@@ -96,6 +97,8 @@ def resolve_base(adapter: Adapter, override: str | None = None) -> BaseModel:
             candidates.append((f"{adapter.path.parent / RUN_FILE} model.path", run_model["path"]))
     candidates = [(source, str(value)) for source, value in candidates if value]
     extras = dict(revision=adapter.config.get("revision") or run_model.get("revision"), trust_remote_code=bool(run_model.get("trust_remote_code")))
+    if override:
+        _check_same_architecture(adapter, override)
     for source, value in candidates:
         local = Path(value).expanduser()
         if local.is_dir() or (is_gguf(value) and local.is_file()):
@@ -105,6 +108,17 @@ def resolve_base(adapter: Adapter, override: str | None = None) -> BaseModel:
             return BaseModel(value, source, **extras)
     tried = "; ".join(f"{value} (from {source}): not found" for source, value in candidates) or "the adapter names no base model"
     raise UsageError(f"{adapter.path}: cannot find the base model; tried {tried}; pass --base PATH")
+
+
+def _check_same_architecture(adapter: Adapter, override: str) -> None:
+    """--base of another architecture would merge (LoRA only needs matching shapes) and "verify" against itself."""
+    recorded = (adapter.run or {}).get("run", {}).get("base_architecture") or architecture_of(adapter.config.get("base_model_name_or_path"))
+    given = architecture_of(override)
+    if not recorded or not given:
+        return
+    differences = [f"{key} {recorded.get(key)!r} vs {given.get(key)!r}" for key in ARCHITECTURE_KEYS if recorded.get(key) != given.get(key)]
+    if differences:
+        raise UsageError(f"--base {override}: not the architecture {adapter.path} was trained on ({'; '.join(differences)})")
 
 
 def check_adapter_weights(adapter: Adapter) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from ft_cli.config import Config, LoadedConfig, config_to_dict, dump_yaml, flatten
 from ft_cli.errors import UsageError
 from ft_cli.files import file_sha256, write_text_atomically
+from ft_cli.models.check import architecture_of
 
 RUN_FILE = "ft_run.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -124,6 +125,7 @@ def run_record(loaded: LoadedConfig) -> dict:
         "versions": {name: package_version(name) for name in PACKAGES},
         "data_sha256": {name: file_sha256(path) for name, path in files.items()},
         "git_commit": _git_commit(),
+        "base_architecture": architecture_of(loaded.config.model.path),  # ft merge --base checks it
     }
     return record
 

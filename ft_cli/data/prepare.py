@@ -175,7 +175,7 @@ def prepare(opts: PrepareOptions) -> PrepareResult:
 
 def _convert_all(opts, converter, tokenizer, stats, staged, rejects) -> tuple[array, array, list[dict]]:
     """First pass: every record converted and checked, good ones staged, bad ones counted (and set aside)."""
-    from ft_cli.data.tokens import loss_sequences
+    from ft_cli.data.tokens import COUNT_LIMIT, capped, loss_sequences
 
     hashes, lengths, previews, problems = array("Q"), array("I"), [], []
 
@@ -198,7 +198,7 @@ def _convert_all(opts, converter, tokenizer, stats, staged, rejects) -> tuple[ar
                     stats.examples += 1
                     if tokenizer is not None:
                         try:
-                            sequences = loss_sequences(example.record, tokenizer)
+                            sequences = loss_sequences(capped(example.record, opts.max_seq_length or COUNT_LIMIT, tokenizer), tokenizer)
                         except RecordProblem as problem:  # the model's template refuses or rewrites the record
                             refuse(item.location, str(problem), item.value)
                             continue

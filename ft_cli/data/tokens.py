@@ -86,6 +86,40 @@ def loss_sequences(record: dict, tokenizer) -> list[Sequence]:
     return [_prompt(record["prompt"], tokenizer)]
 
 
+# Without a --max-seq-length, records are counted up to this many tokens (longer ones are reported as this long).
+COUNT_LIMIT = 32768
+
+
+def max_token_chars(tokenizer) -> int:
+    """The most characters one token stands for (its vocabulary string is at least as long as its text)."""
+    cached = getattr(tokenizer, "_ft_max_token_chars", None)
+    if cached is None:
+        cached = max((len(token) for token in tokenizer.get_vocab()), default=1)
+        tokenizer._ft_max_token_chars = cached
+    return cached
+
+
+def capped(record, max_tokens: int, tokenizer):
+    """The record with every string cut to what can still reach the first `max_tokens` tokens.
+
+    A string of (max_tokens + 16) x max_token_chars characters makes more than max_tokens tokens
+    on its own, so whatever follows its cut is past the window that trains: the tokens kept are
+    the same, and a 50 MB record costs what a long one does instead of tens of GB to tokenize.
+    """
+    limit = (max_tokens + 16) * max_token_chars(tokenizer)
+
+    def cut(value):
+        if isinstance(value, str):
+            return value[:limit] if len(value) > limit else value
+        if isinstance(value, dict):
+            return {key: cut(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [cut(item) for item in value]
+        return value
+
+    return cut(record)
+
+
 def sft_features(record: dict, tokenizer) -> dict:
     """An SFT record as TRL's pre-tokenized input: its ids and, per token, 1 where the loss covers it."""
     (sequence,) = loss_sequences(record, tokenizer)

@@ -127,3 +127,18 @@ def has_chat_template(directory: Path) -> bool:
     except (OSError, ValueError):
         return False
     return bool(isinstance(config, dict) and config.get("chat_template"))
+
+
+# What must agree between the model an adapter was trained on and the one it is merged into.
+ARCHITECTURE_KEYS = ("model_type", "architectures", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+
+
+def architecture_of(model_path: str | None) -> dict | None:
+    """The architecture facts of a local model directory's config.json, or None when there is none to read."""
+    if not model_path or not (Path(model_path) / "config.json").is_file():
+        return None
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return {key: config.get(key) for key in ARCHITECTURE_KEYS} if isinstance(config, dict) else None

@@ -120,7 +120,7 @@ def load_sft_records(path: str | Path, data_format: str = "auto", template: str 
 _PROBLEM = "ft_problem"  # a column that carries a record's problem out of datasets.map
 
 
-def tokenize_sft(dataset, tokenizer, data: TrainingData):
+def tokenize_sft(dataset, tokenizer, data: TrainingData, max_length: int):
     """SFT records as TRL's pre-tokenized input (input_ids + assistant_masks), masked by ft.
 
     TRL can compute assistant-only masks only for templates with `{% generation %}` blocks
@@ -132,11 +132,11 @@ def tokenize_sft(dataset, tokenizer, data: TrainingData):
     from accelerate import PartialState
 
     from ft_cli.data.formats import RecordProblem
-    from ft_cli.data.tokens import sft_features
+    from ft_cli.data.tokens import capped, sft_features
 
     def features(record: dict) -> dict:
         try:
-            return {**sft_features(_without_nulls(record), tokenizer), _PROBLEM: ""}
+            return {**sft_features(capped(_without_nulls(record), max_length, tokenizer), tokenizer), _PROBLEM: ""}
         except RecordProblem as problem:
             return {"input_ids": [], "assistant_masks": [], _PROBLEM: str(problem)}
 

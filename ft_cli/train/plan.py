@@ -99,16 +99,16 @@ class Plan:
         return out
 
 
-def count_tokens(records: list[dict], tokenizer) -> tuple[list[int], list[tuple[int, str]]]:
+def count_tokens(records: list[dict], tokenizer, max_length: int) -> tuple[list[int], list[tuple[int, str]]]:
     """Tokens per record as the trainer will see them (chat template included), and the
     (index, reason) of each record the model's chat template refuses: the dry run finds them too."""
     from ft_cli.data.formats import RecordProblem
-    from ft_cli.data.tokens import sequence_length
+    from ft_cli.data.tokens import capped, sequence_length
 
     lengths, problems = [], []
     for index, record in enumerate(records):
         try:
-            lengths.append(sequence_length(record, tokenizer))
+            lengths.append(sequence_length(capped(record, max_length, tokenizer), tokenizer))
         except RecordProblem as problem:
             problems.append((index, str(problem)))
     return lengths, problems

@@ -153,7 +153,7 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, 
         from ft_cli.train.data import template_problems_error
         from ft_cli.train.model import load_tokenizer
 
-        token_lengths, problems = count_tokens(records, load_tokenizer(cfg.model))
+        token_lengths, problems = count_tokens(records, load_tokenizer(cfg.model), cfg.model.max_seq_length)
         if problems:
             raise template_problems_error(train_data, problems)
     plan = make_plan(cfg, records, shape, len(eval_records or []), token_lengths)
@@ -237,8 +237,9 @@ def build_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_data: Tra
     if cfg.method == "sft":  # ft's answer masks, the ones `ft prepare --preview` shows, for any chat template
         from ft_cli.train.data import tokenize_sft
 
-        train_dataset = tokenize_sft(train_dataset, tokenizer, train_data)
-        eval_dataset = tokenize_sft(eval_dataset, tokenizer, eval_data) if eval_dataset is not None else None
+        max_length = cfg.model.max_seq_length
+        train_dataset = tokenize_sft(train_dataset, tokenizer, train_data, max_length)
+        eval_dataset = tokenize_sft(eval_dataset, tokenizer, eval_data, max_length) if eval_dataset is not None else None
     if cfg.data.eval_split > 0:
         split = train_dataset.train_test_split(test_size=cfg.data.eval_split, seed=cfg.training.seed)
         train_dataset, eval_dataset = split["train"], split["test"]
