@@ -11,6 +11,7 @@ import typer
 def export_command(
     model: Annotated[Path, typer.Argument(help="A model directory (merged or full fine-tune), a LoRA adapter, or a run directory.", show_default=False)],
     output: Annotated[Path, typer.Option("-o", "--output", help="The .gguf file to write.", show_default=False)],
+    format: Annotated[str, typer.Option("--format", help="Output format: gguf (the only one).")] = "gguf",
     quant: Annotated[str, typer.Option(help="f32, f16, bf16, q8_0 (pure Python); q4_k_m, q5_k_m, q6_k, ... need llama-cpp-python.")] = "f16",
     ollama: Annotated[bool, typer.Option("--ollama", help="Also write a Modelfile (template, stop tokens) and print the `ollama create` command.")] = False,
     system: Annotated[Optional[str], typer.Option(help="System prompt for the Modelfile (with --ollama).")] = None,
@@ -25,7 +26,11 @@ def export_command(
     template. Verification (on by default) reads it back with transformers and compares logits
     (tolerance per type) and token ids; a failure exits 5 and marks the file.
     """
+    from ft_cli.errors import UsageError
     from ft_cli.export.run import export_model
+
+    if format.lower() != "gguf":
+        raise UsageError(f"--format: unknown format '{format}' (ft export writes gguf)")
 
     result = export_model(model, output, quant=quant, verify=verify, overwrite=overwrite, ollama=ollama, system=system, base=base)
     typer.echo(f"wrote {result.output} ({result.quant}, {result.size_bytes / 1e6:.1f} MB)")

@@ -134,10 +134,13 @@ def export_model(
     workdir = Path(tempfile.mkdtemp(prefix=".ft-export.", dir=output.parent if output.parent.exists() else None))
     try:
         if kind == "adapter":
-            from ft_cli.merge import merge_adapter
+            from ft_cli.merge import VerificationFailed, merge_adapter
 
             say(f"{source}: an adapter; merging it first (ft merge, verified)")
-            model_dir = merge_adapter(source, output=workdir / "merged", base=base, verify=True).output
+            try:
+                model_dir = merge_adapter(source, output=workdir / "merged", base=base, verify=True).output
+            except VerificationFailed as exc:  # the temporary merge is deleted: say so, not "kept"
+                raise ExportVerificationFailed(f"{source}: the merge before export failed verification, nothing exported; `ft merge {source}` keeps the merged model and its record for a look") from exc
         else:
             model_dir = source
         return _export_directory(model_dir, source, output, quant, verify, ollama, system, workdir)

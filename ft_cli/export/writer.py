@@ -124,10 +124,12 @@ def write_gguf(path: Path, state_dict: dict, arch: ArchPlan, vocab: VocabPlan, q
 
 def quantize_with_llama_cpp(source: Path, target: Path, quant: str) -> None:
     """k-quants through llama.cpp's own quantizer, in-process (llama-cpp-python)."""
+    import ctypes
+
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = LLAMA_CPP_TYPES[quant]
-    status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params)
+    status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
     if status != 0:
         raise UsageError(f"--quant {quant}: llama.cpp's quantizer failed (status {status})")
