@@ -111,9 +111,20 @@ def _plan_gemma3(config, plan: ArchPlan, source: str) -> None:
             raise UsageError(f"{source}: gemma3 with {name} is not supported by ft export")
     if getattr(config, "sliding_window", None):
         plan.values.append(("add_sliding_window", int(config.sliding_window)))
+    rope = getattr(config, "rope_parameters", None) or {}
+    local = (rope.get("sliding_attention") or {}) if isinstance(rope, dict) else {}
+    local_theta = local.get("rope_theta", getattr(config, "rope_local_base_freq", 10000.0))
+    if float(local_theta) != 10000.0:  # llama.cpp fixes the sliding layers' rope base at 10000
+        raise UsageError(f"{source}: gemma3 with a sliding-layer rope base of {local_theta} (llama.cpp uses 10000) is not supported by ft export")
     layer_types = getattr(config, "layer_types", None)
     if layer_types:
         plan.values.append(("add_sliding_window_pattern", [kind == "sliding_attention" for kind in layer_types]))
+        llama_cpp = ["full_attention" if i % 6 == 5 else "sliding_attention" for i in range(len(layer_types))]
+        if list(layer_types) != llama_cpp:
+            plan.notes.append(
+                "gemma3: llama.cpp makes every 6th layer full attention; this model's layers differ, so past the "
+                f"sliding window ({getattr(config, 'sliding_window', '?')} tokens) llama.cpp will not match it"
+            )
 
 
 def llama3_rope_factors(rope: dict, head_dim: int):

@@ -166,6 +166,9 @@ def _export_directory(model_dir: Path, source: Path, output: Path, quant: str, v
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     tied = bool(getattr(text_config(model.config), "tie_word_embeddings", False))
     say(f"{source}: {arch.model_type} as llama.cpp '{arch.arch}', tokenizer {vocab.model}{f' ({vocab.pre})' if vocab.pre else ''}, writing {quant}")
+    for note in arch.notes:
+        if note.startswith("gemma3"):
+            say(f"note: {note}")
 
     output.parent.mkdir(parents=True, exist_ok=True)
     fd, staging_name = tempfile.mkstemp(prefix=f".{output.stem}.", suffix=".partial.gguf", dir=output.parent)
