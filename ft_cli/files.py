@@ -25,12 +25,18 @@ def make_readable(path: Path) -> None:
 
 def write_text_atomically(path: Path, text: str) -> None:
     """Replace `path` with `text` in one rename: a reader sees the old content or the new, never half."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         make_readable(Path(name))
         os.replace(name, path)
+    except OSError as exc:
+        Path(name).unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     except BaseException:
         Path(name).unlink(missing_ok=True)
         raise

@@ -65,8 +65,8 @@ def test_train_refuses_a_bad_config_before_anything_loads(ft, write_yaml):
     assert result.returncode == EXIT_USAGE and "data.train: required for ft train" in result.stderr
 
 
-def test_config_validate_bad_override_one_line_no_traceback(ft, write_yaml):
-    path = write_yaml("model:\n  path: m\n")
+def test_config_validate_bad_override_one_line_no_traceback(ft, write_yaml, tiny_model_dir):
+    path = write_yaml(f"model:\n  path: {tiny_model_dir}\n")
     result = ft("config", "validate", path, "training.learning_rate=abc")
     assert result.returncode == EXIT_USAGE
     assert result.stderr.splitlines() == [
@@ -74,7 +74,10 @@ def test_config_validate_bad_override_one_line_no_traceback(ft, write_yaml):
         "  command line: training.learning_rate: expected a number > 0, got 'abc'",
     ]
     ok = ft("config", "validate", path, "lora.r=8")
-    assert ok.returncode == 0 and "valid (sft, LoRA, model m)" in ok.stdout
+    assert ok.returncode == 0 and f"valid (sft, LoRA, model {tiny_model_dir})" in ok.stdout
+    # validate also checks that the model is there: a typo is caught before any run
+    typo = ft("config", "validate", path, f"model.path={tiny_model_dir}-typo")
+    assert typo.returncode == EXIT_USAGE and f"model.path: {tiny_model_dir}-typo: no such directory" in typo.stderr
 
 
 def test_missing_config_file(ft, tmp_path):

@@ -63,9 +63,9 @@ def test_lora_run_writes_the_documented_outputs_and_learns(ft, run_config, tmp_p
     result = ft("train", run_config(), env={"HF_TOKEN": "hf_secretvalue_never_written"})
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "run"
-    # The documented contract, exactly (README.md is the model card TRL writes).
+    # The documented contract, exactly (README.md is the model card TRL writes; .ft_lock is the writer's lock).
     assert sorted(p.name for p in run.iterdir()) == [
-        "README.md", "checkpoint-10", "checkpoint-20", "ft_run.yaml", "lora_weights", "loss.png", "metrics.jsonl",
+        ".ft_lock", "README.md", "checkpoint-10", "checkpoint-20", "ft_run.yaml", "lora_weights", "loss.png", "metrics.jsonl",
     ]  # fmt: skip
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "chat_template.jinja"} <= {
         p.name for p in (run / "lora_weights").iterdir()
@@ -232,7 +232,7 @@ def test_a_relaunch_needs_overwrite_reuses_the_tokenized_data_and_never_replaces
     assert first, "the tokenized dataset should be cached"
     again = ft("train", config, env=env)
     assert again.returncode == EXIT_USAGE
-    assert again.stderr.strip() == f"error: {tmp_path / 'run'}: holds another run (ft_run.yaml); pass --overwrite to replace it, or set training.output_dir"
+    assert again.stderr.strip() == f"error: {tmp_path / 'run'}: holds another run (ft_run.yaml); pass --overwrite to replace it, `ft resume` to continue it, or set training.output_dir"
     assert ft("train", config, "--overwrite", env=env).returncode == 0
     assert tokenized() == first  # nothing tokenized again
     assert ft("train", config, "--overwrite", "model.max_seq_length=32", env=env).returncode == 0

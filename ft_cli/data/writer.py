@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
+from ft_cli.errors import UsageError
 from ft_cli.files import make_readable
 
 # One encoder for every record: json.dumps with options builds a new one per call. NaN is not JSON.
@@ -65,8 +66,11 @@ class AtomicJsonl:
         self._handle = None
 
     def __enter__(self) -> AtomicJsonl:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=_temp_prefix(self.path), suffix=".tmp", dir=self.path.parent)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=_temp_prefix(self.path), suffix=".tmp", dir=self.path.parent)
+        except OSError as exc:  # /proc, a read-only mount, a missing permission: the place, not a bug
+            raise UsageError(f"cannot write {self.path}: {exc.strerror or exc}") from None
         self.temp_path = Path(name)
         self._handle = os.fdopen(fd, "wb")
         return self
@@ -76,7 +80,10 @@ class AtomicJsonl:
 
     def write_line(self, line: str) -> None:
         data = (line + "\n").encode("utf-8")
-        self._handle.write(data)
+        try:
+            self._handle.write(data)
+        except OSError as exc:  # a full disk or a file size limit: say which output
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from None
         self.sha256.update(data)
         self.count += 1
 
@@ -84,9 +91,13 @@ class AtomicJsonl:
         if exc_type is not None:
             self.discard()
             return
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        self._handle.close()
+        try:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+        except OSError as exc:
+            self.discard()
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from None
         if self.commit:
             self.publish()
 
@@ -99,7 +110,10 @@ class AtomicJsonl:
 
     def discard(self) -> None:
         if self._handle is not None and not self._handle.closed:
-            self._handle.close()
+            try:
+                self._handle.close()
+            except OSError:
+                pass  # flushing what was buffered fails again on a full disk; the file goes anyway
         if self.temp_path is not None:
             self.temp_path.unlink(missing_ok=True)
             self.temp_path = None
