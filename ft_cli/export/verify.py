@@ -24,9 +24,11 @@ from pathlib import Path
 from ft_cli.export.arch import ArchPlan
 from ft_cli.export.vocab import CONTROL, USER_DEFINED
 
-# Allowed max |logit diff| / max(1, max |logit|), per type (measured on sharpened miniatures and
-# SmolLM2-135M: f32 ~1e-6, f16 ~3e-4, bf16 ~3e-3, q8_0 ~1e-2; see bench/RESULTS.md).
-RELATIVE_TOLERANCE = {"f32": 1e-4, "f16": 2e-3, "bf16": 2e-2, "q8_0": 4e-2}
+# Allowed max |logit diff| / max(1, max |logit|), per type. Measured (the max over every position
+# and vocabulary entry): sharpened miniatures f32 0, f16 2.6e-4..1.4e-3, bf16 3.5e-3..8.5e-3,
+# q8_0 7.7e-3..2.9e-2; the real SmolLM2-135M f16 1.1e-3, bf16 7.2e-3, q8_0 3.5e-2 (bench/RESULTS.md).
+# A missing q/k permute is off by more than 100 times these.
+RELATIVE_TOLERANCE = {"f32": 1e-4, "f16": 2e-3, "bf16": 2e-2, "q8_0": 6e-2}
 KQUANT_TOLERANCE = 0.25  # llama.cpp's k-quants (4-6 bits): coarse; the greedy tokens are the real check
 TOKENIZER_PROBES = ("Numbers 12345 and 3.14159, spaces  and\ttabs\n\nnew lines.", "café naïve 日本語 😀", " leading space", "x")
 GREEDY_TOKENS = 8
