@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,8 +14,8 @@ def export_command(
     format: Annotated[str, typer.Option("--format", help="Output format: gguf (the only one).")] = "gguf",
     quant: Annotated[str, typer.Option(help="f32, f16, bf16, q8_0 (pure Python); q4_k_m, q5_k_m, q6_k, ... need llama-cpp-python.")] = "f16",
     ollama: Annotated[bool, typer.Option("--ollama", help="Also write a Modelfile (template, stop tokens) and print the `ollama create` command.")] = False,
-    system: Annotated[Optional[str], typer.Option(help="System prompt for the Modelfile (with --ollama).")] = None,
-    base: Annotated[Optional[str], typer.Option(help="Base model of an adapter, when its records do not find it.")] = None,
+    system: Annotated[str | None, typer.Option(help="System prompt for the Modelfile (with --ollama).")] = None,
+    base: Annotated[str | None, typer.Option(help="Base model of an adapter, when its records do not find it.")] = None,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Read the GGUF back and compare logits and tokenizer with the source.")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
 ) -> None:

@@ -268,7 +268,7 @@ def test_run_directory_exports_merged_with_ollama_modelfile(lora_run, tiny_model
 
 def render_go(template: str, system: str | None, prompt: str) -> str:
     """The one-turn subset of Ollama's Go template that ft writes: if/else on .System, .Prompt, .Response."""
-    branch = re.fullmatch(r"\{\{ if \.System \}\}(.*)\{\{ else \}\}(.*)\{\{ end \}\}(.*)", template, re.S)
+    branch = re.fullmatch(r"\{\{ if \.System \}\}(.*)\{\{ else \}\}(.*)\{\{ end \}\}(.*)", template, re.DOTALL)
     text = (branch.group(1) if system else branch.group(2)) + branch.group(3) if branch else template
     return text.replace("{{ .System }}", system or "").replace("{{ .Prompt }}", prompt).split("{{ .Response }}")[0]
 

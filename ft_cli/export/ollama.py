@@ -43,9 +43,11 @@ def go_template(tokenizer, add_bos: bool) -> str | None:
     user = [{"role": "user", "content": _USER}]
     with_system = [{"role": "system", "content": _SYSTEM}, *user]
     plain = _strip_bos(_render(tokenizer, user, True), tokenizer, add_bos)
+    from jinja2 import TemplateError
+
     try:
         system = _strip_bos(_render(tokenizer, with_system, True), tokenizer, add_bos)
-    except Exception:  # templates that reject a system role (raise_exception in Jinja)
+    except (TemplateError, ValueError):  # templates that reject a system role (raise_exception in Jinja)
         system = None
     answered = _strip_bos(_render(tokenizer, [*user, {"role": "assistant", "content": _ANSWER}], False), tokenizer, add_bos)
     if _ANSWER not in answered or not answered.startswith(plain.rstrip()):

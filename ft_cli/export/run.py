@@ -20,7 +20,13 @@ from ft_cli.errors import EXIT_VERIFY_FAILED, FtError, UsageError
 from ft_cli.export.arch import plan_for, text_config
 from ft_cli.export.verify import Verification, verify_gguf
 from ft_cli.export.vocab import plan_vocab, turn_end_id
-from ft_cli.export.writer import LLAMA_CPP_TYPES, WriteReport, check_quant, quantize_with_llama_cpp, write_gguf
+from ft_cli.export.writer import (
+    LLAMA_CPP_TYPES,
+    WriteReport,
+    check_quant,
+    quantize_with_llama_cpp,
+    write_gguf,
+)
 
 FAILED_SUFFIX = ".EXPORT_FAILED_VERIFICATION"  # OUT.gguf.EXPORT_FAILED_VERIFICATION marks a file that failed
 RECORD_SUFFIX = ".ft_export.json"  # OUT.gguf.ft_export.json: source, type, verification, versions

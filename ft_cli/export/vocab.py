@@ -86,9 +86,11 @@ def turn_end_id(tokenizer) -> int | None:
         return None
     marker = "ANSWER_END_PROBE"
     chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": marker}]
+    from jinja2 import TemplateError
+
     try:
         rendered = tokenizer.apply_chat_template(chat, tokenize=False)
-    except Exception:  # a template that refuses this shape
+    except (TemplateError, ValueError):  # a template that refuses this shape
         return None
     if marker not in rendered:
         return None
