@@ -1,0 +1,100 @@
+"""Broken models: refused from their files by `ft config validate`, `ft train --dry-run` and `ft train`,
+one line naming the path, and no run directory left claiming a run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tests.adversarial.conftest import CASES, assert_refused
+
+
+def _no_tokenizer(model):
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json"):
+        (model / name).unlink(missing_ok=True)
+
+
+def _truncated_weights(model):
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+
+def _empty_weights(model):
+    (model / "model.safetensors").write_bytes(b"")
+
+
+def _no_config(model):
+    (model / "config.json").unlink()
+
+
+def _invalid_config(model):
+    (model / "config.json").write_text('{"model_type": "llama", ')
+
+
+def _no_weights(model):
+    (model / "model.safetensors").unlink()
+
+
+def _no_chat_template(model):
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+
+
+BREAKAGES = {
+    "no-tokenizer": (_no_tokenizer, "no tokenizer files"),
+    "truncated-safetensors": (_truncated_weights, "model.safetensors: truncated"),
+    "empty-safetensors": (_empty_weights, "model.safetensors: empty"),
+    "no-config": (_no_config, "no config.json, so this is not a Hugging Face model directory"),
+    "invalid-config": (_invalid_config, "config.json: not valid JSON"),
+    "no-weights": (_no_weights, "no weights"),
+}
+
+
+@pytest.fixture
+def broken_model(tmp_path, tiny_model_dir):
+    def make(breakage) -> str:
+        model = tmp_path / "model"
+        shutil.copytree(tiny_model_dir, model)
+        breakage(model)
+        return str(model)
+
+    return make
+
+
+def _config(tmp_path, model: str):
+    (tmp_path / "data.jsonl").write_bytes((CASES / "system_turn.jsonl").read_bytes())
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {{path: {model}}}\ndata: {{train: data.jsonl}}\ntraining: {{output_dir: run, max_steps: 1}}\nlora: {{r: 4}}\n")
+    return config
+
+
+@pytest.mark.parametrize("kind", list(BREAKAGES))
+def test_a_broken_model_is_one_line_everywhere_and_leaves_no_run(ft, tmp_path, broken_model, kind):
+    breakage, message = BREAKAGES[kind]
+    config = _config(tmp_path, broken_model(breakage))
+    for command in (["config", "validate", config.name], ["train", config.name, "--dry-run"], ["train", config.name]):
+        assert_refused(ft(*command, cwd=tmp_path), message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_chat_data_with_a_model_without_chat_template(ft, tmp_path, broken_model):
+    config = _config(tmp_path, broken_model(_no_chat_template))
+    assert_refused(ft("train", config.name, "--dry-run", cwd=tmp_path), "the tokenizer has no chat template")
+    assert_refused(ft("train", config.name, cwd=tmp_path), "the tokenizer has no chat template")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_template_that_raises_is_a_per_record_error(ft, tmp_path, tiny_model_dir):
+    """A chat template that refuses system turns (as Gemma 2's does): `path:LINE`, no traceback, in prepare and train."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    template = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}" + (model / "chat_template.jinja").read_text()
+    (model / "chat_template.jinja").write_text(template)
+    config = _config(tmp_path, str(model))
+    prepared = ft("prepare", "data.jsonl", "-o", "out.jsonl", "--model", model, cwd=tmp_path)
+    assert_refused(prepared, "data.jsonl:1: messages: the chat template refuses it: System role not supported")
+    assert_refused(ft("train", config.name, "--dry-run", cwd=tmp_path), "data.jsonl:1: messages: the chat template refuses it")
