@@ -1,0 +1,186 @@
+"""Runs and the directories they write: one writer, honest status, resume where asked, no secret on disk."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from tests.adversarial.conftest import CASES, assert_refused, snapshot
+from tests.conftest import OFFLINE_ENV, ft_executable
+
+CANARY = "canary-tok-7Q2"  # short on purpose: a declared secret of any realistic length is redacted
+
+
+def _run_config(tmp_path, model, **training):
+    (tmp_path / "data.jsonl").write_text((CASES / "system_turn.jsonl").read_text() * 16)
+    settings = {"output_dir": "run", "max_steps": 4, "save_steps": 2, "logging_steps": 1, "per_device_train_batch_size": 2,
+                "gradient_accumulation_steps": 1, **training}  # fmt: skip
+    config = {"model": {"path": str(model)}, "data": {"train": "data.jsonl"}, "lora": {"r": 4}, "training": settings}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _status(run):
+    return yaml.safe_load((run / "ft_run.yaml").read_text())["run"]["status"]
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_lock(ft, tmp_path, tiny_model_dir):
+    config = _run_config(tmp_path, tiny_model_dir)
+    assert ft("train", config.name, cwd=tmp_path).returncode == 0
+    run = tmp_path / "run"
+    before = snapshot(run)
+    with open(run / ".ft_lock", "r+") as held:  # as a live run holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 4242 on node7 since now\n")
+        held.flush()
+        assert_refused(ft("resume", "run", "training.max_steps=6", cwd=tmp_path), "another ft run is writing here (pid 4242 on node7")
+        assert_refused(ft("train", config.name, "--overwrite", cwd=tmp_path), "another ft run is writing here")
+    assert snapshot(run) == {**before, ".ft_lock": snapshot(run)[".ft_lock"]}  # nothing else touched
+    # the holder is gone (its flock went with it): the directory is usable again
+    assert ft("resume", "run", "training.max_steps=6", cwd=tmp_path).returncode == 0
+
+
+def test_a_failed_start_is_marked_and_the_fixed_command_runs_without_overwrite(ft, tmp_path, tiny_model_dir):
+    config = _run_config(tmp_path, tiny_model_dir, max_steps=2)
+    # every assistant turn cut off by max_seq_length: nothing to train, found after ft_run.yaml is written
+    failed = ft("train", config.name, "model.max_seq_length=4", cwd=tmp_path)
+    assert_refused(failed, "every label is masked")
+    assert _status(tmp_path / "run") == "failed"
+    assert ft("train", config.name, cwd=tmp_path).returncode == 0
+    assert _status(tmp_path / "run") == "finished"
+
+
+def test_resume_of_a_copy_writes_into_the_copy_from_any_directory(ft, tmp_path, tiny_model_dir):
+    config = _run_config(tmp_path, tiny_model_dir)
+    assert ft("train", config.name, "training.max_steps=2", cwd=tmp_path).returncode == 0
+    original = tmp_path / "run"
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(original, copy)
+    before = snapshot(original)
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    result = ft("resume", copy, "training.max_steps=4", cwd=elsewhere)  # relative data path recorded absolute
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert snapshot(original) == before  # the original run is untouched
+    assert (copy / "checkpoint-4").is_dir() and _status(copy) == "finished"
+    assert_refused(ft("resume", copy, f"training.output_dir={original}", cwd=elsewhere), "ft resume continues the run in")
+
+
+def test_resume_below_the_checkpoint_and_an_edited_run_file_are_refused(ft, tmp_path, tiny_model_dir):
+    config = _run_config(tmp_path, tiny_model_dir)
+    assert ft("train", config.name, cwd=tmp_path).returncode == 0
+    run = tmp_path / "run"
+    assert_refused(ft("resume", "run", "training.max_steps=3", cwd=tmp_path), "training.max_steps=3: checkpoint-4 is already at step 4")
+    record = (run / "ft_run.yaml").read_text()
+    (run / "ft_run.yaml").write_text(record.replace("learning_rate: 0.0002", "learning_rate: 0.0009"))
+    assert_refused(ft("resume", "run", "training.max_steps=6", cwd=tmp_path), "was trained under another config than ft_run.yaml now holds")
+
+
+def test_extending_a_finished_run_resumes_at_the_new_schedules_rate(ft, tmp_path, tiny_model_dir):
+    import json
+
+    config = _run_config(tmp_path, tiny_model_dir)
+    assert ft("train", config.name, cwd=tmp_path).returncode == 0
+    assert ft("resume", "run", "training.max_steps=8", cwd=tmp_path).returncode == 0
+    rates = {row["step"]: row["learning_rate"] for row in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "learning_rate" in row}
+    assert rates[5] > 0  # was 0: the finished 4-step cosine's last rate
+    assert rates[5] > rates[6] > rates[7]
+
+
+def test_no_secret_reaches_any_file(ft, tmp_path, tiny_model_dir, tmp_path_factory):
+    env_secret = "envsecret-" + "x9" * 6
+    config = _run_config(tmp_path, tiny_model_dir, hub_token=CANARY, run_name=f"trial-{CANARY}", report_to="tensorboard")
+    env = {"HF_TOKEN": env_secret, "WANDB_API_KEY": "wandbkey-" + "z7" * 8}
+    if not _has("tensorboard"):
+        config.write_text(config.read_text().replace("report_to: tensorboard", "report_to: none"))
+    assert ft("train", config.name, env=env, cwd=tmp_path).returncode == 0
+    assert ft("resume", "run", "training.max_steps=6", env=env, cwd=tmp_path).returncode == 0
+    assert ft("merge", "run", env=env, cwd=tmp_path).returncode == 0
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.name not in ("run.yaml", "data.jsonl")]  # not the inputs
+    assert any(p.name == "training_args.bin" for p in written)
+    for path in written:
+        data = path.read_bytes()
+        for secret in (CANARY, env_secret, env["WANDB_API_KEY"]):
+            assert secret.encode() not in data, f"{secret} in {path}"
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def test_tiny_model_overwrite_replaces_only_a_model(ft, tmp_path):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "thesis.txt").write_text("years of work")
+    assert_refused(ft("tiny-model", notes, "--overwrite"), "holds no model (no config.json)")
+    assert (notes / "thesis.txt").read_text() == "years of work"
+    lone = tmp_path / "file.txt"
+    lone.write_text("keep")
+    assert_refused(ft("tiny-model", lone, "--overwrite"), "exists and is not a directory")
+    assert lone.read_text() == "keep"
+
+
+def test_merge_into_another_architecture_is_refused(ft, tmp_path, tiny_model_dir):
+    config = _run_config(tmp_path, tiny_model_dir, max_steps=1, save_steps=1)
+    assert ft("train", config.name, cwd=tmp_path).returncode == 0
+    assert ft("tiny-model", tmp_path / "qwen", "--arch", "qwen2").returncode == 0
+    assert_refused(ft("merge", "run", "--base", "qwen", cwd=tmp_path), "--base qwen: not the architecture")
+    assert not (tmp_path / "run" / "merged").exists()
+
+
+def _start(tmp_path, *args):
+    return subprocess.Popen(
+        [*ft_executable(), *args], cwd=tmp_path, env={**os.environ, **OFFLINE_ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _wait_for_status(run, status, process, timeout=180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if _status(run) == status:
+                return
+        except (OSError, TypeError, yaml.YAMLError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"never saw status {status}: {process.poll()}")
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_model_loads_exits_75_and_resume_starts_it(ft, tmp_path, tiny_model_dir):
+    config = _run_config(tmp_path, tiny_model_dir, max_steps=2)
+    process = _start(tmp_path, "train", config.name)
+    _wait_for_status(tmp_path / "run", "running", process)  # the record is written, the model is not loaded yet
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=180)
+    assert process.returncode == 75, stderr[-2000:]
+    assert "Traceback" not in stderr and "ft resume" in stderr
+    assert _status(tmp_path / "run") == "preempted"
+    assert ft("resume", "run", cwd=tmp_path).returncode == 0
+    assert _status(tmp_path / "run") == "finished"
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_what_was_kept_and_marks_the_run(tmp_path, tiny_model_dir):
+    config = _run_config(tmp_path, tiny_model_dir, max_steps=100000, save_steps=2)
+    process = _start(tmp_path, "train", config.name)
+    run = tmp_path / "run"
+    deadline = time.monotonic() + 180
+    while not (run / "checkpoint-2" / "ft_checkpoint.json").exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=180)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert "ft: interrupted: checkpoint-" in stderr and f"ft resume {run.name}" in stderr
+    assert _status(run) == "interrupted"
