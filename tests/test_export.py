@@ -139,6 +139,26 @@ def test_missing_permute_would_be_caught(sharp, tmp_path, monkeypatch):
     assert record["verification"]["max_logit_diff"] > 100 * record["verification"]["tolerance"]
 
 
+def test_failed_verification_exits_5_through_the_cli(sharp, tmp_path):
+    """The same simulated bug through ft's own `main` in a fresh process: exit 5, one line, file kept and marked."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import OFFLINE_ENV
+
+    out = tmp_path / "bad.gguf"
+    code = (
+        "import sys; from ft_cli.export import arch; arch.PERMUTED.clear(); from ft_cli.cli import main; "
+        f"sys.exit(main(['export', {str(sharp('llama3.2'))!r}, '-o', {str(out)!r}, '--quant', 'f32']))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **OFFLINE_ENV}, timeout=300)
+    assert proc.returncode == EXIT_VERIFY_FAILED, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "failed verification" in errors[0] and "Traceback" not in proc.stderr
+    assert out.exists() and (tmp_path / "bad.gguf.EXPORT_FAILED_VERIFICATION").exists()
+
+
 @pytest.mark.parametrize("quant", ["f32", "bf16", "q8_0"])
 def test_quant_types_verify_within_their_tolerance(quant, sharp, tmp_path):
     from ft_cli.export.run import export_model

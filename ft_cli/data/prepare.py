@@ -26,7 +26,7 @@ from ft_cli.data.convert import (
 from ft_cli.data.formats import ALIASES, FORMATS, RecordProblem
 from ft_cli.data.manifest import manifest_path, write_manifest
 from ft_cli.data.report import Stats, summarize_lengths
-from ft_cli.data.templates import TOKENIZER, load_template
+from ft_cli.data.templates import TOKENIZER, load_template, template_tokens
 from ft_cli.data.writer import AtomicJsonl, encode_json, remove_stale_temp_files
 from ft_cli.errors import DataError, UsageError
 
@@ -152,7 +152,7 @@ def prepare(opts: PrepareOptions) -> PrepareResult:
     if template is not None:
         template.check()
         if tokenizer is not None:  # a model's own template file may use bos_token / eos_token
-            template.special_tokens = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
+            template.special_tokens = template_tokens(tokenizer)
     converter = Converter(ConvertOptions(opts.data_format, template, mapping, opts.text_field, opts.subset, opts.split))
     stats = Stats(detected=opts.data_format == "auto", template=opts.template, long_policy=opts.long, max_seq_length=opts.max_seq_length)
     staged = AtomicJsonl(opts.output, commit=False)

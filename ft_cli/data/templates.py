@@ -30,24 +30,50 @@ _GEN_START, _GEN_END = "\ue000", "\ue001"
 
 
 def special_tokens_of(model: str | None) -> dict:
-    """bos_token, eos_token, ... of a local model directory, read from its tokenizer files (no transformers import):
-    a model's own template used as a file (`data.template: llama3.jinja`) needs them, or `<|begin_of_text|>` is lost."""
+    """bos_token, eos_token, ... of a local model directory for a template file, read from its tokenizer
+    files (no transformers import): a model's own template used as a file (`data.template: llama3.jinja`)
+    needs eos_token to close turns. bos_token is "" when the tokenizer adds BOS itself on encoding the
+    rendered text (Llama, Gemma, Mistral): written into the text too, every sequence would start with two."""
     import json
 
     if not model or not Path(model).is_dir():
         return {}
     tokens: dict = {}
+    adds_bos = False
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         try:
             data = json.loads((Path(model) / name).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        for key, value in data.items() if isinstance(data, dict) else ():
+        if not isinstance(data, dict):
+            continue
+        adds_bos = adds_bos or data.get("add_bos_token") is True
+        for key, value in data.items():
             if key.endswith("_token") and key not in tokens:
                 text = value.get("content") if isinstance(value, dict) else value
                 if isinstance(text, str):
                     tokens[key] = text
+    if "bos_token" in tokens and (adds_bos or _post_processor_adds(Path(model), tokens["bos_token"])):
+        tokens["bos_token"] = ""
     return tokens
+
+
+def template_tokens(tokenizer) -> dict:
+    """The same, from a loaded tokenizer (ft prepare --model)."""
+    tokens = {key: value for key, value in tokenizer.special_tokens_map.items() if isinstance(value, str)}
+    if tokenizer.bos_token_id is not None and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]:
+        tokens["bos_token"] = ""
+    return tokens
+
+
+def _post_processor_adds(model: Path, bos: str) -> bool:
+    import json
+
+    try:
+        processor = json.loads((model / "tokenizer.json").read_text(encoding="utf-8")).get("post_processor")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bos in json.dumps(processor)
 
 
 def available_templates() -> list[str]:

@@ -98,3 +98,19 @@ def test_a_template_that_raises_is_a_per_record_error(ft, tmp_path, tiny_model_d
     prepared = ft("prepare", "data.jsonl", "-o", "out.jsonl", "--model", model, cwd=tmp_path)
     assert_refused(prepared, "data.jsonl:1: messages: the chat template refuses it: System role not supported")
     assert_refused(ft("train", config.name, "--dry-run", cwd=tmp_path), "data.jsonl:1: messages: the chat template refuses it")
+
+
+def test_a_models_own_template_used_as_a_file_keeps_one_bos_and_its_eos(ft, tmp_path, family_model_dir):
+    """Llama 3.2's template as `--template file.jinja`: it writes bos_token and closes turns with eos_token.
+    Both must reach it, and the BOS the tokenizer adds itself must not be written twice."""
+    from ft_cli.data.templates import special_tokens_of
+
+    model = family_model_dir("llama3.2")
+    (tmp_path / "llama.jinja").write_text((model / "chat_template.jinja").read_text())
+    (tmp_path / "one.jsonl").write_text('{"messages":[{"role":"user","content":"Hi"},{"role":"assistant","content":"Hello"}]}\n')
+    result = ft("prepare", "one.jsonl", "-o", "out.jsonl", "--template", "llama.jinja", "--model", model, "--preview", "1", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    tokens = json.loads(result.stdout.splitlines()[0])["tokens"]
+    assert tokens[0] == "<|begin_of_text|>" and tokens.count("<|begin_of_text|>") == 1
+    assert "<|eot_id|>" in tokens
+    assert special_tokens_of(str(model)) == {"bos_token": "", "eos_token": "<|eot_id|>"}
