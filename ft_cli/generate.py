@@ -76,6 +76,16 @@ def load_generator(path: str | Path, base: str | None = None) -> Generator:
     raise UsageError(f"{path}: neither a model directory (config.json) nor a LoRA adapter directory ({ADAPTER_CONFIG})")
 
 
+def _apply_template(tokenizer, messages: list[dict]):
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    except TemplateError as exc:  # e.g. Gemma 2's "System role not supported"
+        hint = "; drop --system (put it into the prompt)" if messages[0]["role"] == "system" else ""
+        raise UsageError(f"the model's chat template refuses this conversation: {exc}{hint}") from None
+
+
 def render_prompt(generator: Generator, messages: list[dict], max_new_tokens: int):
     """Token ids for the conversation; the oldest turns are dropped when it would not fit the context."""
     tokenizer, limit = generator.tokenizer, _context_length(generator.model)
@@ -83,7 +93,7 @@ def render_prompt(generator: Generator, messages: list[dict], max_new_tokens: in
         return tokenizer(messages[-1]["content"], return_tensors="pt")
     messages = list(messages)
     while True:
-        encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        encoded = _apply_template(tokenizer, messages)
         first_turn = 1 if messages[0]["role"] == "system" else 0
         if limit is None or encoded["input_ids"].shape[1] + max_new_tokens <= limit or len(messages) - first_turn <= 1:
             return encoded

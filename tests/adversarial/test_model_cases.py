@@ -98,6 +98,8 @@ def test_a_template_that_raises_is_a_per_record_error(ft, tmp_path, tiny_model_d
     prepared = ft("prepare", "data.jsonl", "-o", "out.jsonl", "--model", model, cwd=tmp_path)
     assert_refused(prepared, "data.jsonl:1: messages: the chat template refuses it: System role not supported")
     assert_refused(ft("train", config.name, "--dry-run", cwd=tmp_path), "data.jsonl:1: messages: the chat template refuses it")
+    generated = ft("generate", model, "--system", "Be brief.", "-p", "Hi", "--max-new-tokens", "2", cwd=tmp_path)
+    assert_refused(generated, "the model's chat template refuses this conversation: System role not supported; drop --system")
 
 
 def test_a_models_own_template_used_as_a_file_keeps_one_bos_and_its_eos(ft, tmp_path, family_model_dir):
