@@ -17,7 +17,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 START, END = "<!-- make bench: start -->", "<!-- make bench: end -->"
-BENCHMARKS = ["cli_startup", "train_vs_trl", "prepare_throughput", "estimate_accuracy"]  # in the order they run
+BENCHMARKS = ["cli_startup", "train_vs_trl", "prepare_throughput", "estimate_accuracy", "export_quality"]  # in the order they run
 
 
 def machine() -> str:
