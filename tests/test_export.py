@@ -324,7 +324,22 @@ def test_cli_errors_are_one_line_exit_2_and_write_nothing(tiny_model_dir, tmp_pa
     GPT2Config(n_layer=1, n_embd=32, n_head=2).save_pretrained(gpt2)
     existing = tmp_path / "existing.gguf"
     existing.write_bytes(b"keep")
+    yarn, split = tmp_path / "yarn", tmp_path / "split"
+    for copy in (yarn, split):
+        shutil.copytree(tiny_model_dir, copy)
+    config = json.loads((yarn / "config.json").read_text())
+    theta = config["rope_parameters"]["rope_theta"]
+    max_positions = config["max_position_embeddings"]
+    config["rope_parameters"] = {"rope_type": "yarn", "factor": 4.0, "rope_theta": theta, "original_max_position_embeddings": max_positions // 4}
+    (yarn / "config.json").write_text(json.dumps(config))
+    tokenizer = json.loads((split / "tokenizer.json").read_text())  # a split llama.cpp has no name for
+    tokenizer["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": "\\s+"}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}  # fmt: skip
+    (split / "tokenizer.json").write_text(json.dumps(tokenizer))
     cases = [
+        (["export", yarn, "-o", tmp_path / "e.gguf"], "rope scaling 'yarn' is not supported"),
+        (["export", split, "-o", tmp_path / "f.gguf"], "pre-tokenizer (Split+ByteLevel"),
         (["export", tmp_path / "nowhere", "-o", tmp_path / "a.gguf"], "not found"),
         (["export", gpt2, "-o", tmp_path / "b.gguf"], "architecture 'gpt2' is not supported"),
         (["export", tiny_model_dir, "-o", existing], "already exists; pass --overwrite"),
@@ -337,7 +352,7 @@ def test_cli_errors_are_one_line_exit_2_and_write_nothing(tiny_model_dir, tmp_pa
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0] and "Traceback" not in result.stderr, result.stderr
     assert existing.read_bytes() == b"keep"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.gguf", "gpt2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.gguf", "gpt2", "split", "yarn"]
 
 
 def test_k_quants_without_llama_cpp_say_what_to_install(tiny_model_dir, tmp_path):
