@@ -184,6 +184,13 @@ class GrpoSection(Section):
         return [{"name": item} if isinstance(item, str) else item for item in value] if isinstance(value, list) else value
 
 
+class EvalSection(Section):
+    generate: NonNegativeInt = Field(
+        0, description="SFT with data.eval: at each evaluation, greedy answers to the first N eval records, scored as `ft eval` scores them, into samples.jsonl and metrics.jsonl (eval_generate/...); 0 = off."
+    )
+    max_new_tokens: PositiveInt = Field(128, description="eval.generate: longest answer, in tokens.")
+
+
 class Config(Section):
     method: Literal["sft", "dpo", "grpo"] = Field("sft", description="Training method.")
     backend: Literal["auto", "unsloth", "accelerate"] = Field(
@@ -198,6 +205,7 @@ class Config(Section):
     training: TrainingSection = Field(default_factory=TrainingSection)
     dpo: DpoSection = Field(default_factory=DpoSection)
     grpo: GrpoSection = Field(default_factory=GrpoSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
     run: dict[str, Any] | None = Field(
         None, description="Written by ft train into ft_run.yaml (package versions, data sha256, git commit); ignored as input."
     )

@@ -263,6 +263,7 @@ def tiny_run(tmp_path_factory, tiny, offline_module):
         "model": {"path": str(tiny[0]), "dtype": "fp32", "max_seq_length": 64},
         "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
         "data": {"train": str(root / "train.jsonl"), "eval": str(root / "eval.jsonl")},
+        "eval": {"generate": 2, "max_new_tokens": 8},  # sample answers at each evaluation (steps 3 and 6)
         "training": {"output_dir": str(root / "run"), "max_steps": 6, "per_device_train_batch_size": 4, "learning_rate": 2e-2,
                      "lr_scheduler_type": "constant", "optim": "adamw_torch", "logging_steps": 3, "save_steps": 100, "gradient_checkpointing": False},
     }  # fmt: skip
@@ -291,6 +292,19 @@ def test_ft_eval_on_a_run_compares_it_with_its_base_on_the_runs_eval_data(tiny_r
     samples = [json.loads(line) for line in (out.parent / "samples.jsonl").read_text().splitlines()]
     assert [(s["model"], s["index"]) for s in samples] == [(base, 0), (base, 1), (run, 0), (run, 1)]
     assert samples[0]["reference"].startswith('{"sum": ') and set(samples[0]["scores"]) == {"exact_match", "numeric_match", "json_format"}
+
+
+def test_eval_generate_logs_scored_answers_at_each_evaluation_during_training(tiny_run):
+    rows = [json.loads(line) for line in (tiny_run / "samples.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["source"]) for r in rows] == [(3, "eval.generate")] * 2 + [(6, "eval.generate")] * 2
+    eval_records = [json.loads(line) for line in (tiny_run.parent / "eval.jsonl").read_text().splitlines()]
+    assert [r["reference"] for r in rows[:2]] == [r["messages"][-1]["content"] for r in eval_records[:2]]
+    for row in rows:
+        assert row["scores"] == {name: M.ANSWER_METRICS[name](row["answer"], row["reference"]) for name in ("exact_match", "numeric_match", "json_format")}
+    logged = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    means = [r for r in logged if "eval_generate/json_format" in r]
+    assert [r["step"] for r in means] == [3, 6]
+    assert means[1]["eval_generate/exact_match"] == sum(r["scores"]["exact_match"] for r in rows[2:]) / 2
 
 
 def test_no_base_and_explicit_metrics_and_a_reward_function(tiny_run, tmp_path):

@@ -264,6 +264,12 @@ def build_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_data: Tra
     trainer.ft_keep_checkpoints = cfg.training.save_total_limit
     trainer.ft_config_hash = config_hash(cfg)
     trainer.remove_callback(PrinterCallback)  # our progress lines replace its raw dicts
+    if cfg.eval.generate:  # sample answers at each evaluation (ft eval's metrics)
+        from ft_cli.eval.during_training import generation_callback
+
+        callback = generation_callback(cfg, eval_data, tokenizer, output_dir)
+        if callback is not None:
+            trainer.add_callback(callback)
     if cfg.method == "sft":
         _check_some_labels_are_trained(trainer.train_dataset, cfg.data.train)
     return trainer
