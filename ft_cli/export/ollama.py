@@ -84,13 +84,18 @@ def modelfile_text(gguf_name: str, template: str | None, stops: list[str], syste
     return "\n".join(lines) + "\n"
 
 
-def write_modelfile(gguf_path: Path, tokenizer, stop_ids: list[int], add_bos: bool, system: str | None) -> tuple[Path, str]:
-    """Write OUT_DIR/Modelfile (atomically); return it and the `ollama create` command."""
-    from ft_cli.files import write_text_atomically
-
+def checked_template(tokenizer, add_bos: bool) -> str | None:
+    """The Go template, or a UsageError when a Modelfile cannot hold it (called before anything is written)."""
     template = go_template(tokenizer, add_bos)
     if template is not None and '"""' in template:
         raise UsageError('--ollama: the chat template contains """, which a Modelfile TEMPLATE cannot hold')
+    return template
+
+
+def write_modelfile(gguf_path: Path, template: str | None, tokenizer, stop_ids: list[int], system: str | None) -> tuple[Path, str]:
+    """Write OUT_DIR/Modelfile (atomically); return it and the `ollama create` command."""
+    from ft_cli.files import write_text_atomically
+
     path = gguf_path.parent / MODELFILE
     write_text_atomically(path, modelfile_text(gguf_path.name, template, stop_strings(tokenizer, stop_ids), system))
     name = gguf_path.stem.lower().replace("_", "-").replace(".", "-") or "ft-model"

@@ -168,6 +168,10 @@ def _export_directory(model_dir: Path, source: Path, output: Path, quant: str, v
     tokenizer = auto_tokenizer(str(model_dir))
     stops = _stop_ids(model_dir, tokenizer)
     vocab = plan_vocab(tokenizer, int(text_config(config).vocab_size), stops, str(source))
+    if ollama:
+        from ft_cli.export.ollama import checked_template
+
+        template = checked_template(tokenizer, vocab.add_bos)
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     tied = bool(getattr(text_config(model.config), "tie_word_embeddings", False))
@@ -209,7 +213,7 @@ def _export_directory(model_dir: Path, source: Path, output: Path, quant: str, v
     if ollama:
         from ft_cli.export.ollama import write_modelfile
 
-        result.modelfile, result.ollama_command = write_modelfile(output, tokenizer, stops, vocab.add_bos, system)
+        result.modelfile, result.ollama_command = write_modelfile(output, template, tokenizer, stops, system)
     say(f"verify: {check.describe(quant)}" if check else "verify: skipped (--no-verify)")
     if check is not None and not check.passed:
         raise ExportVerificationFailed(f"{output}: the GGUF failed verification ({check.describe(quant)}); kept, marked with {marker.name}")
