@@ -23,7 +23,7 @@ EXIT_CODES = {
     EXIT_USAGE: "bad config, data, arguments or missing file (one-line message, no traceback)",
     EXIT_OOM: "out of memory: lower the batch size or sequence length, or use LoRA/QLoRA",
     EXIT_NOT_IMPLEMENTED: "the subcommand is not implemented yet",
-    EXIT_VERIFY_FAILED: "ft merge: the merged model failed verification (output kept, marked MERGE_FAILED_VERIFICATION)",
+    EXIT_VERIFY_FAILED: "ft merge / ft export: the output failed verification (kept, marked MERGE_FAILED_VERIFICATION / OUT.gguf.EXPORT_FAILED_VERIFICATION)",
     EXIT_PREEMPTED: "preempted: a complete checkpoint was saved; requeue and run `ft resume`",
     EXIT_INTERRUPTED: "interrupted with Ctrl-C",
 }
