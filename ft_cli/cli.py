@@ -374,16 +374,6 @@ app.add_typer(models_app, name="models")
 app.command("env")(env)
 
 
-def _storage_problem(exc: OSError) -> str | None:
-    """A full disk, a read-only or forbidden place: the machine's state, not a bug, so one line naming the path."""
-    import errno
-
-    if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG):
-        return None
-    where = exc.filename or "a file"
-    return f"cannot write {where}: {exc.strerror or exc}; free space or choose a writable place, then run it again"
-
-
 def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
 
@@ -406,10 +396,13 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo(f"error: {redact_text(exc.render())}", err=True)
         return exc.exit_code
     except OSError as exc:
-        message = _storage_problem(exc)
-        if message is None:
+        from ft_cli.files import storage_problem
+
+        reason = storage_problem(exc)
+        if reason is None:
             raise
-        typer.echo(f"error: {message}", err=True)
+        # A full disk, a read-only or forbidden place: the machine's state, not a bug.
+        typer.echo(f"error: cannot write {exc.filename or 'a file'}: {reason}; free space or choose a writable place, then run it again", err=True)
         return EXIT_USAGE
     except Exception as exc:
         if not _is_out_of_memory(exc):

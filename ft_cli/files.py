@@ -55,3 +55,17 @@ def check_model_output_dir(out_dir: Path, overwrite: bool) -> None:
         raise UsageError(f"{out_dir}: already exists and is not empty; choose another path or pass --overwrite")
     if not (out_dir / "config.json").is_file():
         raise UsageError(f"{out_dir}: is not empty and holds no model (no config.json); --overwrite replaces only a model directory")
+
+
+def storage_problem(exc: BaseException) -> str | None:
+    """Why a write failed when the cause is the disk or the place (full, read-only, forbidden, a size limit),
+    not a bug; None otherwise. safetensors reports these as its own error type, so both are understood."""
+    import errno
+
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG):
+            return exc.strerror or str(exc)
+        return None
+    if type(exc).__name__ == "SafetensorError" and "I/O error" in str(exc):
+        return str(exc).split("I/O error: ", 1)[-1]
+    return None

@@ -36,6 +36,7 @@ from ft_cli.adapters import (
     untie_adapted_embeddings,
 )
 from ft_cli.errors import EXIT_VERIFY_FAILED, FtError, UsageError
+from ft_cli.files import storage_problem
 from ft_cli.run_dir import ADAPTER_DIR
 MERGE_RECORD = "ft_merge.json"  # what was merged, how, and the verification result
 FAILED_MARKER = "MERGE_FAILED_VERIFICATION"  # present only in an output that failed verification
@@ -233,6 +234,16 @@ def _network_errors() -> tuple[type[BaseException], ...]:
 # ---------------------------------------------------------------- the line
 
 
+def _save_or_say_why(model, staging: Path, output: Path, max_shard_size: str) -> None:
+    try:
+        model.save_pretrained(staging, max_shard_size=max_shard_size)
+    except Exception as exc:
+        reason = storage_problem(exc)
+        if reason is None:
+            raise
+        raise UsageError(f"cannot write {output}: {reason}; free space or choose another place") from None
+
+
 def merge_adapter(
     adapter_path: str | Path,
     output: str | Path | None = None,
@@ -268,11 +279,14 @@ def merge_adapter(
     prepare_for_saving(merged, tokenizer)
     result = MergeResult(output=output, base=base_model.path, dtype=dtype, verification=None, untied_embeddings=untied)
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    except OSError as exc:
+        raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
     staging.chmod(0o755)  # mkdtemp makes it private; a model dir is meant to be shared
     try:
-        merged.save_pretrained(staging, max_shard_size=max_shard_size)
+        _save_or_say_why(merged, staging, output, max_shard_size)
         copy_tokenizer_files(adapter, tokenizer, staging)
         del model, merged
         gc.collect()  # free the in-memory model before loading the saved one

@@ -11,7 +11,7 @@ import shutil
 import pytest
 import yaml
 from conftest import REAL_DATA, REPO, run_ft
-from test_eval import direct_answer_loss, write_local_task
+from test_eval import direct_answer_loss
 
 pytestmark = pytest.mark.xdist_group("eval-real")
 
@@ -71,13 +71,14 @@ def test_gsm8k_metrics_equal_what_the_real_models_answers_score(real_model_dir, 
 
 
 def test_lm_eval_local_task_on_the_real_model(real_model_dir, tmp_path):
+    """The task shipped in tests/data/eval (its data_files path is relative: run from the repository root, as the README does)."""
     pytest.importorskip("lm_eval")
-    task = write_local_task(tmp_path)
     out = tmp_path / "r.json"
-    result = run_ft("eval", real_model_dir, "--tasks", task, "-o", out, "--batch-size", "6")
+    result = run_ft("eval", real_model_dir, "--tasks", "tests/data/eval/capitals_mc.yaml", "-o", out, "--batch-size", "8", cwd=REPO)
     assert result.returncode == 0, result.stderr
-    scores = json.loads(out.read_text())["scores"]["lm-eval capitals_mc"][str(real_model_dir)]
-    assert scores["acc"] >= 5 / 6  # Paris, Berlin, Rome, ... against Oslo and Cairo: a real instruct model knows them
+    results = json.loads(out.read_text())
+    scores = results["scores"]["lm-eval capitals_mc"][str(real_model_dir)]
+    assert scores["acc"] >= 0.75  # Havana, Nairobi, Seoul, ... against Oslo, Cairo, Lima, Madrid: a real instruct model knows most
 
 
 @pytest.mark.slow

@@ -76,7 +76,7 @@ def task_manager(plan: TaskPlan):
     return manager
 
 
-def run_tasks(model, tokenizer, plan: TaskPlan, manager, batch_size: int, limit: int | None, seed: int, max_new_tokens: int, samples: int) -> dict:
+def run_tasks(model, tokenizer, plan: TaskPlan, manager, batch_size: int, limit: int | None, seed: int, samples: int) -> dict:
     """{task: {metric: value}} plus a few samples per task, for one loaded model."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
@@ -91,8 +91,8 @@ def run_tasks(model, tokenizer, plan: TaskPlan, manager, batch_size: int, limit:
     try:
         output = simple_evaluate(
             model=lm, tasks=plan.names, task_manager=manager, limit=limit, log_samples=True, random_seed=seed,
-            numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed, gen_kwargs={"max_gen_toks": max_new_tokens},
-        )  # fmt: skip
+            numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+        )  # fmt: skip  (a task's generation settings are its own: gsm8k's 256 tokens, stop strings, ...)
     except (ConnectionError, OSError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UsageError(f"--tasks {','.join(plan.names)}: cannot load a task's dataset ({first}); offline, use a task YAML over a local file") from None

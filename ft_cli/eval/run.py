@@ -223,7 +223,7 @@ def _tasks(model, tokenizer, plan, manager, request: EvalRequest) -> dict:
     from ft_cli.eval.harness import run_tasks
 
     started = time.monotonic()
-    found = run_tasks(model, tokenizer, plan, manager, request.batch_size, request.limit, request.seed, request.max_new_tokens, request.samples)
+    found = run_tasks(model, tokenizer, plan, manager, request.batch_size, request.limit, request.seed, request.samples)
     say(f"lm-eval {', '.join(plan.names)}: {time.monotonic() - started:.1f} s")
     return found
 

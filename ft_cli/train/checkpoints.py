@@ -17,8 +17,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ft_cli.errors import DataError
-from ft_cli.files import file_sha256
+from ft_cli.errors import DataError, UsageError
+from ft_cli.files import file_sha256, storage_problem
 from ft_cli.train.faults import checkpoint_fault
 
 MANIFEST = "ft_checkpoint.json"
@@ -157,10 +157,13 @@ def with_safe_checkpoints(trainer_cls: type) -> type:
                 checkpoint_fault("saved", step)
                 if self.args.should_save:
                     write_manifest(target, step, self.ft_config_hash)
-            except OSError:  # a full disk, a quota: no half-written checkpoint stays behind to be mistaken for one
-                if self.args.should_save:
+            except Exception as exc:
+                reason = storage_problem(exc)
+                if reason is None:
+                    raise
+                if self.args.should_save:  # a full disk, a quota: no half-written checkpoint stays behind
                     shutil.rmtree(target, ignore_errors=True)
-                raise
+                raise UsageError(f"cannot write {target}: {reason}; the checkpoint was removed: free space, then `ft resume`") from None
             if self.args.should_save:
                 checkpoint_fault("committed", step)
                 apply_retention(target.parent, self.ft_keep_checkpoints, step)

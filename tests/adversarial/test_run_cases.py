@@ -95,6 +95,7 @@ def test_extending_a_finished_run_resumes_at_the_new_schedules_rate(ft, tmp_path
     assert rates[5] > rates[6] > rates[7]
 
 
+@pytest.mark.slow
 def test_no_secret_reaches_any_file(ft, tmp_path, tiny_model_dir, tmp_path_factory):
     env_secret = "envsecret-" + "x9" * 6
     config = _run_config(tmp_path, tiny_model_dir, hub_token=CANARY, run_name=f"trial-{CANARY}", report_to="tensorboard")
@@ -104,6 +105,8 @@ def test_no_secret_reaches_any_file(ft, tmp_path, tiny_model_dir, tmp_path_facto
     assert ft("train", config.name, env=env, cwd=tmp_path).returncode == 0
     assert ft("resume", "run", "training.max_steps=6", env=env, cwd=tmp_path).returncode == 0
     assert ft("merge", "run", env=env, cwd=tmp_path).returncode == 0
+    exported = ft("export", "run/merged", "-o", "model.gguf", "--ollama", env=env, cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr[-2000:]
     written = [p for p in tmp_path.rglob("*") if p.is_file() and p.name not in ("run.yaml", "data.jsonl")]  # not the inputs
     assert any(p.name == "training_args.bin" for p in written)
     for path in written:
@@ -184,3 +187,29 @@ def test_ctrl_c_says_what_was_kept_and_marks_the_run(tmp_path, tiny_model_dir):
     assert "Traceback" not in stderr
     assert "ft: interrupted: checkpoint-" in stderr and f"ft resume {run.name}" in stderr
     assert _status(run) == "interrupted"
+
+
+def _limited(tmp_path, limit: int, *args):
+    """ft under a file size limit (RLIMIT_FSIZE): every write past it fails as a full disk does."""
+    import resource
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run(
+        [*ft_executable(), *args], cwd=tmp_path, env={**os.environ, **OFFLINE_ENV}, capture_output=True, text=True, preexec_fn=limit_file_size, timeout=300
+    )
+
+
+def test_a_full_disk_during_training_and_merge_is_one_line_and_leaves_nothing_half_written(tmp_path, tiny_model_dir):
+    config = _run_config(tmp_path, tiny_model_dir, max_steps=2, save_steps=1)
+    trained = _limited(tmp_path, 30_000, "train", config.name)
+    assert_refused(trained, "cannot write run/checkpoint-1: File too large")
+    run = tmp_path / "run"
+    assert not (run / "checkpoint-1").exists() and _status(run) == "failed"
+    # with room again, the same command runs (a failed start needs no --overwrite), then merge hits the limit
+    assert _limited(tmp_path, 50_000_000, "train", config.name).returncode == 0
+    merged = _limited(tmp_path, 100_000, "merge", "run")
+    assert_refused(merged, "cannot write run/merged: File too large")
+    assert not [p for p in run.iterdir() if p.name.startswith((".merged", "merged"))]
+    assert_refused(_limited(tmp_path, 50_000_000, "merge", "run", "-o", "/proc/merged"), "cannot write /proc/merged")
