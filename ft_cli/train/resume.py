@@ -120,7 +120,7 @@ def _check_checkpoint_matches(chosen: Checkpoint, loaded: LoadedConfig, force: b
 
 def _check_steps_left(chosen: Checkpoint, stored: LoadedConfig, loaded: LoadedConfig) -> None:
     before, after = stored.config.training.max_steps, loaded.config.training.max_steps
-    if 0 < after <= chosen.step:
+    if 0 < after <= chosen.step and after != before:  # equal: killed after its last checkpoint, only the final save is left
         raise ConfigError(
             f"training.max_steps={after}: {chosen.path.name} is already at step {chosen.step}, so nothing is left to train; "
             f"raise it, or pass --checkpoint with an earlier checkpoint"

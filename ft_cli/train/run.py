@@ -180,7 +180,14 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, 
         trainer = build_trainer(loaded, train_data, eval_data, backend)
         if is_distributed():
             say(f"distributed: {describe_strategy(trainer)} on {trainer.args.world_size} process(es)")
-        trainer.train(resume_from_checkpoint=str(resume_from.path) if resume_from else None)
+        if resume_from is not None and resume_from.step >= plan.optimizer_steps:
+            # Killed after its last checkpoint: only the final save is left. The Trainer would take one more
+            # step past the end (at lr 0) instead, so the weights are loaded and saved without training.
+            say(f"{resume_from.path.name} is the run's last step: saving the final weights from it")
+            trainer._load_from_checkpoint(str(resume_from.path))
+            trainer.state.global_step = trainer.state.max_steps = resume_from.step
+        else:
+            trainer.train(resume_from_checkpoint=str(resume_from.path) if resume_from else None)
         step = trainer.state.global_step
         if _preemption(trainer).stopped_at is not None and step < trainer.state.max_steps:
             if main:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.adversarial.conftest import CASES, assert_refused, snapshot
+from tests.adversarial.helpers import CASES, assert_refused, snapshot
 
 CONFIG_CASES = sorted((CASES / "config").glob("*.yaml"))
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tests.adversarial.conftest import assert_refused, snapshot
+from tests.adversarial.helpers import assert_refused, case_dir, snapshot  # noqa: F401 - case_dir is a fixture
 
 # (case file, extra arguments, what the message must say): each record problem names its line.
 PER_LINE = [

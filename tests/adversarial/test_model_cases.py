@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from tests.adversarial.conftest import CASES, assert_refused
+from tests.adversarial.helpers import CASES, assert_refused
 
 
 def _no_tokenizer(model):

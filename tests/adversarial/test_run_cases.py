@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from tests.adversarial.conftest import CASES, assert_refused, snapshot
+from tests.adversarial.helpers import CASES, assert_refused, snapshot
 from tests.conftest import OFFLINE_ENV, ft_executable
 
 CANARY = "canary-tok-7Q2"  # short on purpose: a declared secret of any realistic length is redacted
@@ -213,3 +213,23 @@ def test_a_full_disk_during_training_and_merge_is_one_line_and_leaves_nothing_ha
     assert_refused(merged, "cannot write run/merged: File too large")
     assert not [p for p in run.iterdir() if p.name.startswith((".merged", "merged"))]
     assert_refused(_limited(tmp_path, 50_000_000, "merge", "run", "-o", "/proc/merged"), "cannot write /proc/merged")
+
+
+def test_a_run_killed_after_its_last_checkpoint_resumes_to_the_same_weights_without_an_extra_step(ft, tmp_path, tiny_model_dir):
+    import json
+
+    from safetensors.torch import load_file
+
+    config = _run_config(tmp_path, tiny_model_dir)
+    assert ft("train", config.name, cwd=tmp_path).returncode == 0
+    run = tmp_path / "run"
+    final = load_file(run / "lora_weights" / "adapter_model.safetensors")
+    # as if killed between checkpoint-4 and the final save
+    shutil.rmtree(run / "lora_weights")
+    (run / "ft_run.yaml").write_text((run / "ft_run.yaml").read_text().replace("status: finished", "status: running"))
+    assert ft("resume", "run", cwd=tmp_path).returncode == 0
+    again = load_file(run / "lora_weights" / "adapter_model.safetensors")
+    assert final.keys() == again.keys() and all(bool((final[k] == again[k]).all()) for k in final)
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 4 and not (run / "checkpoint-5").exists()  # was: a 5th step at lr 0
+    assert _status(run) == "finished"
