@@ -180,14 +180,7 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, 
         trainer = build_trainer(loaded, train_data, eval_data, backend)
         if is_distributed():
             say(f"distributed: {describe_strategy(trainer)} on {trainer.args.world_size} process(es)")
-        if resume_from is not None and resume_from.step >= plan.optimizer_steps:
-            # Killed after its last checkpoint: only the final save is left. The Trainer would take one more
-            # step past the end (at lr 0) instead, so the weights are loaded and saved without training.
-            say(f"{resume_from.path.name} is the run's last step: saving the final weights from it")
-            trainer._load_from_checkpoint(str(resume_from.path))
-            trainer.state.global_step = trainer.state.max_steps = resume_from.step
-        else:
-            trainer.train(resume_from_checkpoint=str(resume_from.path) if resume_from else None)
+        _train_from(trainer, resume_from, plan.optimizer_steps)
         step = trainer.state.global_step
         if _preemption(trainer).stopped_at is not None and step < trainer.state.max_steps:
             if main:
@@ -199,6 +192,17 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, 
             write_run_file(output_dir, loaded, status="finished", step=step)
         trainer.accelerator.wait_for_everyone()
     return final
+
+
+def _train_from(trainer, checkpoint: Checkpoint | None, total_steps: int) -> None:
+    """Train, from the checkpoint when resuming. A run killed after its last checkpoint has only the final
+    save left: the Trainer would take one more step past the end (at lr 0), so the weights are loaded instead."""
+    if checkpoint is None or checkpoint.step < total_steps:
+        trainer.train(resume_from_checkpoint=str(checkpoint.path) if checkpoint else None)
+        return
+    say(f"{checkpoint.path.name} is the run's last step: saving the final weights from it")
+    trainer._load_from_checkpoint(str(checkpoint.path))
+    trainer.state.global_step = trainer.state.max_steps = checkpoint.step
 
 
 def _preemption(trainer):
