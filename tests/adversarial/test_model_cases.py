@@ -116,3 +116,16 @@ def test_a_models_own_template_used_as_a_file_keeps_one_bos_and_its_eos(ft, tmp_
     assert tokens[0] == "<|begin_of_text|>" and tokens.count("<|begin_of_text|>") == 1
     assert "<|eot_id|>" in tokens
     assert special_tokens_of(str(model)) == {"bos_token": "", "eos_token": "<|eot_id|>"}
+
+
+@pytest.mark.parametrize("family", ["llama3.1", "qwen2.5"])
+def test_tool_call_records_render_with_templates_that_support_tools(ft, tmp_path, family_model_dir, family):
+    """OpenAI-style records (content null + tool_calls with string arguments): they crashed the template in
+    `ft train --dry-run`; now the arguments are an object and the tool call is trained as the assistant's turn."""
+    model = family_model_dir(family)
+    (tmp_path / "tools.jsonl").write_bytes((CASES / "tool_call_string_arguments.jsonl").read_bytes())
+    dry = ft("train", "--model", model, "--dataset", "tools.jsonl", "--output-dir", "run", "--dry-run", cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    preview = ft("prepare", "tools.jsonl", "-o", "out.jsonl", "--model", model, "--preview", "1", cwd=tmp_path)
+    assert preview.returncode == 0, preview.stderr[-2000:]
+    assert '"city": "Paris"' in preview.stdout and '\\"city\\"' not in preview.stdout  # encoded once
