@@ -393,4 +393,5 @@ def test_lm_eval_runs_a_local_task_offline_on_base_and_run(tiny_run, tiny, tmp_p
         assert 0.0 <= values["acc"] <= 1.0 and "acc_stderr" in values
     samples = [json.loads(line) for line in (tmp_path / "r.samples.jsonl").read_text().splitlines()]
     assert {s["task"] for s in samples} == {"capitals_mc"} and len(samples) == 8  # 4 docs (--limit), 2 models
-    assert "lm-eval capitals_mc" in result.stdout
+    assert "lm-eval capitals_mc" in result.stdout and "acc_stderr" not in result.stdout  # in results.json, not the table
+    assert "Running loglikelihood" not in result.stderr  # lm-eval's progress bars stay out of a log file

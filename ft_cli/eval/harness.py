@@ -9,9 +9,12 @@ which runs offline. Only YAML files given: the 14,000-task registry is not index
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import logging
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,16 +92,30 @@ def run_tasks(model, tokenizer, plan: TaskPlan, manager, batch_size: int, limit:
         tokenizer.pad_token = tokenizer.eos_token
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=_context_length(model))
     try:
-        output = simple_evaluate(
-            model=lm, tasks=plan.names, task_manager=manager, limit=limit, log_samples=True, random_seed=seed,
-            numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-        )  # fmt: skip  (a task's generation settings are its own: gsm8k's 256 tokens, stop strings, ...)
+        with _quiet_progress_bars():
+            output = simple_evaluate(
+                model=lm, tasks=plan.names, task_manager=manager, limit=limit, log_samples=True, random_seed=seed,
+                numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+            )  # fmt: skip  (a task's generation settings are its own: gsm8k's 256 tokens, stop strings, ...)
     except (ConnectionError, OSError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UsageError(f"--tasks {','.join(plan.names)}: cannot load a task's dataset ({first}); offline, use a task YAML over a local file") from None
     scores = {task: _numbers(values) for task, values in output["results"].items()}
     shown = {task: rows[:samples] for task, rows in (output.get("samples") or {}).items()}
     return {"scores": scores, "samples": shown, "n_samples": output.get("n-samples", {}), "versions": output.get("versions", {})}
+
+
+@contextlib.contextmanager
+def _quiet_progress_bars():
+    """lm-eval draws its tqdm bars with an explicit `disable=`, past TQDM_DISABLE: in a log file (not a
+    terminal, not --verbose) they are carriage-return noise, so its stderr is dropped while it runs."""
+    from ft_cli.quiet import is_verbose
+
+    if is_verbose() or sys.stderr.isatty():
+        yield
+        return
+    with contextlib.redirect_stderr(io.StringIO()):
+        yield
 
 
 def _context_length(model) -> int | None:

@@ -62,7 +62,8 @@ def table(results: dict) -> str:
     header = ["metric", *[_header(m) for m in models]]
     rows: list[list[str]] = []
     for section, by_model in results["scores"].items():
-        metrics = list(dict.fromkeys(metric for name in names for metric in by_model.get(name, {})))
+        # lm-eval's *_stderr stay in results.json; the table keeps to the scores
+        metrics = list(dict.fromkeys(metric for name in names for metric in by_model.get(name, {}) if not metric.endswith("_stderr")))
         if not metrics:
             continue
         rows.append([section, *[""] * len(models)])
