@@ -395,3 +395,12 @@ def test_lm_eval_runs_a_local_task_offline_on_base_and_run(tiny_run, tiny, tmp_p
     assert {s["task"] for s in samples} == {"capitals_mc"} and len(samples) == 8  # 4 docs (--limit), 2 models
     assert "lm-eval capitals_mc" in result.stdout and "acc_stderr" not in result.stdout  # in results.json, not the table
     assert "Running loglikelihood" not in result.stderr  # lm-eval's progress bars stay out of a log file
+
+
+def test_eval_help_is_instant_and_imports_none_of_the_ml_stack():
+    import subprocess
+
+    heavy = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "lm_eval")
+    code = f"import sys\nfrom ft_cli.cli import main\nrc = main(['eval', '--help'])\nprint('LOADED', [m for m in {heavy!r} if m in sys.modules], rc)\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "LOADED [] 0" in out and "Usage: ft eval" in out and "--tasks" in out

@@ -55,7 +55,8 @@ def test_gsm8k_metrics_equal_what_the_real_models_answers_score(real_model_dir, 
     data = tmp_path / "gsm8k.jsonl"  # the real questions, as chat prompts with the reference in `answer`
     data.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": r["question"]}], "answer": r["answer"]}) + "\n" for r in records))
     out = tmp_path / "results.json"
-    result = run_ft("eval", real_model_dir, "--data", data, "-o", out, "--max-new-tokens", "64", "--samples", "4", "--batch-size", "4")
+    result = run_ft("eval", real_model_dir, "--data", data, "-o", out, "--max-new-tokens", "64", "--samples", "4", "--batch-size", "4",
+                    env={"OMP_NUM_THREADS": "1"})  # fmt: skip  (one thread per test worker: decoding on a shared CPU is 3-4x faster)
     assert result.returncode == 0, result.stderr
     results = json.loads(out.read_text())
     scores = results["scores"]["gsm8k.jsonl"][str(real_model_dir)]
@@ -90,7 +91,7 @@ def test_the_gguf_file_scores_like_its_converted_directory(real_model_dir, tmp_p
     data = tmp_path / "capitals.jsonl"
     data.write_text("".join(json.dumps(item.record) + "\n" for item in _capitals_eval(tmp_path).items))
     out = tmp_path / "r.json"
-    result = run_ft("eval", real_model_dir, gguf, "--data", data, "--metric", "loss", "-o", out)
+    result = run_ft("eval", real_model_dir, gguf, "--data", data, "--metric", "loss", "-o", out, env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
     scores = json.loads(out.read_text())["scores"]["capitals.jsonl"]
     assert abs(scores[str(real_model_dir)]["loss"] - scores[str(gguf)]["loss"]) < 1e-4
@@ -110,7 +111,7 @@ def test_a_lora_run_that_learned_a_json_format_scores_above_its_base(real_model_
     trained = run_ft("train", tmp_path / "demo.yaml")
     assert trained.returncode == 0, trained.stderr
     out = tmp_path / "eval" / "results.json"
-    result = run_ft("eval", tmp_path / "run", "-o", out, "--max-new-tokens", "32")
+    result = run_ft("eval", tmp_path / "run", "-o", out, "--max-new-tokens", "32", env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
     scores = json.loads(out.read_text())["scores"]["eval.jsonl"]
     base, tuned = scores[str(real_model_dir)], scores[str(tmp_path / "run")]
