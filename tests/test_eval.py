@@ -147,7 +147,7 @@ def test_answer_token_loss_equals_a_direct_computation(tiny, tmp_path, shape):
     from ft_cli.eval.data import load_eval_data
     from ft_cli.eval.loss import loss_metrics, score_sequences, sequences_of
 
-    path, model, tokenizer = tiny
+    _, model, tokenizer = tiny
     data = load_eval_data(_write_jsonl(tmp_path / "data.jsonl", LOSS_DATA[shape]))
     sequences = [s[0] for s in sequences_of([item.loss_record for item in data.items], tokenizer, data.path)]
     got = loss_metrics(score_sequences(model, sequences, batch_size=4))  # padded batches of unequal lengths
@@ -160,7 +160,7 @@ def test_prompt_only_data_is_scored_on_its_answer_column(tiny, tmp_path):
     from ft_cli.eval.data import load_eval_data
     from ft_cli.eval.loss import loss_metrics, score_sequences, sequences_of
 
-    path, model, tokenizer = tiny
+    _, model, tokenizer = tiny
     records = [{"prompt": [{"role": "user", "content": r["question"]}], "answer": r["answer"]} for r in _gsm8k(3)]
     data = load_eval_data(_write_jsonl(tmp_path / "gsm.jsonl", records))
     assert data.shape == "prompt-only" and data.items[0].reference == records[0]["answer"]
@@ -173,7 +173,7 @@ def test_prompt_only_data_is_scored_on_its_answer_column(tiny, tmp_path):
 def test_batched_left_padded_generation_equals_one_prompt_at_a_time(tiny):
     from ft_cli.eval.generation import generate_answers, prompt_ids
 
-    path, model, tokenizer = tiny
+    _, model, tokenizer = tiny
     prompts = [[{"role": "user", "content": text}] for text in ("Hi", "What is the capital of France, the country?", "2 + 2 = ?", "Tell me a story about a cat")]
     ids = prompt_ids(prompts, tokenizer, "prompts")
     assert len({len(i) for i in ids}) > 1  # unequal lengths: the batch is padded
@@ -190,7 +190,7 @@ def test_preference_accuracy_and_margin_equal_direct_log_probabilities(tiny):
     from ft_cli.eval.data import load_eval_data
     from ft_cli.eval.loss import preference_metrics, score_sequences, sequences_of
 
-    path, model, tokenizer = tiny
+    _, model, tokenizer = tiny
     data = load_eval_data("examples/data/hh_preference.jsonl", limit=6)
     pairs = sequences_of([item.record for item in data.items], tokenizer, data.path)
     flat = score_sequences(model, [s for pair in pairs for s in pair], batch_size=5)
@@ -215,13 +215,11 @@ def test_a_real_allocation_failure_becomes_exit_3_naming_a_batch_size():
     import torch
 
     from ft_cli.eval.models import ModelSpec
-    from ft_cli.eval.run import EvalRequest, _guard
+    from ft_cli.eval.run import EvalRequest, _out_of_memory_guard
 
-    def too_big():
-        return torch.empty(1 << 60, dtype=torch.uint8)  # an exabyte: the allocator refuses
-
-    with pytest.raises(OutOfMemory) as caught:
-        _guard(too_big, ModelSpec("out/run", "adapter", "out/run/lora_weights"), "eval.jsonl", EvalRequest(models=[], batch_size=8))
+    spec, request = ModelSpec("out/run", "adapter", "out/run/lora_weights"), EvalRequest(models=[], batch_size=8)
+    with pytest.raises(OutOfMemory) as caught, _out_of_memory_guard(spec, "eval.jsonl", request):
+        torch.empty(1 << 60, dtype=torch.uint8)  # an exabyte: the allocator refuses
     assert caught.value.exit_code == EXIT_OOM
     assert "try --batch-size 4" in caught.value.message
 

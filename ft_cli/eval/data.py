@@ -56,7 +56,12 @@ def load_eval_data(
     path: str | Path, data_format: str = "auto", template: str | None = None, mapping: dict[str, str] | None = None, limit: int | None = None
 ) -> EvalData:
     """Records of `path` (the first `limit`), validated as `ft prepare` validates them; a bad record names path:LINE."""
-    from ft_cli.data.convert import ConvertOptions, Converter, invalid_records_error, unused_mapping_error
+    from ft_cli.data.convert import (
+        Converter,
+        ConvertOptions,
+        invalid_records_error,
+        unused_mapping_error,
+    )
     from ft_cli.data.templates import load_template
 
     path = str(path)

@@ -22,7 +22,7 @@ from ft_cli.errors import UsageError
 
 LM_EVAL_VERSION = "0.4.13"
 INSTALL = f'pip install "lm-eval=={LM_EVAL_VERSION}"  (or pip install -e ".[eval]" in a clone of ft)'
-_TASK_LINE = re.compile(r"^task:\s*['\"]?([^'\"\s#]+)", re.M)
+_TASK_LINE = re.compile(r"^task:\s*['\"]?([^'\"\s#]+)", re.MULTILINE)
 
 
 @dataclass

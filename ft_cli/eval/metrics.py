@@ -171,7 +171,7 @@ def score_rewards(rewards: list[Reward], prompts: list, answers: list[str], colu
     for reward in rewards:
         try:
             values = list(reward.function(**kwargs))
-        except Exception as exc:  # the user's function: its own message, one line
+        except Exception as exc:  # noqa: BLE001 - the user's function: its own message, one line
             raise UsageError(f"--metric {reward.name}: failed: {type(exc).__name__}: {exc}") from None
         if len(values) != len(answers):
             raise UsageError(f"--metric {reward.name}: returned {len(values)} scores for {len(answers)} answers")

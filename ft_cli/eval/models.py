@@ -101,7 +101,15 @@ def base_of(model: ModelSpec, models: list[ModelSpec]) -> ModelSpec | None:
 
 def load_model(spec: ModelSpec):
     """(model, tokenizer) in eval mode, loaded as ft merge/generate load them; the stored dtype is kept."""
-    from ft_cli.adapters import BaseModel, find_adapter, load_adapted_model, load_base, load_tokenizer, quiet_library_noise, resolve_base
+    from ft_cli.adapters import (
+        BaseModel,
+        find_adapter,
+        load_adapted_model,
+        load_base,
+        load_tokenizer,
+        quiet_library_noise,
+        resolve_base,
+    )
     from ft_cli.models.gguf import auto_tokenizer
 
     quiet_library_noise()
@@ -115,12 +123,18 @@ def load_model(spec: ModelSpec):
             tokenizer = auto_tokenizer(spec.tokenizer_from or spec.path)
         except (OSError, ValueError) as exc:
             raise UsageError(f"{spec.name}: cannot load its tokenizer: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}") from None
-    return model, tokenizer
+    return _on_accelerator(model), tokenizer
 
 
-def release(model) -> None:
-    """Free a model before the next one loads (two at once would double peak memory)."""
-    del model
+def _on_accelerator(model):
+    """On the GPU when there is one (the loaders above load on the CPU); inputs follow model.device."""
+    import torch
+
+    return model.to("cuda") if torch.cuda.is_available() and model.device.type == "cpu" else model
+
+
+def release() -> None:
+    """Return the memory of a model the caller has dropped (GPU memory too)."""
     gc.collect()
     try:
         import torch

@@ -8,6 +8,7 @@ first model loads, so a typo costs seconds, not a model load.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -72,19 +73,21 @@ def evaluate(request: EvalRequest) -> dict:
         say(f"loading {model_spec.name}" + (f" (the base of {model_spec.added_as_base_of})" if model_spec.added_as_base_of else ""))
         model, tokenizer = load_model(model_spec)
         for plan in plans:
-            scores, rows, timing = _guard(lambda: _score(model, tokenizer, plan, request, model_spec.name), model_spec, plan.data.name, request)
+            with _out_of_memory_guard(model_spec, plan.data.name, request):
+                scores, rows, timing = _score(model, tokenizer, plan, request, model_spec.name)
             results["scores"].setdefault(plan.data.name, {})[model_spec.name] = scores
             results["timing"].setdefault(plan.data.name, {})[model_spec.name] = timing
             samples.extend(rows)
         if harness is not None:
             plan_, manager = harness
-            found = _guard(lambda: _tasks(model, tokenizer, plan_, manager, request), model_spec, "lm-eval tasks", request)
+            with _out_of_memory_guard(model_spec, "lm-eval tasks", request):
+                found = _tasks(model, tokenizer, plan_, manager, request)
             for task, values in found["scores"].items():
                 results["scores"].setdefault(f"lm-eval {task}", {})[model_spec.name] = values
             for task, rows in found["samples"].items():
                 samples.extend({"model": model_spec.name, "task": task, **_harness_sample(row)} for row in rows)
-        release(model)
-        del model
+        del model, tokenizer
+        release()  # before the next model loads: two at once would double peak memory
     written = write_outputs(results, samples, request.output)
     print(table(results))
     say(f"results: {written[0]}; sample answers: {written[1]}")
@@ -175,7 +178,12 @@ def _score(model, tokenizer, plan: Plan, request: EvalRequest, name: str) -> tup
     import torch
 
     from ft_cli.eval.generation import generate_answers, prompt_ids
-    from ft_cli.eval.loss import loss_metrics, preference_metrics, score_sequences, sequences_of
+    from ft_cli.eval.loss import (
+        loss_metrics,
+        preference_metrics,
+        score_sequences,
+        sequences_of,
+    )
 
     torch.manual_seed(request.seed)
     data, wanted, scores, timing, rows = plan.data, set(plan.metrics), {}, {}, []
@@ -233,10 +241,11 @@ def _harness_sample(row: dict) -> dict:
             "scores": {k: row[k] for k in row.get("metrics", []) if k in row}}  # fmt: skip
 
 
-def _guard(work, model: ModelSpec, what: str, request: EvalRequest):
+@contextlib.contextmanager
+def _out_of_memory_guard(model: ModelSpec, what: str, request: EvalRequest):
     """Out of memory (GPU or CPU) becomes exit 3 with the batch size to try."""
     try:
-        return work()
+        yield
     except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError; the CPU allocator raises a plain one
         if not is_out_of_memory(exc):
             raise
