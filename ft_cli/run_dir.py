@@ -42,6 +42,8 @@ SAFE_RESUME_KEYS = (
     "training.push_to_hub",
     "training.hub_model_id",
     "training.hub_token",
+    "eval.generate",  # greedy sample answers at each evaluation: logged, never trained on
+    "eval.max_new_tokens",
 )
 
 
@@ -170,9 +172,16 @@ def comparable(config: Config) -> dict:
     return {key: value for key, value in flat.items() if key not in SAFE_RESUME_KEYS and key != "training.output_dir"}
 
 
+def _defaults() -> dict:
+    return flatten(config_to_dict(Config.model_validate({"model": {"path": ""}})))
+
+
 def config_hash(config: Config) -> str:
-    """What checkpoint manifests carry, so a checkpoint is never resumed under a different config."""
-    return hashlib.sha256(json.dumps(comparable(config), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """What checkpoint manifests carry, so a checkpoint is never resumed under a different config. Values at
+    their defaults are left out, so a setting that a later ft adds (at its default) keeps old checkpoints valid."""
+    defaults = _defaults()
+    settings = {key: value for key, value in comparable(config).items() if key not in defaults or defaults[key] != value}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def config_diff(before: Config, after: Config) -> list[str]:

@@ -10,7 +10,7 @@ import pytest
 from ft_cli.errors import EXIT_CODES, EXIT_USAGE, DataError, Preempted
 
 HEAVY = ("torch", "transformers", "trl", "peft", "datasets", "unsloth", "accelerate", "bitsandbytes")
-COMMANDS = [[], ["prepare"], ["train"], ["launch"], ["merge"], ["generate"], ["chat"], ["resume"], ["estimate"], ["tiny-model"], ["env"], ["config"], ["config", "show"], ["config", "validate"]]
+COMMANDS = [[], ["prepare"], ["train"], ["launch"], ["merge"], ["generate"], ["chat"], ["resume"], ["estimate"], ["eval"], ["export"], ["tiny-model"], ["env"], ["config"], ["config", "show"], ["config", "validate"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "ft")
