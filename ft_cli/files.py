@@ -69,3 +69,11 @@ def storage_problem(exc: BaseException) -> str | None:
     if type(exc).__name__ == "SafetensorError" and "I/O error" in str(exc):
         return str(exc).split("I/O error: ", 1)[-1]
     return None
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Two spellings of one file (`./x/../data.jsonl`, a hard link, a symlink to it)."""
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False

@@ -29,6 +29,7 @@ from ft_cli.data.report import Stats, summarize_lengths
 from ft_cli.data.templates import TOKENIZER, load_template, template_tokens
 from ft_cli.data.writer import AtomicJsonl, encode_json, remove_stale_temp_files
 from ft_cli.errors import DataError, UsageError
+from ft_cli.files import same_file
 
 LONG_POLICIES = ("truncate", "drop", "error")
 
@@ -127,16 +128,9 @@ def _output_problems(opts: PrepareOptions) -> list[str]:
             if source.is_dir() and path.resolve().parent == source.resolve():
                 if what == "-o":
                     problems.append(f"{label}: is inside the input directory {spec}, so the next run would read it as input")
-            elif _same_file(source, path):
+            elif same_file(source, path):
                 problems.append(f"{label}: would replace the input {spec}")
     return problems
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
-    except OSError:
-        return False
 
 
 def prepare(opts: PrepareOptions) -> PrepareResult:

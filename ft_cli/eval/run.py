@@ -18,7 +18,8 @@ from ft_cli.errors import OutOfMemory, UsageError
 from ft_cli.eval import metrics as M
 from ft_cli.eval.data import REFERENCE_COLUMNS, EvalData, load_eval_data, run_eval_data
 from ft_cli.eval.models import ModelSpec, base_of, load_model, release, resolve_models
-from ft_cli.eval.report import Progress, table, versions, write_outputs
+from ft_cli.eval.report import Progress, samples_path, table, versions, write_outputs
+from ft_cli.files import same_file
 
 
 @dataclass
@@ -55,6 +56,7 @@ def evaluate(request: EvalRequest) -> dict:
     _check_numbers(request)
     models = resolve_models(request.models, add_base=request.add_base)
     plans = [_plan(data, request, models) for data in _load_data(request, models)]
+    _check_outputs(request, [Path(p.data.path) for p in plans] + [Path(m) for m in request.models] + [Path(t) for t in request.tasks])
     harness = _plan_tasks(request.tasks) if request.tasks else None
     if not plans and harness is None:
         raise UsageError("nothing to evaluate: pass --data FILE and/or --tasks TASK")
@@ -103,6 +105,19 @@ def _check_numbers(request: EvalRequest) -> None:
             raise UsageError(f"{name}: expected an integer > 0, got {value}")
     if request.samples < 0:
         raise UsageError(f"--samples: expected an integer >= 0, got {request.samples}")
+
+
+def _check_outputs(request: EvalRequest, inputs: list[Path]) -> None:
+    """results.json and its samples file land only where they may: never on an input, a link or a device."""
+    if request.output.suffix != ".json":
+        raise UsageError(f"-o {request.output}: the results are JSON; name the file *.json")
+    for path in (request.output, samples_path(request.output)):
+        label = f"-o {request.output}" + ("" if path == request.output else f": its samples file {path}")
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise UsageError(f"{label}: exists and is not a regular file (a link, device or directory); ft replaces only regular files")
+        for source in inputs:
+            if same_file(source, path):
+                raise UsageError(f"{label}: would replace the input {source}")
 
 
 def _load_data(request: EvalRequest, models: list[ModelSpec]) -> list[EvalData]:

@@ -233,3 +233,15 @@ def test_a_run_killed_after_its_last_checkpoint_resumes_to_the_same_weights_with
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == 4 and not (run / "checkpoint-5").exists()  # was: a 5th step at lr 0
     assert _status(run) == "finished"
+
+
+def test_eval_results_never_land_on_an_input(ft, tmp_path, tiny_model_dir):
+    """`ft eval ... --data ev.jsonl -o ev.jsonl` overwrote the data with the results."""
+    (tmp_path / "ev.jsonl").write_bytes((CASES / "system_turn.jsonl").read_bytes())
+    (tmp_path / "ev.samples.jsonl").write_bytes((CASES / "system_turn.jsonl").read_bytes())
+    before = snapshot(tmp_path)
+    common = ("eval", tiny_model_dir, "--max-new-tokens", "2")
+    assert_refused(ft(*common, "--data", "ev.jsonl", "-o", "ev.jsonl", cwd=tmp_path), "-o ev.jsonl: the results are JSON")
+    assert_refused(ft(*common, "--data", "ev.samples.jsonl", "-o", "ev.json", cwd=tmp_path), "its samples file ev.samples.jsonl: would replace the input")
+    assert_refused(ft(*common, "--data", "ev.jsonl", "-o", "./x/../ev.json", "--tasks", "ev.json", cwd=tmp_path), "would replace the input")
+    assert snapshot(tmp_path) == before
