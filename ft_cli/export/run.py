@@ -137,7 +137,10 @@ def export_model(
     source = Path(model_path)
     kind = classify_source(source)
     _quiet()
-    workdir = Path(tempfile.mkdtemp(prefix=".ft-export.", dir=output.parent if output.parent.exists() else None))
+    try:
+        workdir = Path(tempfile.mkdtemp(prefix=".ft-export.", dir=output.parent if output.parent.exists() else None))
+    except OSError as exc:  # /proc, a read-only mount: the place, not a bug
+        raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
     try:
         if kind == "adapter":
             from ft_cli.merge import VerificationFailed, merge_adapter
@@ -187,7 +190,10 @@ def _export_directory(model_dir: Path, source: Path, output: Path, quant: str, v
     try:
         first_pass = "f16" if quant in LLAMA_CPP_TYPES else quant
         target = workdir / "f16.gguf" if quant in LLAMA_CPP_TYPES else staging
-        report = write_gguf(target, model.state_dict(), arch, vocab, first_pass, model_name(source, arch.model_type), tied)
+        try:
+            report = write_gguf(target, model.state_dict(), arch, vocab, first_pass, model_name(source, arch.model_type), tied)
+        except OSError as exc:  # a full disk or a file size limit (numpy's short write carries no errno)
+            raise UsageError(f"cannot write {output}: {exc.strerror or exc}; free space or choose another place") from None
         if quant in LLAMA_CPP_TYPES:
             quantize_with_llama_cpp(target, staging, quant)
         if report.fallbacks:

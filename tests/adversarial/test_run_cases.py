@@ -245,3 +245,10 @@ def test_eval_results_never_land_on_an_input(ft, tmp_path, tiny_model_dir):
     assert_refused(ft(*common, "--data", "ev.samples.jsonl", "-o", "ev.json", cwd=tmp_path), "its samples file ev.samples.jsonl: would replace the input")
     assert_refused(ft(*common, "--data", "ev.jsonl", "-o", "./x/../ev.json", "--tasks", "ev.json", cwd=tmp_path), "would replace the input")
     assert snapshot(tmp_path) == before
+
+
+def test_export_to_a_full_disk_or_an_unwritable_place_is_one_line_and_leaves_nothing(tmp_path, tiny_model_dir):
+    before = snapshot(tmp_path)
+    assert_refused(_limited(tmp_path, 100_000, "export", tiny_model_dir, "-o", "model.gguf"), "cannot write model.gguf")
+    assert_refused(_limited(tmp_path, 50_000_000, "export", tiny_model_dir, "-o", "/proc/model.gguf"), "cannot write /proc/model.gguf")
+    assert snapshot(tmp_path) == before  # no partial .gguf, no temp directory
