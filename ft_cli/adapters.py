@@ -174,8 +174,12 @@ def load_base(base: BaseModel, dtype: str | None):
     """
     import torch
 
+    from ft_cli.models.check import model_problem
     from ft_cli.models.gguf import auto_model
 
+    problem = model_problem(base.path, key=base.source, tokenizer=False)  # a truncated file: one line, not a traceback
+    if problem:
+        raise UsageError(problem)
     try:
         model = auto_model(
             base.path,

@@ -118,6 +118,21 @@ def _check_outputs(request: EvalRequest, inputs: list[Path]) -> None:
         for source in inputs:
             if same_file(source, path):
                 raise UsageError(f"{label}: would replace the input {source}")
+    _check_writable(request.output)
+
+
+def _check_writable(output: Path) -> None:
+    """Found before an hour of evaluation, not after: the results' folder takes a file."""
+    import os
+    import tempfile
+
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
 
 
 def _load_data(request: EvalRequest, models: list[ModelSpec]) -> list[EvalData]:

@@ -26,8 +26,10 @@ def offline() -> bool:
     return any(os.environ.get(name, "").lower() in ("1", "true", "yes", "on") for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def model_problem(path: str, key: str = "model.path", revision: str | None = None, chat_template: bool = False) -> str | None:
-    """Why `path` cannot be loaded as a model (with its tokenizer and, when asked, a chat template), or None."""
+def model_problem(
+    path: str, key: str = "model.path", revision: str | None = None, chat_template: bool = False, tokenizer: bool = True
+) -> str | None:
+    """Why `path` cannot be loaded as a model (with its tokenizer unless told not to, and, when asked, a chat template), or None."""
     local = Path(path).expanduser()
     if local.is_file():
         if local.suffix.lower() == ".gguf":
@@ -35,7 +37,7 @@ def model_problem(path: str, key: str = "model.path", revision: str | None = Non
                 return None if handle.read(4) == GGUF_MAGIC else f"{key}: {path}: not a GGUF file (no GGUF magic bytes at its start)"
         return f"{key}: {path}: is a file; expected a model directory, a .gguf file or a hub id"
     if local.is_dir():
-        return _directory_problem(local, key, chat_template)
+        return _directory_problem(local, key, chat_template, tokenizer)
     if not HUB_ID.match(path) or path.startswith((".", "~")):
         return f"{key}: {path}: no such directory (and not a hub id like owner/name)"
     if offline() and not _cached(path, revision):
@@ -52,7 +54,7 @@ def _cached(repo: str, revision: str | None) -> bool:
     return isinstance(try_to_load_from_cache(repo, "config.json", revision=revision), str)
 
 
-def _directory_problem(directory: Path, key: str, chat_template: bool) -> str | None:
+def _directory_problem(directory: Path, key: str, chat_template: bool, tokenizer: bool = True) -> str | None:
     where = f"{key}: {directory}"
     config_file = directory / "config.json"
     if not config_file.is_file():
@@ -68,7 +70,7 @@ def _directory_problem(directory: Path, key: str, chat_template: bool) -> str | 
     weights = _weight_problem(directory, where)
     if weights:
         return weights
-    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+    if tokenizer and not any((directory / name).is_file() for name in TOKENIZER_FILES):
         return f"{where}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); copy them from the base model"
     if chat_template and not has_chat_template(directory):
         return (

@@ -129,3 +129,12 @@ def test_tool_call_records_render_with_templates_that_support_tools(ft, tmp_path
     preview = ft("prepare", "tools.jsonl", "-o", "out.jsonl", "--model", model, "--preview", "1", cwd=tmp_path)
     assert preview.returncode == 0, preview.stderr[-2000:]
     assert '"city": "Paris"' in preview.stdout and '\\"city\\"' not in preview.stdout  # encoded once
+
+
+def test_a_truncated_model_is_one_line_in_generate_and_eval_and_an_unwritable_result_is_found_first(ft, tmp_path, broken_model):
+    model = broken_model(_truncated_weights)
+    (tmp_path / "ev.jsonl").write_bytes((CASES / "system_turn.jsonl").read_bytes())
+    assert_refused(ft("generate", model, "-p", "Hi", cwd=tmp_path), "model.safetensors: truncated")
+    assert_refused(ft("eval", model, "--data", "ev.jsonl", cwd=tmp_path), "model.safetensors: truncated")
+    assert_refused(ft("eval", "--data", "ev.jsonl", "-o", "/proc/results.json", "--", model, cwd=tmp_path), "cannot write /proc/results.json")
+    assert not (tmp_path / "results.json").exists()
