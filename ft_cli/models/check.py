@@ -34,7 +34,7 @@ def model_problem(
     if local.is_file():
         if local.suffix.lower() == ".gguf":
             with local.open("rb") as handle:
-                return None if handle.read(4) == GGUF_MAGIC else f"{key}: {path}: not a GGUF file (no GGUF magic bytes at its start)"
+                return None if handle.read(4) == GGUF_MAGIC else f"{key}: {path}: not a GGUF file (it does not start with the GGUF magic bytes)"
         return f"{key}: {path}: is a file; expected a model directory, a .gguf file or a hub id"
     if local.is_dir():
         return _directory_problem(local, key, chat_template, tokenizer)
