@@ -6,6 +6,7 @@ place, never a half-written file: the rename is the only moment the target chang
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -28,16 +29,10 @@ def _temp_prefix(path: Path) -> str:
 def remove_stale_temp_files(paths) -> None:
     """Temp files that a killed `ft prepare` (SIGKILL, power loss) left beside these outputs, when their writer is gone."""
     for path in paths:
-        for leftover in path.parent.glob(f".{glob_escape(path.name)}.ft*.tmp") if path.parent.is_dir() else []:
+        for leftover in path.parent.glob(f".{glob.escape(path.name)}.ft*.tmp") if path.parent.is_dir() else []:
             pid = leftover.name[len(path.name) + 4 :].split(".", 1)[0]
             if pid.isdigit() and not _alive(int(pid)):
                 leftover.unlink(missing_ok=True)
-
-
-def glob_escape(name: str) -> str:
-    import glob
-
-    return glob.escape(name)
 
 
 def _alive(pid: int) -> bool:
