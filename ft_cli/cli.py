@@ -68,7 +68,7 @@ def _root(
 def prepare(
     inputs: Annotated[list[str], typer.Argument(help="Data files, directories or a Hugging Face dataset name.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output JSONL file.", show_default=False)],
-    data_format: Annotated[str, typer.Option("--format", "-f", help="auto|alpaca|sharegpt|chat|completion|preference|prompt-only")] = "auto",
+    data_format: Annotated[str, typer.Option("--format", "-f", help="auto|alpaca|sharegpt|chat|completion|preference|kto|prompt-only (kto = unpaired-preference: prompt, completion, label).")] = "auto",
     template: Annotated[Optional[str], typer.Option(help="Prompt template: alpaca, vicuna_v1.1, chatml, tokenizer, or a .jinja path.")] = None,
     map_: Annotated[Optional[list[str]], typer.Option("--map", help="Column mapping target=source (repeatable).")] = None,
     text_field: Annotated[str, typer.Option(help="Column holding plain text (completion format).")] = "text",
@@ -82,13 +82,16 @@ def prepare(
     seed: Annotated[int, typer.Option(help="Seed for the eval split.")] = 42,
     dedupe: Annotated[bool, typer.Option(help="Drop exact duplicate records.")] = False,
     preview: Annotated[int, typer.Option(help="Print N rendered records with trained tokens highlighted.")] = 0,
+    unpair: Annotated[
+        bool, typer.Option("--unpair", help="Split each preference pair into two KTO records: (prompt, chosen, label true) and (prompt, rejected, label false).")
+    ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="With --preview and --model: one JSON object per record on stdout (ids, tokens, trained).")
     ] = False,
 ) -> None:
     """Convert raw data into validated training JSONL.
 
-    Reads Alpaca, ShareGPT, chat messages, plain text, preference and prompt-only data.
+    Reads Alpaca, ShareGPT, chat messages, plain text, preference, KTO (unpaired preference) and prompt-only data.
     """
     from ft_cli.data.prepare import PrepareOptions
     from ft_cli.data.prepare import prepare as run_prepare
@@ -97,7 +100,7 @@ def prepare(
     options = PrepareOptions(
         inputs=inputs, output=output, data_format=data_format, template=template, mapping=map_ or [], text_field=text_field,
         subset=subset, split=split, skip_invalid=skip_invalid, model=model, max_seq_length=max_seq_length, long=long,
-        eval_split=eval_split, seed=seed, dedupe=dedupe, preview=preview,
+        eval_split=eval_split, seed=seed, dedupe=dedupe, preview=preview, unpair=unpair,
     )  # fmt: skip
     if as_json and not (preview and model):
         from ft_cli.errors import UsageError

@@ -21,8 +21,13 @@ from ft_cli.data.formats import (
     canonical_format,
     describe_shape,
     detect_format,
-    normalise,
+    normalise_alpaca,
+    normalise_chat,
+    normalise_completion,
+    normalise_prompt_only,
+    normalise_sharegpt,
 )
+from ft_cli.data.preference_formats import UNPAIR_ADVICE, normalise_kto, normalise_preference, unpair
 from ft_cli.data.readers import Location, json_type, read_input
 from ft_cli.data.templates import Template, load_template
 from ft_cli.errors import DataError
@@ -31,8 +36,26 @@ MAX_LISTED = 20  # problems listed in an error; the count says how many there we
 
 DETECTABLE = (
     "messages (chat), conversations (sharegpt), instruction+output (alpaca), text or prompt+completion (completion), "
-    "chosen+rejected (preference) or prompt (prompt-only)"
+    "chosen+rejected (preference), prompt+completion+label (kto) or prompt (prompt-only)"
 )
+# Formats --unpair reads: preference pairs are split, KTO records pass as they are.
+UNPAIR_FORMATS = ("preference", "kto")
+
+
+def normalise(record: dict, data_format: str, text_field: str = "text", split_pairs: bool = False) -> list[Example]:
+    """The TRL-shaped examples of one record: several for an alpaca seed task with several instances, two for a
+    preference pair split into KTO records (`split_pairs`)."""
+    if data_format == "alpaca":
+        return normalise_alpaca(record)
+    if data_format == "completion":
+        return [normalise_completion(record, text_field)]
+    if data_format == "preference":
+        pair = normalise_preference(record)
+        return unpair(pair) if split_pairs else [pair]
+    one = {"sharegpt": normalise_sharegpt, "chat": normalise_chat, "kto": normalise_kto, "prompt-only": normalise_prompt_only}
+    if data_format not in one:
+        raise ValueError(f"unknown format {data_format!r}")
+    return [one[data_format](record)]
 
 
 class FormatNotDetected(DataError):
@@ -56,6 +79,7 @@ class ConvertOptions:
     text_field: str = "text"
     subset: str | None = None
     split: str = "train"
+    unpair: bool = False  # preference pairs become two KTO records each
 
 
 @dataclass
@@ -100,12 +124,10 @@ class Converter:
                 continue
             record = self._renamed(raw.value)
             if data_format is None:
-                data_format = detect_format(record, options.text_field)
-                if data_format is None:
-                    raise FormatNotDetected(raw.location, list(raw.value))
+                data_format = self._format_of(record, raw.location, list(raw.value))
             self.formats.setdefault(source, data_format)
             try:
-                examples = normalise(record, data_format, options.text_field)
+                examples = normalise(record, data_format, options.text_field, split_pairs=options.unpair)
                 self._check_shape(examples[0], raw.location)
                 if options.template is not None:
                     examples = [options.template.apply(example) for example in examples]
@@ -114,6 +136,21 @@ class Converter:
                 continue
             self.output_shape = self.output_shape or examples[0].shape
             yield Converted(raw.location, examples, value=raw.value)
+
+    def _format_of(self, record: dict, location: Location, columns: list[str]) -> str:
+        """An input's format: --format, or detected from its first record; pairs given for KTO need --unpair."""
+        detected = detect_format(record, self.options.text_field)
+        given = None if self.options.data_format == "auto" else canonical_format(self.options.data_format)
+        data_format = given or detected
+        if data_format is None:
+            raise FormatNotDetected(location, columns)
+        if data_format == "kto" and detected == "preference":
+            if not self.options.unpair:
+                raise DataError(f"{location}: chosen: {UNPAIR_ADVICE}")
+            data_format = "preference"
+        if self.options.unpair and data_format not in UNPAIR_FORMATS:
+            raise DataError(f"{location}: --unpair splits preference pairs (chosen+rejected) into KTO records; this input is {data_format} data")
+        return data_format
 
     def _renamed(self, record: dict) -> dict:
         if self.first_columns is None:

@@ -12,28 +12,28 @@ the file and line, giving `data/x.jsonl:7: messages[1].role: unknown role 'wizar
 | chat        | messages: [{role, content}]                        | conversational      |
 | completion  | text, or prompt + completion                       | language-modeling / prompt-completion |
 | preference  | prompt? + chosen + rejected                        | preference          |
+| kto         | prompt + completion + label (true/false)           | unpaired-preference |
 | prompt-only | prompt (+ extra columns, kept)                     | prompt-only         |
+
+The preference and kto normalisers live in ft_cli.data.preference_formats; the
+dispatch from a format name to its normaliser is ft_cli.data.convert's.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ft_cli.data.readers import json_type
 
-FORMATS = ("alpaca", "sharegpt", "chat", "completion", "preference", "prompt-only")
-ALIASES = {"messages": "chat", "text": "completion"}
+FORMATS = ("alpaca", "sharegpt", "chat", "completion", "preference", "kto", "prompt-only")
+ALIASES = {"messages": "chat", "text": "completion", "unpaired-preference": "kto"}
 ROLES = ("system", "user", "assistant", "tool")
 # FastChat's speakers; "user"/"assistant" are accepted too because many ShareGPT exports use them.
 SHAREGPT_SPEAKERS = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 SHAREGPT_EXPECTED = "human, gpt, system"
-# Anthropic HH transcripts: "\n\nHuman: ...\n\nAssistant: ..."
-HH_TURN = re.compile(r"\n\n(Human|Assistant):")
-HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 
 # TRL's dataset shapes and the columns that make them.
 SHAPE_COLUMNS = {
@@ -41,6 +41,7 @@ SHAPE_COLUMNS = {
     "prompt-completion": ("prompt", "completion"),
     "language-modeling": ("text",),
     "preference": ("prompt", "chosen", "rejected"),
+    "unpaired-preference": ("prompt", "completion", "label"),
     "prompt-only": ("prompt",),
 }
 
@@ -86,28 +87,13 @@ def detect_format(record: Any, text_field: str = "text") -> str | None:
         return "preference"
     if "instruction" in record and ("output" in record or "instances" in record):
         return "alpaca"
+    if "prompt" in record and "completion" in record and "label" in record:
+        return "kto"  # whatever the label holds: "label: expected true or false" beats silently dropping it
     if ("prompt" in record and "completion" in record) or text_field in record:
         return "completion"
     if "prompt" in record:
         return "prompt-only"
     return None
-
-
-def normalise(record: dict, data_format: str, text_field: str = "text") -> list[Example]:
-    """The TRL-shaped examples of one record (several for an alpaca seed task with several instances)."""
-    if data_format == "alpaca":
-        return normalise_alpaca(record)
-    if data_format == "sharegpt":
-        return [normalise_sharegpt(record)]
-    if data_format == "chat":
-        return [normalise_chat(record)]
-    if data_format == "completion":
-        return [normalise_completion(record, text_field)]
-    if data_format == "preference":
-        return [normalise_preference(record)]
-    if data_format == "prompt-only":
-        return [normalise_prompt_only(record)]
-    raise ValueError(f"unknown format {data_format!r}")
 
 
 # --- fields -------------------------------------------------------------------
@@ -321,14 +307,14 @@ def normalise_completion(record: dict, text_field: str = "text") -> Example:
         if not isinstance(completion, list):
             raise RecordProblem("completion", f"expected a list of messages like prompt, got {json_type(completion)}")
         completion_turns = read_turns(completion, "completion")
-        check_order(_joined(prompt_turns, completion_turns), "completion")
+        check_order(joined_turns(prompt_turns, completion_turns), "completion")
         return Example({"prompt": prompt_turns.messages, "completion": completion_turns.messages}, "prompt-completion")
     string(prompt, "prompt")
     non_blank(string(completion, "completion"), "completion", "answer")
     return Example({"prompt": prompt, "completion": completion}, "prompt-completion")
 
 
-def _joined(first: Turns, second: Turns) -> Turns:
+def joined_turns(first: Turns, second: Turns) -> Turns:
     """Two turn lists checked as one conversation, each turn still named by its own field."""
     n = len(first.messages)
     return Turns(
@@ -337,91 +323,6 @@ def _joined(first: Turns, second: Turns) -> Turns:
         lambda i, key: first.where(i, key) if i < n else second.where(i - n, key),
         first.alternation,
     )
-
-
-# --- preference ------------------------------------------------------------------
-
-
-def normalise_preference(record: dict) -> Example:
-    """prompt + chosen + rejected (strings or message lists), or chosen/rejected holding the prompt implicitly."""
-    chosen, rejected = required(record, "chosen"), required(record, "rejected")
-    if "prompt" in record:
-        return _explicit_preference(record["prompt"], chosen, rejected)
-    if isinstance(chosen, str) and isinstance(rejected, str):
-        if HH_TURN.search(chosen) or HH_TURN.search(rejected):
-            return _implicit_conversation(_transcript(chosen, "chosen"), _transcript(rejected, "rejected"))
-        return _common_prefix_preference(chosen, rejected)
-    if isinstance(chosen, list) and isinstance(rejected, list):
-        return _implicit_conversation(read_turns(chosen, "chosen"), read_turns(rejected, "rejected"))
-    if not isinstance(chosen, (str, list)):
-        raise RecordProblem("chosen", f"expected a string or a list of messages, got {json_type(chosen)}")
-    kind = "a string" if isinstance(chosen, str) else "a list of messages"
-    raise RecordProblem("rejected", f"expected {kind} like chosen, got {json_type(rejected)}")
-
-
-def _explicit_preference(prompt: Any, chosen: Any, rejected: Any) -> Example:
-    if isinstance(prompt, str):
-        non_blank(prompt, "prompt")
-        for name, value in (("chosen", chosen), ("rejected", rejected)):
-            if not isinstance(value, str):
-                raise RecordProblem(name, f"expected a string like prompt, got {json_type(value)}")
-        _check_answers(chosen, rejected)
-        return Example({"prompt": prompt, "chosen": chosen, "rejected": rejected}, "preference")
-    if not isinstance(prompt, list):
-        raise RecordProblem("prompt", f"expected a string or a list of messages, got {json_type(prompt)}")
-    prompt_turns = read_turns(prompt, "prompt")
-    if not any(str(message.get("content") or "").strip() for message in prompt_turns.messages):
-        raise RecordProblem("prompt", "empty: no turn has any text (the answers need a prompt to be compared on)")
-    answers = {}
-    for name, value in (("chosen", chosen), ("rejected", rejected)):
-        if not isinstance(value, list):
-            raise RecordProblem(name, f"expected a list of messages like prompt, got {json_type(value)}")
-        turns = read_turns(value, name)
-        check_order(_joined(prompt_turns, turns), name, check_answers=False)
-        answers[name] = turns.messages
-    _check_answers(answers["chosen"][-1]["content"], answers["rejected"][-1]["content"])
-    return Example({"prompt": prompt_turns.messages, "chosen": answers["chosen"], "rejected": answers["rejected"]}, "preference")
-
-
-def _transcript(text: str, path: str) -> Turns:
-    """An Anthropic HH transcript ("\\n\\nHuman: ...\\n\\nAssistant: ...") as turns."""
-    parts = HH_TURN.split(text)
-    if parts[0].strip():
-        raise RecordProblem(path, "text before the first '\\n\\nHuman:' turn")
-    labels, contents = parts[1::2], parts[2::2]
-    messages = [{"role": HH_ROLES[label], "content": content.removeprefix(" ")} for label, content in zip(labels, contents)]
-    return Turns(messages, labels, lambda i, key: f"{path} (turn {i + 1})", "Human/Assistant")
-
-
-def _implicit_conversation(chosen: Turns, rejected: Turns) -> Example:
-    """Full chosen and rejected conversations: the prompt is every turn before the last answer, shared by both."""
-    for name, turns in (("chosen", chosen), ("rejected", rejected)):
-        check_order(turns, name, check_answers=False)
-    if chosen.messages[:-1] != rejected.messages[:-1]:
-        raise RecordProblem("rejected", "does not share the prompt of chosen (the turns before the last answer differ)")
-    _check_answers(chosen.messages[-1]["content"], rejected.messages[-1]["content"])
-    return Example({"prompt": chosen.messages[:-1], "chosen": chosen.messages[-1:], "rejected": rejected.messages[-1:]}, "preference")
-
-
-def _common_prefix_preference(chosen: str, rejected: str) -> Example:
-    """TRL's `extract_prompt` for strings: the longest common prefix, not ending on the space before an answer."""
-    index = 0
-    limit = min(len(chosen), len(rejected))
-    while index < limit and chosen[index] == rejected[index]:
-        index += 1
-    if index < limit and index > 0 and chosen[index - 1] == " ":
-        index -= 1
-    if index == 0:
-        raise RecordProblem("chosen", "shares no prompt with rejected; add a prompt field")
-    _check_answers(chosen[index:], rejected[index:])
-    return Example({"prompt": chosen[:index], "chosen": chosen[index:], "rejected": rejected[index:]}, "preference")
-
-
-def _check_answers(chosen: Any, rejected: Any) -> None:
-    for name, answer in (("chosen", chosen), ("rejected", rejected)):
-        non_blank(string(answer, name), name, "answer")
-    if chosen == rejected:
-        raise RecordProblem("rejected", "identical to chosen")
 
 
 # --- prompt-only -----------------------------------------------------------------
@@ -442,6 +343,6 @@ def normalise_prompt_only(record: dict) -> Example:
 def describe_shape(example: Example) -> str:
     """'text', 'prompt+completion', 'prompt+chosen+rejected as message lists', ... for mismatch messages."""
     columns = "+".join(SHAPE_COLUMNS[example.shape])
-    if example.shape in ("preference", "prompt-completion"):
+    if example.shape in ("preference", "prompt-completion", "unpaired-preference"):
         columns += " as message lists" if example.conversational else " as strings"
     return columns

@@ -1,8 +1,9 @@
 """`ft prepare` as one straight line: check options → convert every record → stage → dedupe/split → publish.
 
 Records stream from the inputs to a hidden staging file next to the output; the
-only per-record state kept in memory is an 8-byte hash (for exact duplicates) and
-a token count (with --model), so memory stays flat as inputs grow. Nothing appears
+only per-record state kept in memory is an 8-byte hash (for exact duplicates), a
+token count (with --model), the input record it came from and its KTO label, so
+memory stays flat as inputs grow. Nothing appears
 at the output paths until every record has been converted and checked: the last
 step renames finished files into place.
 """
@@ -17,13 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ft_cli.data.convert import (
+    UNPAIR_FORMATS,
     Converter,
     ConvertOptions,
     invalid_records_error,
     parse_mapping,
     unused_mapping_error,
 )
-from ft_cli.data.formats import ALIASES, FORMATS, RecordProblem
+from ft_cli.data.formats import ALIASES, FORMATS, RecordProblem, canonical_format
 from ft_cli.data.manifest import manifest_path, write_manifest
 from ft_cli.data.report import Stats, summarize_lengths
 from ft_cli.data.templates import TOKENIZER, load_template, template_tokens
@@ -52,6 +54,7 @@ class PrepareOptions:
     seed: int = 42
     dedupe: bool = False
     preview: int = 0
+    unpair: bool = False  # preference pairs → KTO records (prompt, chosen, true) + (prompt, rejected, false)
 
 
 @dataclass
@@ -96,6 +99,8 @@ def check_options(opts: PrepareOptions) -> None:
         problems.append(f"--long {opts.long} needs --max-seq-length")
     if opts.preview < 0:
         problems.append(f"--preview {opts.preview}: expected a number >= 0")
+    if opts.unpair and opts.data_format in known and canonical_format(opts.data_format) not in ("auto", *UNPAIR_FORMATS):
+        problems.append(f"--unpair splits preference pairs into KTO records: it goes with --format kto (or auto), not --format {opts.data_format}")
     if opts.template == TOKENIZER and not opts.model:
         problems.append("--template tokenizer needs --model (the model whose chat template renders the messages)")
     if len(problems) == 1:
@@ -147,31 +152,43 @@ def prepare(opts: PrepareOptions) -> PrepareResult:
         template.check()
         if tokenizer is not None:  # a model's own template file may use bos_token / eos_token
             template.special_tokens = template_tokens(tokenizer)
-    converter = Converter(ConvertOptions(opts.data_format, template, mapping, opts.text_field, opts.subset, opts.split))
+    converter = Converter(ConvertOptions(opts.data_format, template, mapping, opts.text_field, opts.subset, opts.split, opts.unpair))
     stats = Stats(detected=opts.data_format == "auto", template=opts.template, long_policy=opts.long, max_seq_length=opts.max_seq_length)
     staged = AtomicJsonl(opts.output, commit=False)
     rejects = AtomicJsonl(rejects_path(opts.output), commit=False) if opts.skip_invalid else None
     finals: list[AtomicJsonl] = []
     try:
-        hashes, lengths, previews = _convert_all(opts, converter, tokenizer, stats, staged, rejects)
+        staging = _convert_all(opts, converter, tokenizer, stats, staged, rejects)
         stats.formats, stats.shape = converter.formats, converter.output_shape
         if (problem := unused_mapping_error(converter)) is not None:
             raise problem
-        finals = _finish(opts, staged, hashes, lengths, stats)
+        finals = _finish(opts, staged, staging, stats)
         _publish(opts, finals, rejects, stats, tokenizer)
     except BaseException:
         for writer in (staged, rejects, *finals):
             if writer is not None:
                 writer.discard()
         raise
-    return PrepareResult(stats, previews, tokenizer)
+    return PrepareResult(stats, staging.previews, tokenizer)
 
 
-def _convert_all(opts, converter, tokenizer, stats, staged, rejects) -> tuple[array, array, list[dict]]:
+@dataclass
+class _Staging:
+    """Per staged line: its hash, token count (with --model), input record number and KTO label (1, 0; -1 for none)."""
+
+    hashes: array = field(default_factory=lambda: array("Q"))
+    lengths: array = field(default_factory=lambda: array("I"))
+    sources: array = field(default_factory=lambda: array("Q"))
+    labels: array = field(default_factory=lambda: array("b"))
+    previews: list[dict] = field(default_factory=list)
+
+
+def _convert_all(opts, converter, tokenizer, stats, staged, rejects) -> _Staging:
     """First pass: every record converted and checked, good ones staged, bad ones counted (and set aside)."""
     from ft_cli.data.tokens import COUNT_LIMIT, capped, loss_sequences
 
-    hashes, lengths, previews, problems = array("Q"), array("I"), [], []
+    staging, problems = _Staging(), []
+    hashes, lengths, previews = staging.hashes, staging.lengths, staging.previews
 
     def refuse(where, reason: str, value) -> None:
         stats.rejected += 1
@@ -218,6 +235,9 @@ def _convert_all(opts, converter, tokenizer, stats, staged, rejects) -> tuple[ar
                         continue
                     staged.write_line(line)
                     hashes.append(int.from_bytes(hashlib.blake2b(line.encode(), digest_size=8).digest(), "little"))
+                    staging.sources.append(stats.records_in)
+                    label = example.record.get("label") if example.shape == "unpaired-preference" else None
+                    staging.labels.append(-1 if label is None else int(label))
                     if len(previews) < opts.preview:
                         previews.append(example.record)
     if stats.rejected and not opts.skip_invalid:
@@ -228,7 +248,7 @@ def _convert_all(opts, converter, tokenizer, stats, staged, rejects) -> tuple[ar
         if stats.rejected:
             raise invalid_records_error(opts.inputs, stats.rejected, problems, "no valid record is left, nothing written")
         raise DataError(f"{', '.join(opts.inputs)}: no records" + (" left" if stats.examples else ""))
-    return hashes, lengths, previews
+    return staging
 
 
 class _Nothing:
@@ -239,12 +259,12 @@ class _Nothing:
         return None
 
 
-def _finish(opts: PrepareOptions, staged: AtomicJsonl, hashes: array, lengths: array, stats: Stats) -> list[AtomicJsonl]:
+def _finish(opts: PrepareOptions, staged: AtomicJsonl, staging: _Staging, stats: Stats) -> list[AtomicJsonl]:
     """Second pass, only when needed: drop duplicates, split off the eval records. Returns the finished files."""
     import numpy as np
 
-    count = staged.count
-    keys = np.frombuffer(hashes, dtype=np.uint64)
+    count, lengths = staged.count, staging.lengths
+    keys = np.frombuffer(staging.hashes, dtype=np.uint64)
     if opts.dedupe:
         keep = _first_occurrences(keys)
         stats.duplicates = stats.dropped_duplicates = int(count - keep.sum())
@@ -255,12 +275,14 @@ def _finish(opts: PrepareOptions, staged: AtomicJsonl, hashes: array, lengths: a
     if len(lengths):
         stats.token_lengths = summarize_lengths(np.frombuffer(lengths, dtype=np.uint32)[keep].tolist())
 
-    held_out = set()
-    if opts.eval_split > 0:
-        size = max(1, round(kept * opts.eval_split))
-        if size >= kept:
-            raise UsageError(f"--eval-split {opts.eval_split:g}: {kept} record(s) leave none for training")
-        held_out = set(random.Random(opts.seed).sample(range(kept), size))
+    held_out = _held_out(opts, np.frombuffer(staging.sources, dtype=np.uint64)[keep], kept)
+    if stats.shape == "unpaired-preference":
+        labels = np.frombuffer(staging.labels, dtype=np.int8)[keep]
+        in_eval = np.zeros(kept, dtype=bool)
+        in_eval[list(held_out)] = True
+        for name, where in (("train", ~in_eval), ("eval", in_eval)):
+            if name == "train" or held_out:
+                stats.labels[name] = (int((labels[where] == 1).sum()), int((labels[where] == 0).sum()))
     if kept == count and not held_out:
         stats.outputs["train"] = (opts.output, count)
         return [staged]
@@ -285,6 +307,27 @@ def _finish(opts: PrepareOptions, staged: AtomicJsonl, hashes: array, lengths: a
     if evaluation is not None:
         stats.outputs["eval"] = (eval_path(opts.output), evaluation.count)
     return finals
+
+
+def _held_out(opts: PrepareOptions, sources, kept: int) -> set[int]:
+    """Positions (among the kept records) of the eval split. Unpaired records are drawn by the pair they come
+    from, so both halves of a pair land on the same side and no eval prompt is one the model trained on."""
+    if opts.eval_split <= 0:
+        return set()
+    rng = random.Random(opts.seed)
+    if not opts.unpair:
+        size = max(1, round(kept * opts.eval_split))
+        if size >= kept:
+            raise UsageError(f"--eval-split {opts.eval_split:g}: {kept} record(s) leave none for training")
+        return set(rng.sample(range(kept), size))
+    import numpy as np
+
+    groups = np.unique(sources).tolist()
+    size = max(1, round(len(groups) * opts.eval_split))
+    if size >= len(groups):
+        raise UsageError(f"--eval-split {opts.eval_split:g}: {len(groups)} input record(s) leave none for training")
+    chosen = set(rng.sample(groups, size))
+    return {position for position, source in enumerate(sources.tolist()) if source in chosen}
 
 
 def _count_duplicates(keys) -> int:
@@ -343,6 +386,8 @@ def _publish(opts: PrepareOptions, finals: list[AtomicJsonl], rejects: AtomicJso
             "token_lengths": stats.token_lengths,
             "ft_version": __version__,
         }
+        if split in stats.labels:
+            manifest["labels"] = dict(zip(("desirable", "undesirable"), stats.labels[split]))
         if tokenizer is not None:
             from ft_cli.data.tokens import describe_tokenizer
 

@@ -30,6 +30,7 @@ class Stats:
     max_seq_length: int | None = None
     token_lengths: dict | None = None  # min / median / p95 / max
     outputs: dict[str, tuple[Path, int]] = field(default_factory=dict)  # train / eval / rejects -> (path, records)
+    labels: dict[str, tuple[int, int]] = field(default_factory=dict)  # KTO: train / eval -> (desirable, undesirable)
     manifests: list[Path] = field(default_factory=list)
 
 
@@ -46,7 +47,8 @@ def report_rows(stats: Stats) -> list[tuple[str, str]]:
     formats = sorted(set(stats.formats.values()))
     rows = [("records in", str(stats.records_in))]
     if stats.examples != stats.records_in - stats.rejected:
-        rows.append(("examples (alpaca instances)", str(stats.examples)))
+        why = "each preference pair split in two" if stats.shape == "unpaired-preference" else "alpaca instances"
+        rows.append((f"examples ({why})", str(stats.examples)))
     rows.append(("format", ", ".join(formats) + (" (detected)" if stats.detected else "") if formats else "-"))
     rows.append(("template", stats.template or "none (records keep their structure)"))
     rows.append(("output shape", stats.shape or "-"))
@@ -62,11 +64,27 @@ def report_rows(stats: Stats) -> list[tuple[str, str]]:
         rows.append((f"longer than {stats.max_seq_length} tokens", f"{stats.too_long} ({policy})"))
         if stats.nothing_trained:
             rows.append(("answer entirely past the limit", f"{stats.nothing_trained} (nothing to train on once truncated)"))
+    for name, (desirable, undesirable) in stats.labels.items():
+        total = max(desirable + undesirable, 1)
+        rows.append(
+            (f"labels ({name})", f"{desirable} desirable (true, {desirable / total:.0%}), {undesirable} undesirable (false, {undesirable / total:.0%})")
+        )
     for name in ("train", "eval"):
         if name in stats.outputs:
             path, count = stats.outputs[name]
             rows.append((f"written ({name})", f"{count} → {path}"))
     return rows
+
+
+def report_warnings(stats: Stats) -> list[str]:
+    """What the data will not train well on, though every record is valid."""
+    if "train" not in stats.labels:
+        return []
+    desirable, undesirable = stats.labels["train"]
+    missing = "undesirable (label: false)" if not undesirable else "desirable (label: true)" if not desirable else None
+    if missing is None:
+        return []
+    return [f"no {missing} records in the training data: TRL's KTO trainer needs both desirable and undesirable completions"]
 
 
 def print_report(stats: Stats, console=None) -> None:
@@ -80,6 +98,8 @@ def print_report(stats: Stats, console=None) -> None:
     for what, value in report_rows(stats):
         table.add_row(what, value)
     console.print(table)
+    for warning in report_warnings(stats):
+        console.print(f"warning: {warning}", style="yellow", highlight=False, soft_wrap=True)
 
 
 def print_preview(records: list[dict], tokenizer=None, console=None) -> None:
@@ -127,7 +147,9 @@ def _character_segments(record: dict) -> list[tuple[str | None, list[tuple[str, 
     if "chosen" in record:
         return [(name, _pair_segments(record["prompt"], record[name])) for name in ("chosen", "rejected")]
     if "completion" in record:
-        return [(None, _pair_segments(record["prompt"], record["completion"]))]
+        from ft_cli.data.preference_formats import verdict
+
+        return [(verdict(record), _pair_segments(record["prompt"], record["completion"]))]
     prompt = record["prompt"]
     if isinstance(prompt, list):
         from ft_cli.data.templates import load_template

@@ -143,7 +143,7 @@ class Template:
         return prompt, full[len(prompt) : end]
 
     def apply(self, example: Example) -> Example:
-        """The example rendered to strings: messages become prompt/completion; preference and prompt-only keep their shape."""
+        """The example rendered to strings: messages become prompt/completion; preference, KTO and prompt-only keep their shape."""
         record, variables = example.record, example.template_vars
         if example.shape == "conversational":
             prompt, completion = self.split(record["messages"], **variables)
@@ -156,6 +156,9 @@ class Template:
             prompt, chosen = self.split(context + _as_messages(record["chosen"], "assistant"))
             _, rejected = self.split(context + _as_messages(record["rejected"], "assistant"))
             return Example({"prompt": prompt, "chosen": chosen, "rejected": rejected}, "preference")
+        if example.shape == "unpaired-preference":
+            prompt, completion = self.split(_as_messages(record["prompt"], "user") + _as_messages(record["completion"], "assistant"))
+            return Example({"prompt": prompt, "completion": completion, "label": record["label"]}, "unpaired-preference")
         if example.shape == "prompt-only":
             prompt, _ = self.render(_as_messages(record["prompt"], "user"), add_generation_prompt=True)
             return Example({**record, "prompt": prompt}, "prompt-only")

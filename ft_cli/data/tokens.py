@@ -5,7 +5,8 @@ SFT records to TRL already tokenized with these masks, so what is trained is exa
 what the preview shows. Messages are rendered by the chat template and trained on
 the assistant turns, each with the end-of-turn token that closes it (ft_cli.data.chat_masks
 finds them for any template); a prompt/completion pair is trained on the completion,
-with the EOS token appended; plain text is trained on every token (EOS appended). Preference records give two sequences (prompt+chosen,
+with the EOS token appended (a KTO record too, whatever its label: KTO's loss covers the completion either way);
+plain text is trained on every token (EOS appended). Preference records give two sequences (prompt+chosen,
 prompt+rejected); a prompt-only record is the prompt, nothing trained (GRPO
 generates the answers).
 """
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 from ft_cli.data.chat_masks import assistant_spans
 from ft_cli.data.formats import RecordProblem
+from ft_cli.data.preference_formats import verdict
 from ft_cli.errors import UsageError
 
 _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -30,7 +32,7 @@ class Sequence:
     ids: list[int]
     offsets: list[tuple[int, int]]  # character span of each token in `text`
     trained: list[bool]  # per token: does the loss cover it?
-    label: str | None = None  # 'chosen' / 'rejected' for preference records
+    label: str | None = None  # 'chosen' / 'rejected' for preference records, desirable / undesirable for KTO
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -82,7 +84,7 @@ def loss_sequences(record: dict, tokenizer) -> list[Sequence]:
     if "chosen" in record:
         return [_pair(record["prompt"], record[name], tokenizer, name) for name in ("chosen", "rejected")]
     if "completion" in record:
-        return [_pair(record["prompt"], record["completion"], tokenizer)]
+        return [_pair(record["prompt"], record["completion"], tokenizer, verdict(record))]
     return [_prompt(record["prompt"], tokenizer)]
 
 
@@ -131,7 +133,9 @@ def preview_json(record: dict, tokenizer) -> list[dict]:
     rows = []
     for sequence in loss_sequences(record, tokenizer):
         row = {"ids": sequence.ids, "tokens": [tokenizer.decode([i]) for i in sequence.ids], "trained": sequence.trained}
-        if sequence.label:
+        if isinstance(record.get("label"), bool):  # KTO: the record's own label
+            row["label"] = record["label"]
+        elif sequence.label:
             row["label"] = sequence.label
         rows.append(row)
     return rows

@@ -15,7 +15,8 @@ from pathlib import Path
 from ft_cli.data.readers import decode_json
 from ft_cli.errors import DataError
 
-# TRL's dataset shapes, by the columns that identify them (most specific first).
+# TRL's SFT dataset shapes, by the columns that identify them (most specific first). The other shapes
+# (preference, unpaired-preference, prompt-only) come from ft_cli.data.formats and train with other methods.
 SHAPES = {
     "conversational": ("messages",),
     "prompt-completion": ("prompt", "completion"),
@@ -55,7 +56,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 # The method each shape trains with, for "preference data trains with method: dpo, not sft".
-METHOD_OF_SHAPE = {**dict.fromkeys(SHAPES, "sft"), "preference": "dpo", "prompt-only": "grpo"}
+METHOD_OF_SHAPE = {**dict.fromkeys(SHAPES, "sft"), "preference": "dpo", "unpaired-preference": "kto", "prompt-only": "grpo"}
 
 
 @dataclass
@@ -105,8 +106,10 @@ def load_training_records(
             as_is = loaded.unchanged and path.is_file() and path.suffix in (".jsonl", ".json")
             data = TrainingData(path, loaded.records, loaded.shape, converted=not as_is)
     if data.shape not in shapes:
+        # Pairs can become KTO records, but only on request: prepare splits them (and its report counts the labels).
+        hint = "; split the pairs into KTO records with `ft prepare --format kto --unpair`" if data.shape == "preference" and "unpaired-preference" in shapes else ""
         raise DataError(
-            f"{path}: {data.shape} data ({'+'.join(SHAPE_COLUMNS[data.shape])}) trains with method: {METHOD_OF_SHAPE[data.shape]}, not {method}"
+            f"{path}: {data.shape} data ({'+'.join(SHAPE_COLUMNS[data.shape])}) trains with method: {METHOD_OF_SHAPE[data.shape]}, not {method}{hint}"
         )
     return data
 
