@@ -114,8 +114,7 @@ class Converter:
         source, data_format = None, None
         for raw in read_input(spec, options.subset, options.split):
             if raw.location.source != source:  # a new file (inputs may be directories): detect again
-                source = raw.location.source
-                data_format = None if options.data_format == "auto" else canonical_format(options.data_format)
+                source, data_format = raw.location.source, None
             if raw.error:
                 yield Converted(raw.location, [], raw.error, raw=raw.raw)
                 continue

@@ -47,7 +47,7 @@ def report_rows(stats: Stats) -> list[tuple[str, str]]:
     formats = sorted(set(stats.formats.values()))
     rows = [("records in", str(stats.records_in))]
     if stats.examples != stats.records_in - stats.rejected:
-        why = "each preference pair split in two" if stats.shape == "unpaired-preference" else "alpaca instances"
+        why = "2 per preference pair" if stats.shape == "unpaired-preference" else "alpaca instances"
         rows.append((f"examples ({why})", str(stats.examples)))
     rows.append(("format", ", ".join(formats) + (" (detected)" if stats.detected else "") if formats else "-"))
     rows.append(("template", stats.template or "none (records keep their structure)"))
