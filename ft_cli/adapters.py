@@ -167,10 +167,16 @@ def base_dtype_name(base: BaseModel) -> str:
     return {value: key for key, value in DTYPES.items()}.get(stored, "fp32")
 
 
-def load_base(base: BaseModel, dtype: str | None):
+def is_reward_adapter(adapter: Adapter) -> bool:
+    """An adapter of a reward model (ft train method: reward): the base under a one-score head."""
+    return adapter.config.get("task_type") == "SEQ_CLS"
+
+
+def load_base(base: BaseModel, dtype: str | None, sequence_classification: bool = False):
     """The base model, never quantized: a QLoRA adapter is merged into full-precision weights.
 
-    `dtype` None keeps the stored dtype. A base stored pre-quantized is dequantized.
+    `dtype` None keeps the stored dtype. A base stored pre-quantized is dequantized. With
+    `sequence_classification`, the base under a one-score head (a reward model).
     """
     import torch
 
@@ -186,6 +192,7 @@ def load_base(base: BaseModel, dtype: str | None):
             revision=base.revision,
             trust_remote_code=base.trust_remote_code,
             dtype=getattr(torch, DTYPES[dtype]) if dtype else "auto",
+            sequence_classification=sequence_classification,
         )
     except (OSError, ValueError) as exc:
         raise _load_error(base, exc) from None
@@ -220,7 +227,7 @@ def load_adapted_model(adapter: Adapter, base: BaseModel, dtype: str | None):
     peft_config = PeftConfig.from_pretrained(str(adapter.path))
     if peft_config.is_prompt_learning:
         raise UsageError(f"{adapter.path}: a {peft_config.peft_type} adapter adds virtual tokens, it has no weights to merge or load this way")
-    model = PeftModel.from_pretrained(load_base(base, dtype), str(adapter.path), is_trainable=False)
+    model = PeftModel.from_pretrained(load_base(base, dtype, is_reward_adapter(adapter)), str(adapter.path), is_trainable=False)
     return model.eval()
 
 

@@ -17,6 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from ft_cli.config_messages import COMMAND_LINE, describe_errors, one_line, reference_table, show_value, suggest, where  # noqa: F401 - re-exported
+from ft_cli.config_methods import method_problems
 from ft_cli.config_schema import (  # noqa: F401 - re-exported: the schema is part of ft_cli.config's interface
     OPTIMIZERS,
     SCHEDULERS,
@@ -341,21 +342,7 @@ def check_combinations(config: Config) -> list[tuple[str, str]]:
         problems.extend(unsloth_setting_problems(config))
     if config.data.eval and config.data.eval_split > 0:
         problems.append(("data.eval_split", "give either data.eval (a file) or data.eval_split (a fraction), not both"))
-    if config.method == "grpo":
-        generations = config.grpo.num_generations
-        global_batch = config.training.per_device_train_batch_size * config.training.gradient_accumulation_steps
-        if config.grpo.generation_batch_size is not None and config.grpo.generation_batch_size % generations:
-            problems.append((
-                "grpo.generation_batch_size",
-                f"{config.grpo.generation_batch_size} must be a multiple of grpo.num_generations = {generations}",
-            ))
-        elif config.grpo.generation_batch_size is None and global_batch % generations:
-            problems.append((
-                "grpo.num_generations",
-                f"per_device_train_batch_size x gradient_accumulation_steps = {global_batch} must be divisible by "
-                f"num_generations = {generations} (each prompt's completions are compared with each other in one batch): "
-                f"set per_device_train_batch_size to a multiple of {generations}, or lower grpo.num_generations",
-            ))
+    problems.extend(method_problems(config))
     return problems
 
 

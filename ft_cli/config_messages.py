@@ -93,8 +93,8 @@ def describe_type(annotation: Any) -> str:
     if origin is Annotated:
         return describe_type(args[0]) + _constraints([m for extra in args[1:] for m in getattr(extra, "metadata", [extra])])
     if origin is Literal:
-        shown = ", ".join(str(a) for a in args[:8])
-        return f"one of {shown}" + (f", ... ({len(args)} names, see the transformers docs)" if len(args) > 8 else "")
+        shown = ", ".join(str(a) for a in args[:16])
+        return f"one of {shown}" + (f", ... ({len(args)} names, see the transformers docs)" if len(args) > 16 else "")
     if origin in (Union, types.UnionType):
         text = " or ".join(describe_type(a) for a in args if a is not type(None))
         return text + " or null" if type(None) in args else text
@@ -102,12 +102,21 @@ def describe_type(annotation: Any) -> str:
         if not args:
             return "a list"
         item = describe_type(args[0])
-        return f"a list of {item.split(' ', 1)[1]}s" if " or " not in item else f"a list, each {item}"
+        if " or " in item or item.startswith("one of"):
+            return f"a list, each {item}"
+        return f"a list of {item.split(' ', 1)[1]}s"
     if isinstance(annotation, type) and issubclass(annotation, Section):
         return "a mapping"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string", SecretStr: "a string"}.get(
         annotation, getattr(annotation, "__name__", str(annotation))
     )
+
+
+def _names(annotation: Any) -> list[str]:
+    """The names a field accepts, in a Literal directly or inside a list or union."""
+    if typing.get_origin(annotation) is Literal:
+        return [str(a) for a in typing.get_args(annotation)]
+    return [name for arg in typing.get_args(annotation) for name in _names(arg)]
 
 
 def _field_description(info: Any) -> str:
@@ -148,7 +157,8 @@ def _unknown_key_message(shown: str, schema: str) -> str:
 
 def describe_errors(exc: ValidationError, sources: dict[str, str], file_label: str) -> list[str]:
     problems: dict[str, str] = {}
-    for error in exc.errors():
+    # Of a union's complaints about one key, the one about a name (where did-you-mean helps) goes first.
+    for error in sorted(exc.errors(), key=lambda error: not isinstance(error.get("input"), str)):
         (shown, schema), (full_shown, full_schema) = _location(error["loc"])
         if error["type"] == "extra_forbidden":
             last = str(error["loc"][-1])
@@ -158,6 +168,10 @@ def describe_errors(exc: ValidationError, sources: dict[str, str], file_label: s
                 else _unknown_key_message(full_shown, full_schema)
             )
             problems[full_shown] = f"{where(sources, full_shown.split('[')[0], file_label)}: {full_shown}: {message}"
+            continue
+        if error["type"] == "value_error":  # a section's own check: its message says what to do
+            reason = error["msg"].removeprefix("Value error, ")
+            problems[full_shown] = f"{where(sources, full_shown.split('[')[0], file_label)}: {full_shown}: {reason}"
             continue
         if shown in problems:
             continue  # one line per key, even when every member of a union complained
@@ -175,8 +189,8 @@ def describe_errors(exc: ValidationError, sources: dict[str, str], file_label: s
             message = f"expected {_field_description(info)}, got {value}"
             if error["type"] == "finite_number":
                 message = f"expected a finite number, got {value}"
-            if typing.get_origin(info.annotation) is Literal and isinstance(given, str):
-                hint = suggest(given, [str(a) for a in typing.get_args(info.annotation)])
+            if isinstance(given, str) and _names(info.annotation):
+                hint = suggest(given, _names(info.annotation))
                 if hint:
                     message += f"; did you mean {hint}?"
         else:

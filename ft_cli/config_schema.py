@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from ft_cli.redaction import REDACTED
 
@@ -34,6 +34,20 @@ SCHEDULERS = (
     "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr",
     "cosine_warmup_with_min_lr", "warmup_stable_decay", "greedy",
 )  # fmt: skip
+
+# TRL 1.16's loss types, kept equal to the trainers' own lists by tests/test_methods_registry.py.
+DPO_LOSSES = (
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+)  # fmt: skip
+KTO_LOSSES = ("kto", "apo_zero_unpaired")
+CPO_LOSSES = ("sigmoid", "hinge", "ipo", "simpo", "alphapo")
+GRPO_LOSSES = ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+
+METHOD_NAMES = ("sft", "dpo", "grpo", "kto", "orpo", "cpo", "reward", "rloo", "distill")
+
+# Experiment trackers transformers reports to (its integrations), the ones ft documents and tests.
+TRACKERS = ("none", "tensorboard", "wandb", "trackio", "mlflow")
 
 _DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
 
@@ -96,7 +110,7 @@ class DataSection(Section):
     train: str | None = Field(None, description="Training data: a JSONL from `ft prepare` or any format it reads.")
     eval: str | None = Field(None, description="Evaluation data file.")
     eval_split: Fraction = Field(0.0, description="Fraction of the training data held out for evaluation.")
-    format: Literal["auto", "alpaca", "sharegpt", "chat", "completion", "preference", "prompt-only"] = Field(
+    format: Literal["auto", "alpaca", "sharegpt", "chat", "completion", "preference", "kto", "prompt-only"] = Field(
         "auto", description="Input data format; auto detects it."
     )
     template: str = Field("tokenizer", description="Prompt template: tokenizer (the model's chat template), a name in ft_cli/templates/ (alpaca, vicuna_v1.1, chatml), or a .jinja path.")
@@ -133,7 +147,9 @@ class TrainingSection(Section):
         "never",
         description="auto: when output_dir holds an unfinished run of the same config, continue it from its newest complete checkpoint (one sbatch script for first start and requeue).",
     )
-    report_to: Literal["none", "tensorboard", "wandb"] = Field("none", description="Experiment tracker.")
+    report_to: Union[Literal[TRACKERS], list[Literal[TRACKERS]]] = Field(  # type: ignore[valid-type]
+        "none", description="Experiment tracker(s): none, tensorboard, wandb, trackio, mlflow, or a list of them."
+    )
     run_name: str | None = Field(None, description="Run name shown in the tracker.")
     push_to_hub: bool = Field(False, description="Upload the result to the Hugging Face hub.")
     hub_model_id: str | None = Field(None, description="Hub repository for push_to_hub.")
@@ -148,19 +164,62 @@ class TrainingSection(Section):
 
 class DpoSection(Section):
     beta: PositiveFloat = Field(0.1, description="DPO temperature: strength of the pull towards the reference model.")
-    loss_type: str = Field("sigmoid", description="TRL DPO loss type: sigmoid, ipo, hinge, robust, ... (see TRL's DPOConfig).")
+    loss_type: Literal[DPO_LOSSES] = Field("sigmoid", description="TRL DPO loss: " + ", ".join(DPO_LOSSES) + ".")  # type: ignore[valid-type]
     label_smoothing: Annotated[float, Field(ge=0, lt=0.5)] = Field(0.0, description="Assumed rate of flipped preference labels (robust/cDPO).")
     truncation_mode: Literal["keep_start", "keep_end"] = Field(
         "keep_start", description="Which end of a too-long prompt+answer to keep (the length limit is model.max_seq_length)."
     )
 
 
+class KtoSection(Section):
+    beta: PositiveFloat = Field(0.1, description="KTO temperature: strength of the pull towards the reference model.")
+    loss_type: Literal[KTO_LOSSES] = Field("kto", description="kto, or apo_zero_unpaired (APO-zero for unpaired data).")  # type: ignore[valid-type]
+    desirable_weight: PositiveFloat = Field(1.0, description="Weight of the loss on desirable (label: true) records.")
+    undesirable_weight: PositiveFloat = Field(1.0, description="Weight of the loss on undesirable (label: false) records.")
+
+
+class OrpoSection(Section):
+    beta: PositiveFloat = Field(0.1, description="ORPO's lambda: weight of the odds-ratio term next to the SFT loss on chosen answers.")
+
+
+class CpoSection(Section):
+    beta: PositiveFloat = Field(0.1, description="CPO/SimPO temperature of the preference term.")
+    loss_type: Literal[CPO_LOSSES] = Field("sigmoid", description="sigmoid (CPO), hinge, ipo, simpo (SimPO), alphapo.")  # type: ignore[valid-type]
+    simpo_gamma: NonNegativeFloat = Field(0.5, description="SimPO's target reward margin (loss_type: simpo).")
+    cpo_alpha: NonNegativeFloat = Field(1.0, description="Weight of the SFT loss on chosen answers (SimPO proper: 0).")
+    label_smoothing: Annotated[float, Field(ge=0, lt=0.5)] = Field(0.0, description="Assumed rate of flipped preference labels.")
+
+
+class RewardSection(Section):
+    center_rewards_coefficient: NonNegativeFloat | None = Field(
+        None, description="Pull the rewards towards mean zero (0.01 is usual); none = off."
+    )
+
+
+class DistillSection(Section):
+    teacher: str | None = Field(None, description="The teacher: local directory, .gguf file or hub id; same tokenizer (vocabulary) as model.path.")
+    beta: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.5, description="Generalised Jensen-Shannon mix: 0 = forward KL, 0.5 = JSD, 1 = reverse KL."
+    )
+    max_completion_length: PositiveInt = Field(256, description="Longest completion the student samples, in tokens.")
+    temperature: PositiveFloat = Field(1.0, description="Sampling and distillation temperature.")
+
+
 class RewardSpec(Section):
-    name: str = Field(description="Built-in reward name, `file.py:function` or `module:function`.")
+    name: str | None = Field(None, description="Built-in reward name, `file.py:function` or `module:function`.")
+    model: str | None = Field(None, description="A reward model (ft train with method: reward, then ft merge): its directory.")
     weight: float = Field(1.0, description="Weight of this reward in the sum.")
+
+    @model_validator(mode="after")
+    def _name_or_model(self) -> "RewardSpec":
+        if (self.name is None) == (self.model is None):
+            raise ValueError("give either name (a reward function) or model (a reward model directory)")
+        return self
 
 
 class GrpoSection(Section):
+    """Sampling and rewards for GRPO, and for RLOO (which reads the same section)."""
+
     num_generations: Annotated[int, Field(ge=2)] = Field(8, description="Completions sampled per prompt.")
     max_completion_length: PositiveInt = Field(256, description="Longest sampled completion in tokens.")
     temperature: PositiveFloat = Field(1.0, description="Sampling temperature for the completions.")
@@ -169,6 +228,20 @@ class GrpoSection(Section):
         None, description="Completions generated per batch (default: the global train batch); a multiple of num_generations."
     )
     use_vllm: bool = Field(False, description="Generate with vLLM (must be installed; GPU only).")
+    vllm_mode: Literal["colocate", "server"] = Field(
+        "colocate", description="colocate: vLLM inside the training process; server: a `trl vllm-serve` process."
+    )
+    vllm_server_base_url: str | None = Field(None, description="vllm_mode: server: the server's URL (default http://0.0.0.0:8000).")
+    loss_type: Literal[GRPO_LOSSES] = Field(  # type: ignore[valid-type]
+        "dapo", description="GRPO only: how token losses are averaged: grpo, dapo (TRL's default), dr_grpo, bnpo, cispo, sapo, luspo, vespo."
+    )
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="GRPO only: divide advantages by the reward std of the group, of the batch, or not (Dr. GRPO: none)."
+    )
+    importance_sampling_level: Literal["token", "sequence"] = Field(
+        "token", description="GRPO only: importance ratios per token, or per sequence (GSPO)."
+    )
+    mask_truncated_completions: bool = Field(False, description="Leave completions cut off at max_completion_length out of the loss (DAPO).")
     rewards: list[RewardSpec] = Field(
         default_factory=lambda: [RewardSpec(name="format_tags"), RewardSpec(name="exact_answer")],
         description="Reward functions: built-in format_tags, exact_answer, length, or path/file.py:function, package.module:function; each a name (weight 1) or a {name, weight} mapping.",
@@ -192,7 +265,7 @@ class EvalSection(Section):
 
 
 class Config(Section):
-    method: Literal["sft", "dpo", "grpo"] = Field("sft", description="Training method.")
+    method: Literal[METHOD_NAMES] = Field("sft", description="Training method: " + ", ".join(METHOD_NAMES) + " (README: Methods).")  # type: ignore[valid-type]
     backend: Literal["auto", "unsloth", "accelerate"] = Field(
         "auto", description="auto = Unsloth on one CUDA GPU when installed, otherwise accelerate."
     )
@@ -205,6 +278,11 @@ class Config(Section):
     training: TrainingSection = Field(default_factory=TrainingSection)
     dpo: DpoSection = Field(default_factory=DpoSection)
     grpo: GrpoSection = Field(default_factory=GrpoSection)
+    kto: KtoSection = Field(default_factory=KtoSection)
+    orpo: OrpoSection = Field(default_factory=OrpoSection)
+    cpo: CpoSection = Field(default_factory=CpoSection)
+    reward: RewardSection = Field(default_factory=RewardSection)
+    distill: DistillSection = Field(default_factory=DistillSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     run: dict[str, Any] | None = Field(
         None, description="Written by ft train into ft_run.yaml (package versions, data sha256, git commit); ignored as input."

@@ -27,6 +27,7 @@ from ft_cli.adapters import (
     check_adapter_weights,
     eos_token_ids,
     find_adapter,
+    is_reward_adapter,
     load_adapted_model,
     load_base,
     load_tokenizer,
@@ -151,7 +152,10 @@ def copy_tokenizer_files(adapter: Adapter, tokenizer, staging: Path) -> None:
 def prepare_for_saving(model, tokenizer) -> None:
     """No quantization config; a generation config that stops at the tokenizer's eos."""
     drop_quantization_config(model.config)
-    generation = model.generation_config
+    if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        # A reward model reads its score at the last non-pad token: it finds that token through pad_token_id.
+        model.config.pad_token_id = tokenizer.pad_token_id
+    generation = getattr(model, "generation_config", None)
     if generation is not None:
         eos = eos_token_ids(tokenizer, generation)
         generation.eos_token_id = eos[0] if len(eos) == 1 else eos
@@ -292,7 +296,7 @@ def merge_adapter(
         gc.collect()  # free the in-memory model before loading the saved one
         if verify:
             saved = BaseModel(str(staging), "the merged output", trust_remote_code=base_model.trust_remote_code)
-            after_reload = max_abs_diff(reference, logits_for(load_base(saved, dtype), inputs))
+            after_reload = max_abs_diff(reference, logits_for(load_base(saved, dtype, is_reward_adapter(adapter)), inputs))
             tolerance = tolerance_for(dtype, reference)
             result.verification = Verification(in_memory, after_reload, tolerance, passed=max(in_memory, after_reload) <= tolerance)
         _write_record(staging / MERGE_RECORD, adapter, base_model, result)

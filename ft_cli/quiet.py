@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import warnings
 
@@ -19,6 +20,9 @@ _HARMLESS_LOG_LINES = (
     # asks the `kernels` package for an optional faster 4-bit CPU kernel from the Hub and falls back to its own.
     ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward"),
     ("kernels._internals.hf_hub", "Skipping publisher trust check"),
+    # TRL's experimental ORPO and CPO trainers set remove_unused_columns=False themselves, then say users should.
+    ("trl.experimental.orpo.orpo_trainer", "When using DPODataCollatorWithPadding"),
+    ("trl.experimental.cpo.cpo_trainer", "When using DPODataCollatorWithPadding"),
 )
 # (category, message regex): deprecations raised inside libraries, not by ft's own calls.
 _HARMLESS_WARNINGS = (
@@ -42,7 +46,8 @@ class _DropStartingWith(logging.Filter):
         self.prefix = prefix
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefix)
+        # accelerate's logger puts "[RANK n] " before the message
+        return not re.sub(r"^\[RANK \d+\] ", "", str(record.msg)).startswith(self.prefix)
 
 
 def quiet_libraries() -> None:
@@ -59,3 +64,23 @@ def quiet_libraries() -> None:
         # Library progress bars (transformers' GGUF dequantization uses tqdm directly) are carriage-return
         # noise in a job log; ft draws its own progress lines.
         os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+class _NewScoreHead(logging.Filter):
+    """transformers' load report when a language model becomes a reward model: its lm_head goes
+    unused and a new score head starts from random weights. That is what method: reward means;
+    any other key in the report still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        if "ForSequenceClassification LOAD REPORT" not in text:
+            return True
+        keys = re.findall(r"^(\S+)\s*\|\s*(?:UNEXPECTED|MISSING)", text, flags=re.M)
+        return not keys or not all(key.startswith(("lm_head.", "score.")) for key in keys)
+
+
+def hide_new_score_head_report() -> None:
+    """Attach _NewScoreHead to transformers' loader logger (unless verbose); safe to call more than once."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    if not is_verbose() and not any(isinstance(f, _NewScoreHead) for f in logger.filters):
+        logger.addFilter(_NewScoreHead())

@@ -65,10 +65,11 @@ def smollm2_gguf() -> Path:
     return path
 
 
-def auto_model(path: str | Path, **kwargs):
-    """AutoModelForCausalLM.from_pretrained for a directory, hub id or `.gguf` file (dequantized)."""
+def auto_model(path: str | Path, sequence_classification: bool = False, **kwargs):
+    """AutoModelForCausalLM.from_pretrained for a directory, hub id or `.gguf` file (dequantized);
+    with `sequence_classification`, the same body under a one-score head (a reward model)."""
     source, extra = pretrained_source(path)  # a wrong path fails before transformers is imported
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if extra and kwargs.get("quantization_config") is not None:
         raise UsageError(f"{path}: a GGUF file loads dequantized; to quantize it for QLoRA, convert it first (ft models convert-gguf)")
@@ -77,7 +78,14 @@ def auto_model(path: str | Path, **kwargs):
         dtype = kwargs.get("dtype")  # "auto" and None: the GGUF loader's float32
         dtype = str(dtype).replace("torch.", "") if dtype not in (None, "auto") else "float32"
         print(f"model.path {path} is a GGUF file: ft dequantizes it to {dtype} through transformers (this takes a while)", file=sys.stderr, flush=True)
-    model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **extra)
+    if sequence_classification:
+        from ft_cli.quiet import hide_new_score_head_report
+
+        hide_new_score_head_report()
+        kwargs = {"num_labels": 1, **kwargs}
+        model = AutoModelForSequenceClassification.from_pretrained(source, **kwargs, **extra)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **extra)
     if extra:
         forget_gguf_quantizer(model)
         # Recorded by PEFT as the adapter's base_model_name_or_path: the file, so `ft merge` finds it.

@@ -24,7 +24,7 @@ def resolve_dtype(model: ModelSection):
 
 
 @contextlib.contextmanager
-def loading_errors(path: str, what: str):
+def loading_errors(path: str, what: str, key: str = "model.path"):
     """The loaders' own errors for a model a user named (unreachable hub, corrupt files, ...) as one line naming it.
     ft_cli.models.check catches most of them from the files first; this is for what only loading finds."""
     try:
@@ -33,7 +33,7 @@ def loading_errors(path: str, what: str):
         if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
             raise
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(f"model.path: {path}: cannot load its {what}: {reason}") from None
+        raise ConfigError(f"{key}: {path}: cannot load its {what}: {reason}") from None
 
 
 def load_tokenizer(model: ModelSection):
@@ -75,6 +75,7 @@ def quantization_config(model: ModelSection, compute_dtype, distributed: str = "
 
 def load_model(config: Config):
     from ft_cli.models.gguf import auto_model
+    from ft_cli.train.methods import METHODS
 
     section = config.model
     dtype = resolve_dtype(section)
@@ -91,13 +92,27 @@ def load_model(config: Config):
             kwargs["device_map"] = {"": int(os.environ["LOCAL_RANK"])}
     if section.attn_implementation != "auto":
         kwargs["attn_implementation"] = section.attn_implementation
+    reward_model = METHODS[config.method].head == "sequence-classification"
     with loading_errors(section.path, "weights"):
-        model = auto_model(section.path, **kwargs)  # a .gguf file is dequantized
+        model = auto_model(section.path, sequence_classification=reward_model, **kwargs)  # a .gguf file is dequantized
+    if reward_model and model.config.pad_token_id is None:
+        # The score is read at the last non-pad token, which the model finds through pad_token_id.
+        model.config.pad_token_id = load_tokenizer(section).pad_token_id
     if kwargs["quantization_config"] is not None:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.training.gradient_checkpointing)
     return model
+
+
+def load_teacher(config: Config):
+    """distill.teacher in the student's dtype; its vocabulary must be the student's (logits are compared token by token)."""
+    from ft_cli.models.gguf import auto_model
+
+    path = config.distill.teacher
+    with loading_errors(path, "weights", key="distill.teacher"):
+        teacher = auto_model(path, dtype=resolve_dtype(config.model))
+    return teacher
 
 
 def lora_config(config: Config):
@@ -106,7 +121,10 @@ def lora_config(config: Config):
         return None
     from peft import LoraConfig
 
+    from ft_cli.train.methods import METHODS
+
     lora = config.lora
+    reward_model = METHODS[config.method].head == "sequence-classification"
     return LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
@@ -115,6 +133,7 @@ def lora_config(config: Config):
         bias=lora.bias,
         use_dora=lora.use_dora,
         use_rslora=lora.use_rslora,
+        # A reward model's score head is new: peft trains and saves it in full (SEQ_CLS adds `score`).
         modules_to_save=lora.modules_to_save,
-        task_type="CAUSAL_LM",
+        task_type="SEQ_CLS" if reward_model else "CAUSAL_LM",
     )

@@ -32,10 +32,24 @@ def check_paths(loaded: LoadedConfig, chat_template: bool = False) -> None:
     for key, value in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval)):
         if value and not Path(value).exists():
             problems.append(f"{loaded.source_of(key)}: {key}: {value}: no such file or directory")
+    for key, path in _other_models(cfg):
+        other = model_problem(path, key=key, tokenizer=False)
+        if other:
+            problems.append(f"{loaded.source_of(key.split('[')[0])}: {other}")
     if len(problems) == 1:
         raise ConfigError(problems[0])
     if problems:
         raise ConfigError(f"{loaded.path or 'command line'}: {len(problems)} paths cannot be used:", problems)
+
+
+def _other_models(cfg: Config) -> list[tuple[str, str]]:
+    """(dotted key, path) of the models a run loads beside model.path: a distillation teacher, reward models."""
+    from ft_cli.train.methods import METHODS
+
+    models = [("distill.teacher", cfg.distill.teacher)] if cfg.method == "distill" and cfg.distill.teacher else []
+    if METHODS[cfg.method].samples:
+        models += [(f"grpo.rewards[{i}].model", spec.model) for i, spec in enumerate(cfg.grpo.rewards) if spec.model]
+    return models
 
 
 def needs_chat_template(cfg: Config, record: dict) -> bool:
@@ -50,11 +64,13 @@ def check_integrations(loaded: LoadedConfig) -> None:
     def fail(key: str, message: str):
         raise UsageError(f"{loaded.source_of(key)}: {key}: {message}")
 
-    if training.report_to == "tensorboard" and not (
-        importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")
-    ):
+    trackers = [training.report_to] if isinstance(training.report_to, str) else training.report_to
+    if "tensorboard" in trackers and not (importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")):
         fail("training.report_to", "tensorboard is not installed; pip install 'ft-cli[tensorboard]' or set report_to: none")
-    if training.report_to == "wandb" and os.environ.get("WANDB_MODE") not in ("offline", "disabled"):
+    for tracker in ("trackio", "mlflow"):
+        if tracker in trackers and not importlib.util.find_spec(tracker):
+            fail("training.report_to", f"{tracker} is not installed; pip install 'ft-cli[{tracker}]' or leave it out of report_to")
+    if "wandb" in trackers and os.environ.get("WANDB_MODE") not in ("offline", "disabled"):
         if not os.environ.get("WANDB_API_KEY") and not _wandb_netrc_login():
             fail(
                 "training.report_to",
@@ -66,8 +82,13 @@ def check_integrations(loaded: LoadedConfig) -> None:
             fail("training.push_to_hub", "HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it or set push_to_hub: false")
         if not training.hub_model_id:
             fail("training.hub_model_id", "required with push_to_hub (e.g. your-name/my-model)")
-    if loaded.config.method == "grpo" and loaded.config.grpo.use_vllm and not importlib.util.find_spec("vllm"):
-        fail("grpo.use_vllm", "vllm is not installed (pip install vllm, on a CUDA machine); or set use_vllm: false to generate with transformers")
+    if loaded.config.method in ("grpo", "rloo") and loaded.config.grpo.use_vllm:
+        from ft_cli.train.backends import cuda_available
+
+        if not cuda_available():
+            fail("grpo.use_vllm", "vLLM generates on a CUDA GPU and this machine has none; set use_vllm: false to generate with transformers")
+        if not importlib.util.find_spec("vllm"):
+            fail("grpo.use_vllm", "vllm is not installed (pip install vllm); or set use_vllm: false to generate with transformers")
 
 
 def _wandb_netrc_login() -> bool:
@@ -87,8 +108,11 @@ class Plan:
     max_seq_length: int
     token_lengths: list[int] | None = None  # only for --dry-run: a real run lets TRL tokenize, once
 
+    method_line: str = ""
+
     def lines(self) -> list[str]:
-        out = [f"data: {self.train_records} train / {self.eval_records} eval records ({self.shape})"]
+        out = [self.method_line] if self.method_line else []
+        out.append(f"data: {self.train_records} train / {self.eval_records} eval records ({self.shape})")
         if self.token_lengths:
             lengths = sorted(self.token_lengths)
             p95 = lengths[min(len(lengths) - 1, math.ceil(0.95 * len(lengths)) - 1)]
@@ -119,7 +143,7 @@ def optimizer_steps(config: Config, train_records: int, world_size: int = 1) -> 
     t = config.training
     if t.max_steps > 0:
         return t.max_steps
-    if config.method == "grpo":  # every prompt is trained on num_generations times, once per completion
+    if config.method in ("grpo", "rloo"):  # every prompt is trained on num_generations times, once per completion
         train_records *= config.grpo.num_generations
     batches = math.ceil(train_records / (t.per_device_train_batch_size * world_size))
     return math.ceil(t.num_train_epochs * max(batches // t.gradient_accumulation_steps, 1))
@@ -137,4 +161,22 @@ def make_plan(config: Config, records: list[dict], shape: str, eval_records: int
         global_batch=t.per_device_train_batch_size * t.gradient_accumulation_steps * world_size,
         max_seq_length=config.model.max_seq_length,
         token_lengths=token_lengths,
+        method_line=_method_line(config),
     )
+
+
+def _method_line(config: Config) -> str:
+    """What the method trains and what it runs beside the trained model."""
+    from ft_cli.train.methods import METHODS, second_model_runs
+
+    method = METHODS[config.method]
+    line = f"method: {config.method}: {method.summary}"
+    if second_model_runs(config):
+        if method.second_model == "teacher":
+            line += f"; teacher {config.distill.teacher} runs beside it (no gradients)"
+        else:
+            line += "; reference model: " + ("the base with the adapter off" if config.uses_lora else "a frozen copy of the model")
+    if method.samples:
+        names = [spec.name or f"model {spec.model}" for spec in config.grpo.rewards]
+        line += f"; rewards: {', '.join(names)}"
+    return line

@@ -129,14 +129,19 @@ def _import_string(target: str) -> Callable:
     return getattr(module, attr)
 
 
-def load_rewards(grpo, key: str = "grpo.rewards") -> tuple[list[Callable], list[float]]:
-    """The reward functions and weights of `grpo.rewards`; a bad spec is a ConfigError naming its key."""
+def load_rewards(grpo, model_section=None, key: str = "grpo.rewards") -> tuple[list, list[float]]:
+    """The reward functions and weights of `grpo.rewards`; a bad spec is a ConfigError naming its key.
+
+    A `model:` reward is loaded (a sequence-classification model, in model_section's dtype) only when
+    model_section is given; otherwise its place holds None (the dry run calls functions only)."""
     from ft_cli.config import suggest
 
     functions, weights = [], []
     for index, spec in enumerate(grpo.rewards):
         where = f"{key}[{index}].name"
-        if spec.name in BUILTIN_REWARDS:
+        if spec.model is not None:
+            function = _reward_model(spec.model, model_section, f"{key}[{index}].model") if model_section else None
+        elif spec.name in BUILTIN_REWARDS:
             function = _import_string(BUILTIN_REWARDS[spec.name])(grpo)
         elif ":" in spec.name:
             try:
@@ -170,6 +175,8 @@ def dry_run_rewards(functions: list[Callable], grpo, example: dict, key: str = "
         "trainer_state": None, "log_extra": lambda *a, **k: None, "log_metric": lambda *a, **k: None, **extras,
     }  # fmt: skip
     for index, function in enumerate(functions):
+        if function is None:  # a reward model: scored by TRL, checked from its files (train/plan.py)
+            continue
         where = f"{key}[{index}] ({grpo.rewards[index].name})"
         try:
             inspect.signature(function).bind(**kwargs)
@@ -189,3 +196,16 @@ def dry_run_rewards(functions: list[Callable], grpo, example: dict, key: str = "
         bad = [s for s in scores if s is not None and not (isinstance(s, (int, float)) and math.isfinite(s))]
         if bad:
             raise ConfigError(f"{where}: returned {bad[0]!r}; every reward must be a finite float (or None)")
+
+
+def _reward_model(path: str, model_section, key: str):
+    """A reward model (ft train method: reward, then ft merge) as TRL scores with it: a one-score
+    sequence classifier, its tokenizer found by TRL from the model's own directory."""
+    from ft_cli.models.gguf import auto_model
+    from ft_cli.train.model import loading_errors, resolve_dtype
+
+    with loading_errors(path, "weights", key=key):
+        model = auto_model(path, sequence_classification=True, dtype=resolve_dtype(model_section))
+    if model.config.num_labels != 1:
+        raise ConfigError(f"{key}: {path}: has {model.config.num_labels} outputs; a reward model has one score (train it with method: reward)")
+    return model

@@ -140,11 +140,14 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, 
         if cfg.data.eval
         else None
     )
+    if method.takes_chats_as_prompts:  # distillation samples the answers itself: chats give their prompts
+        train_data = as_prompts(train_data)
+        eval_data = as_prompts(eval_data) if eval_data else None
     records, shape = train_data.records, train_data.shape
     check_paths(loaded, chat_template=needs_chat_template(cfg, records[0]))
     _check_prepared_against_run(train_data, cfg)
     eval_records = eval_data.records if eval_data else None
-    if cfg.method == "grpo":
+    if method.samples:
         check_rewards(cfg, records[0])  # before the model loads: a broken reward should cost seconds, not a GPU hour
     if resume_from is None and is_main_process():
         check_output_dir(output_dir, overwrite)
@@ -211,6 +214,15 @@ def _preemption(trainer):
     return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, PreemptionCallback))
 
 
+def as_prompts(data: TrainingData) -> TrainingData:
+    """Conversational data as prompt-only records (methods that sample their own answers)."""
+    from ft_cli.train.methods import prompts_of_chats
+
+    if data.shape != "conversational":
+        return data
+    return TrainingData(data.path, prompts_of_chats(data.records), "prompt-only", converted=True, manifest=data.manifest)
+
+
 def _check_prepared_against_run(data: TrainingData, cfg) -> None:
     """Data from `ft prepare` was checked against a tokenizer and length; say so when the run uses others."""
     from ft_cli.data.manifest import check_manifest
@@ -257,11 +269,15 @@ def build_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_data: Tra
 
     trainer_cls = with_fsdp_on_cpu(with_safe_checkpoints(method.load(method.trainer)))
     extra = {}
-    if cfg.method == "grpo":
+    if method.samples:
         from ft_cli.train.rewards import load_rewards
 
-        extra["reward_funcs"] = load_rewards(cfg.grpo)[0]
+        extra["reward_funcs"] = load_rewards(cfg.grpo, cfg.model)[0]
         trainer_cls = with_samples_log(trainer_cls, output_dir / SAMPLES_FILE, cfg.grpo.samples_per_log)
+    if method.second_model == "teacher":
+        from ft_cli.train.model import load_teacher
+
+        extra["teacher_model"] = load_teacher(cfg)
     trainer = trainer_cls(
         model=model,
         args=_trainer_args(loaded, method, output_dir, train_data.shape, has_eval=eval_dataset is not None),
