@@ -52,11 +52,13 @@ def assistant(text: str) -> dict:
 
 def test_string_kto_records_are_detected_reported_and_recorded_in_the_manifest(ft, tmp_path):
     out = tmp_path / "data" / "train.jsonl"
-    result = ft("prepare", STRINGS, "-o", out)
+    result = ft("prepare", STRINGS, "-o", out, env={"COLUMNS": "200"})
     assert result.returncode == 0, result.stderr
     assert read(out) == read(STRINGS)  # already TRL-shaped: written as they are, label a JSON boolean
     for row in ("kto (detected)", "unpaired-preference", "labels (train)", "5 desirable (true, 62%), 3 undesirable (false, 38%)"):
         assert row in result.stdout
+    # TRL's KTO trainer warns outside this range (the KTO paper's Eq. 8): 3/5 = 0.6 up to 0.6 * 1.33, or 5/3 / 1.33 up to 5/3
+    assert "unequal: set kto.desirable_weight in [0.60, 0.80] or kto.undesirable_weight in [1.25, 1.67] (not both)" in result.stdout
     assert "warning" not in result.stdout
     written = manifest(out)
     assert (written["shape"], written["format"], written["records"]) == ("unpaired-preference", ["kto"], 8)
@@ -121,6 +123,7 @@ def test_unpair_splits_real_hh_pairs_and_keeps_each_pair_on_one_side_of_the_spli
     assert manifest(out)["labels"] == {"desirable": 72, "undesirable": 72}
     assert manifest(tmp_path / "kto.eval.jsonl")["labels"] == {"desirable": 8, "undesirable": 8}
     assert "examples (2 per preference pair)" in result.stdout and "160" in result.stdout
+    assert "label balance" not in result.stdout  # equal counts: KTO's default weights fit
 
 
 def test_unpair_real_hh_transcripts_with_skip_invalid(ft, tmp_path):
@@ -237,7 +240,7 @@ def test_preview_trains_only_the_completion_tokens_with_a_family_chat_template(f
         assert result.returncode == 0, result.stderr
         rows = [json.loads(line) for line in result.stdout.splitlines()]
         assert len(rows) == count
-        for source, row in zip(read(data), rows):
+        for source, row in zip(read(data), rows, strict=True):
             if isinstance(source["completion"], list):  # the template closes the turn with <|eot_id|>: trained, so the model learns to stop
                 answer = source["completion"][0]["content"] + "<|eot_id|>"
                 assert tokenizer.decode(row["ids"]).startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>")

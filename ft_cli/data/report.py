@@ -69,11 +69,27 @@ def report_rows(stats: Stats) -> list[tuple[str, str]]:
         rows.append(
             (f"labels ({name})", f"{desirable} desirable (true, {desirable / total:.0%}), {undesirable} undesirable (false, {undesirable / total:.0%})")
         )
+    if (weights := kto_weight_hint(*stats.labels.get("train", (0, 0)))) is not None:
+        rows.append(("label balance", weights))
     for name in ("train", "eval"):
         if name in stats.outputs:
             path, count = stats.outputs[name]
             rows.append((f"written ({name})", f"{count} → {path}"))
     return rows
+
+
+def kto_weight_hint(desirable: int, undesirable: int) -> str | None:
+    """For unequal label counts, the loss weights the KTO paper's Eq. 8 suggests (the range TRL's KTO trainer checks,
+    with both weights at their default 1); None when the default already fits or a label is missing."""
+    if not desirable or not undesirable:
+        return None
+    ratio = undesirable / desirable
+    if ratio <= 1 <= ratio * 1.33 or 1 / (ratio * 1.33) <= 1 <= 1 / ratio:
+        return None
+    return (
+        f"unequal: set kto.desirable_weight in [{ratio:.2f}, {ratio * 1.33:.2f}] "
+        f"or kto.undesirable_weight in [{1 / (ratio * 1.33):.2f}, {1 / ratio:.2f}] (not both)"
+    )
 
 
 def report_warnings(stats: Stats) -> list[str]:
