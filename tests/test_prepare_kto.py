@@ -159,6 +159,18 @@ def test_unpair_of_string_pairs_and_kto_files_passing_through(tmp_path):
     assert sorted(result.stats.formats.values()) == ["kto", "preference"] and result.stats.labels == {"train": (3, 2)}
 
 
+def test_unpair_with_format_preference_then_a_template(ft, tmp_path):
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", {"prompt": [user("Sky?")], "chosen": [assistant("Blue.")], "rejected": [assistant("Green.")]})
+    out = tmp_path / "out.jsonl"
+    result = ft("prepare", pairs, "-o", out, "--format", "preference", "--unpair", "--template", "chatml")
+    assert result.returncode == 0, result.stderr
+    prompt = "<|im_start|>user\nSky?<|im_end|>\n<|im_start|>assistant\n"
+    assert read(out) == [
+        {"prompt": prompt, "completion": "Blue.<|im_end|>", "label": True},
+        {"prompt": prompt, "completion": "Green.<|im_end|>", "label": False},
+    ]
+
+
 # --- bad input: one line per record, path:LINE: field: reason, nothing written -------------------
 
 GOOD = {"prompt": "Sky?", "completion": " Blue.", "label": True}

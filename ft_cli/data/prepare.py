@@ -2,10 +2,10 @@
 
 Records stream from the inputs to a hidden staging file next to the output; the
 only per-record state kept in memory is an 8-byte hash (for exact duplicates), a
-token count (with --model), the input record it came from and its KTO label, so
-memory stays flat as inputs grow. Nothing appears
-at the output paths until every record has been converted and checked: the last
-step renames finished files into place.
+token count (with --model), and for KTO records their label and (with --unpair)
+the pair they come from, so memory stays flat as inputs grow. Nothing appears at
+the output paths until every record has been converted and checked: the last step
+renames finished files into place.
 """
 
 from __future__ import annotations
@@ -174,7 +174,8 @@ def prepare(opts: PrepareOptions) -> PrepareResult:
 
 @dataclass
 class _Staging:
-    """Per staged line: its hash, token count (with --model), input record number and KTO label (1, 0; -1 for none)."""
+    """Per staged line: its hash, its token count (with --model), its KTO label (1/0) and the input record it
+    comes from (with --unpair: the two halves of a pair share it)."""
 
     hashes: array = field(default_factory=lambda: array("Q"))
     lengths: array = field(default_factory=lambda: array("I"))
@@ -235,9 +236,10 @@ def _convert_all(opts, converter, tokenizer, stats, staged, rejects) -> _Staging
                         continue
                     staged.write_line(line)
                     hashes.append(int.from_bytes(hashlib.blake2b(line.encode(), digest_size=8).digest(), "little"))
-                    staging.sources.append(stats.records_in)
-                    label = example.record.get("label") if example.shape == "unpaired-preference" else None
-                    staging.labels.append(-1 if label is None else int(label))
+                    if example.shape == "unpaired-preference":  # every record has the first one's shape
+                        staging.labels.append(int(example.record["label"]))
+                    if opts.unpair:
+                        staging.sources.append(stats.records_in)
                     if len(previews) < opts.preview:
                         previews.append(example.record)
     if stats.rejected and not opts.skip_invalid:
@@ -275,7 +277,7 @@ def _finish(opts: PrepareOptions, staged: AtomicJsonl, staging: _Staging, stats:
     if len(lengths):
         stats.token_lengths = summarize_lengths(np.frombuffer(lengths, dtype=np.uint32)[keep].tolist())
 
-    held_out = _held_out(opts, np.frombuffer(staging.sources, dtype=np.uint64)[keep], kept)
+    held_out = _held_out(opts, np.frombuffer(staging.sources, dtype=np.uint64)[keep] if opts.unpair else None, kept)
     if stats.shape == "unpaired-preference":
         labels = np.frombuffer(staging.labels, dtype=np.int8)[keep]
         in_eval = np.zeros(kept, dtype=bool)
