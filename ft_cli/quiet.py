@@ -58,6 +58,8 @@ def quiet_libraries() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropStartingWith) and f.prefix == prefix for f in logger.filters):
             logger.addFilter(_DropStartingWith(prefix))
+    # mlflow logs its database setup at INFO on every run; it sets its loggers' level from this on import.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     for category, message in _HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
     if not sys.stderr.isatty():

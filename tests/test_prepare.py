@@ -314,7 +314,7 @@ def test_bad_corpus_has_at_least_twenty_distinct_defects():
         ("x.json", json.dumps({"a": [], "b": []}), {}, "{path}: expected a JSON array of records, or an object holding one list of records; it holds 2 lists (a, b)"),
         ("x.jsonl", jsonl({"question": "q", "answer": "a"}), {},
          ("{path}:1: cannot detect the format from the columns (question, answer): expected messages (chat), conversations (sharegpt), "
-          "instruction+output (alpaca), text or prompt+completion (completion), chosen+rejected (preference) or prompt (prompt-only); "
+          "instruction+output (alpaca), text or prompt+completion (completion), chosen+rejected (preference), prompt+completion+label (kto) or prompt (prompt-only); "
           "pass --format, or --map to rename columns (e.g. --map prompt=question)")),
         ("x.jsonl.gz", b"not gzip", {}, "{path}: not a valid gzip file (Not a gzipped file (b'no'))"),
     ],
@@ -356,7 +356,7 @@ def test_error_listing_is_capped_with_a_count(tmp_path):
 @pytest.mark.parametrize(
     "options,expected",
     [
-        ({"data_format": "alpacca"}, "--format alpacca: expected one of auto, alpaca, sharegpt, chat, completion, preference, prompt-only, messages, text; did you mean alpaca?"),
+        ({"data_format": "alpacca"}, "--format alpacca: expected one of auto, alpaca, sharegpt, chat, completion, preference, kto, prompt-only, messages, text, unpaired-preference; did you mean alpaca?"),
         ({"template": "vicuna"}, "--template vicuna: unknown template (expected tokenizer, alpaca, chatml, vicuna_v1.1, or a .jinja file); did you mean vicuna_v1.1?"),
         ({"template": "missing.jinja"}, "--template missing.jinja: no such file"),
         ({"eval_split": 1.5}, "--eval-split 1.5: expected a fraction >= 0 and < 1"),

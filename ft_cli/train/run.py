@@ -37,6 +37,7 @@ from ft_cli.train.distributed import (
     with_fsdp_on_cpu,
 )
 from ft_cli.train.methods import METHODS, Method
+from ft_cli.train.trackers import quiet_tracker_prints, tracker_options, where_they_write
 from ft_cli.train.plan import check_integrations, check_paths, count_tokens, make_plan, needs_chat_template
 
 def say(line: str) -> None:
@@ -78,7 +79,7 @@ def _trainer_args(loaded: LoadedConfig, method: Method, output_dir: Path, shape:
         save_total_limit=None,  # retention runs after a checkpoint is committed (checkpoints.py)
         seed=t.seed,
         data_seed=t.seed,
-        report_to=t.report_to,
+        **tracker_options(cfg),
         run_name=redact_text(t.run_name) if t.run_name else None,
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
@@ -161,7 +162,7 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, 
             raise template_problems_error(train_data, problems)
     plan = make_plan(cfg, records, shape, len(eval_records or []), token_lengths)
     say(f"backend: {backend} ({why})")
-    for line in plan.lines():
+    for line in plan.lines() + where_they_write(cfg):
         say(line)
     if dry_run:
         say(f"dry run: nothing written; the run would go to {output_dir}")
@@ -291,6 +292,7 @@ def build_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_data: Tra
     trainer.ft_keep_checkpoints = cfg.training.save_total_limit
     trainer.ft_config_hash = config_hash(cfg)
     trainer.remove_callback(PrinterCallback)  # our progress lines replace its raw dicts
+    quiet_tracker_prints(trainer)
     if cfg.eval.generate:  # sample answers at each evaluation (ft eval's metrics)
         from ft_cli.eval.during_training import generation_callback
 
