@@ -157,8 +157,10 @@ def _unknown_key_message(shown: str, schema: str) -> str:
 
 def describe_errors(exc: ValidationError, sources: dict[str, str], file_label: str) -> list[str]:
     problems: dict[str, str] = {}
-    # Of a union's complaints about one key, the one about a name (where did-you-mean helps) goes first.
-    for error in sorted(exc.errors(), key=lambda error: not isinstance(error.get("input"), str)):
+    # Of a union's complaints about one key, the one about a name (where did-you-mean helps) goes first;
+    # unknown keys go last, so their message is the one kept for a key written with dots.
+    order = lambda error: (error["type"] == "extra_forbidden", not isinstance(error.get("input"), str))  # noqa: E731
+    for error in sorted(exc.errors(), key=order):
         (shown, schema), (full_shown, full_schema) = _location(error["loc"])
         if error["type"] == "extra_forbidden":
             last = str(error["loc"][-1])

@@ -35,6 +35,8 @@ def method_problems(config: Config) -> list[tuple[str, str]]:
             "training.per_device_train_batch_size",
             "kto estimates its KL term from the other answers in a micro-batch: set it to 2 or more",
         ))
+    if method == "cpo" and config.cpo.loss_type in ("hinge", "ipo") and config.cpo.label_smoothing > 0:
+        problems.append(("cpo.label_smoothing", f"the {config.cpo.loss_type} loss has no label smoothing: leave it at 0"))
     if method == "distill" and not config.distill.teacher:
         problems.append(("distill.teacher", "required with method: distill (the teacher model's directory, .gguf file or hub id)"))
     if method == "reward" and config.backend == "unsloth":

@@ -46,6 +46,19 @@ GRPO_LOSSES = ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "ves
 
 METHOD_NAMES = ("sft", "dpo", "grpo", "kto", "orpo", "cpo", "reward", "rloo", "distill")
 
+# Names users know for what ft trains under another method (or does not offer), with the way to it.
+METHOD_ALIASES = {
+    "simpo": "method: cpo with cpo.loss_type: simpo",
+    "alphapo": "method: cpo with cpo.loss_type: alphapo",
+    "ipo": "method: dpo with dpo.loss_type: ipo",
+    "gkd": "method: distill (on-policy distillation from distill.teacher)",
+    "rm": "method: reward",
+    "dapo": "method: grpo with grpo.loss_type: dapo (the default)",
+    "dr_grpo": "method: grpo with grpo.loss_type: dr_grpo and grpo.scale_rewards: none",
+    "gspo": "method: grpo with grpo.importance_sampling_level: sequence",
+    "ppo": "not offered (it needs a value model); method: rloo or grpo train from rewards without one",
+}
+
 # Experiment trackers transformers reports to (its integrations), the ones ft documents and tests.
 TRACKERS = ("none", "tensorboard", "wandb", "trackio", "mlflow")
 
@@ -284,6 +297,13 @@ class Config(Section):
     reward: RewardSection = Field(default_factory=RewardSection)
     distill: DistillSection = Field(default_factory=DistillSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_known_by_another_name(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.lower() in METHOD_ALIASES:
+            raise ValueError(f"{value} is {METHOD_ALIASES[value.lower()]}")
+        return value
+
     run: dict[str, Any] | None = Field(
         None, description="Written by ft train into ft_run.yaml (package versions, data sha256, git commit); ignored as input."
     )

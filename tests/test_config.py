@@ -93,7 +93,7 @@ def test_yaml_1_1_exponent_without_dot_is_a_float(write_yaml):
         (MINIMAL + "training:\n  learning_rat: 1e-4\n", [], "{path}:4: training.learning_rat: unknown key; did you mean training.learning_rate?"),
         (MINIMAL, ["training.learning_rat=1e-4"], "command line: training.learning_rat: unknown key; did you mean training.learning_rate?"),
         (MINIMAL + "learning_rate: 1e-4\n", [], "{path}:3: learning_rate: unknown key; did you mean training.learning_rate?"),
-        (MINIMAL + "method: sfft\n", [], "{path}:3: method: expected one of sft, dpo, grpo, got 'sfft'; did you mean sft?"),
+        (MINIMAL + "method: sfft\n", [], "{path}:3: method: expected one of sft, dpo, grpo, kto, orpo, cpo, reward, rloo, distill, got 'sfft'; did you mean sft?"),
         (MINIMAL, ["lora.rr=4"], "command line: lora.rr: unknown key; did you mean lora.r?"),
         (MINIMAL + "lora:\n  lora_alpha: 16\n", [], "{path}:4: lora.lora_alpha: unknown key; use lora.alpha"),
         (MINIMAL, ["training.warmup_ratio=0.1"], "command line: training.warmup_ratio: unknown key; use training.warmup_steps (a value below 1 is a fraction of all steps)"),

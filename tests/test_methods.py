@@ -179,7 +179,7 @@ def test_vllm_generation_without_vllm_installed_is_a_clear_error(config, tmp_pat
     data = write_jsonl(tmp_path / "prompts.jsonl", prompt_records(8))
     result = run_ft("train", config("grpo", data, grpo={"num_generations": 4, "use_vllm": True}))
     assert result.returncode == EXIT_USAGE
-    assert result.stderr.strip().endswith("grpo.use_vllm: vllm is not installed (pip install vllm, on a CUDA machine); or set use_vllm: false to generate with transformers")
+    assert result.stderr.strip().endswith("grpo.use_vllm: vLLM generates on a CUDA GPU and this machine has none; set use_vllm: false to generate with transformers")
 
 
 def grpo_section(rewards):

@@ -245,12 +245,16 @@ def estimate(
     mfu: float = DEFAULT_MFU,
     overhead_bytes: float | None = None,
     device: str = "cuda",
+    others: list[tuple[str, ModelFacts]] | None = None,
 ) -> Estimate:
     """Peak memory per GPU and step time for `config` on `gpus` GPUs.
 
     device="cpu" predicts a CPU run instead (bench/estimate_accuracy.py): no CUDA context,
-    and dropout keeps a dtype-sized noise tensor instead of a 1-byte mask.
+    and dropout keeps a dtype-sized noise tensor instead of a 1-byte mask. `others` are the
+    models the method runs beside the trained one, by config key (a teacher, reward models).
     """
+    from ft_cli.train.methods import METHODS, second_model_runs, sequences_per_example
+
     m, t = config.model, config.training
     dtype = compute_dtype(config, device)
     dbytes = DTYPE_BYTES[dtype]
@@ -263,12 +267,15 @@ def estimate(
         notes.append(f"model.dtype auto taken as {AUTO_DTYPE} (a GPU with bf16 support)")
 
     # Sequences per micro-batch and their length, by method.
-    batch, seq = t.per_device_train_batch_size, m.max_seq_length
-    if config.method == "dpo":
-        batch *= 2  # chosen and rejected are concatenated into one forward pass
-        notes.append("dpo: chosen + rejected = 2 sequences per example")
-    if config.method == "grpo":
-        notes.append("grpo: model.max_seq_length taken as prompt + completion length")
+    method = METHODS[config.method]
+    per_example = sequences_per_example(config)
+    batch, seq = t.per_device_train_batch_size * per_example, m.max_seq_length
+    if per_example > 1:
+        what = "completion + a mismatched one for the KL term" if config.method == "kto" else "chosen + rejected"
+        notes.append(f"{config.method}: {what} = {per_example} sequences per example, in one forward pass")
+    generates = method.samples or method.second_model == "teacher"
+    if generates:
+        notes.append(f"{config.method}: model.max_seq_length taken as prompt + completion length")
 
     n = max(gpus, 1)
     strategy = config.distributed
@@ -310,8 +317,8 @@ def estimate(
     master = trainable * 4 if deepspeed and param_bytes < 4 else 0.0
     optim, optim_note = optimizer_state_bytes(t.optim, trainable, 4 if deepspeed else param_bytes)
 
-    # The reference model: DPO always (LoRA: the base with the adapter off, no copy), GRPO with beta > 0.
-    needs_reference = config.method == "dpo" or (config.method == "grpo" and config.grpo.beta > 0)
+    # The reference model: DPO and KTO always (LoRA: the base with the adapter off, no copy), GRPO and RLOO with beta > 0.
+    needs_reference = method.second_model != "teacher" and second_model_runs(config)
     reference = facts.total_params * dbytes if needs_reference and not lora else 0.0
     if needs_reference and lora:
         notes.append(f"{config.method} with LoRA: the reference model is the base with the adapter off (no extra copy)")
@@ -343,11 +350,17 @@ def estimate(
     # in full fine-tuning backward starts with the output layer's gradient, while every activation is alive
     first_grads = facts.output_params * param_bytes / (n if shard_states else 1) if not lora else 0.0
     generation = 0.0
-    if config.method == "grpo":
-        gen_batch = config.grpo.generation_batch_size or t.per_device_train_batch_size * t.gradient_accumulation_steps * n
+    if generates:
+        gen_batch = t.per_device_train_batch_size * n
+        if method.samples:
+            gen_batch = config.grpo.generation_batch_size or gen_batch * t.gradient_accumulation_steps
         per_gpu = math.ceil(gen_batch / n)
         generation = kv_cache_bytes(facts, per_gpu, seq, dbytes)
-        notes.append(f"grpo: KV cache for {per_gpu} sequences generated at once per GPU (generation and training do not overlap)")
+        notes.append(f"{config.method}: KV cache for {per_gpu} sequences generated at once per GPU (generation and training do not overlap)")
+    # Models run beside the trained one (no gradients): their weights, and a teacher's logits next to the student's.
+    others = others or []
+    other_weights = sum(other.total_params for _, other in others) * dbytes
+    other_work = sum(logits_bytes(batch, seq, other.vocab_size) for key, other in others if key == "distill.teacher")
 
     # torch's unfused AdamW (foreach on GPU) makes a full-size temporary in its step, when activations are gone
     step_temp = grads if t.optim == "adamw_torch" else 0.0
@@ -364,7 +377,10 @@ def estimate(
         Term("logits + loss", logits, f"{batch} x {seq} x {facts.vocab_size} vocab x {LOSS_BYTES_PER_LOGIT} B (fp32 loss buffers)"),
     ]
     if generation:
-        terms.append(Term("generation KV cache", generation, "GRPO sampling"))
+        terms.append(Term("generation KV cache", generation, f"{config.method} sampling"))
+    if others:
+        names = ", ".join(f"{key} {other.total_params / 1e6:,.1f}M params" for key, other in others)
+        terms.append(Term("teacher / reward models", other_weights + other_work, f"{names}, {dtype}, frozen" + (" (+ teacher logits)" if other_work else "")))
     if dequant:
         terms.append(Term("dequantization scratch", dequant, "largest quantized matrix in the compute dtype"))
     if step_temp:
@@ -379,12 +395,12 @@ def estimate(
     # Peak: with accumulation the previous micro-batches' gradients live next to the next
     # micro-batch's activations; without it (gradients set to None after each step) they grow
     # as activations are freed, the output layer's first.
-    working = acts + logits + dequant
+    working = acts + logits + dequant + other_work
     if t.gradient_accumulation_steps > 1:
         peak_work = grads + max(working, generation, step_temp)
     else:
         peak_work = max(grads + step_temp, working + first_grads, generation)
-    peak = base + adapter + reference + optim + master + gathered + ddp_buckets + peak_work + overhead_bytes
+    peak = base + adapter + reference + other_weights + optim + master + gathered + ddp_buckets + peak_work + overhead_bytes
 
     # Time: 2N FLOPs per token forward, 2N for the input gradients, 2N for the weight gradients
     # (skipped by LoRA's frozen base), 2N more to recompute with gradient checkpointing.
@@ -392,8 +408,10 @@ def estimate(
     per_token = 4 * facts.total_params + (2 * facts.total_params if not lora else 6 * trainable)
     if t.gradient_checkpointing:
         per_token += 2 * facts.total_params
-    if config.method == "dpo":
-        per_token = 2 * per_token + 2 * 2 * facts.total_params  # two sequences + reference forward
+    per_token *= per_example  # every sequence of an example is trained
+    if needs_reference:
+        per_token += per_example * 2 * facts.total_params  # the reference's forward pass
+    per_token += sum(2 * other.total_params for _, other in others)  # teacher / reward model forward passes
     flops = per_token * tokens / n
     step_seconds = flops / (tflops * 1e12 * mfu)
     return Estimate(mode, facts.total_params, trainable, terms, peak, tokens, flops, step_seconds, notes)

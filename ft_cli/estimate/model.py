@@ -53,7 +53,7 @@ class ModelFacts:
         return wide >= 2 * self.num_layers
 
 
-def read_model_config(path: str, revision: str | None = None, trust_remote_code: bool = False):
+def read_model_config(path: str, revision: str | None = None, trust_remote_code: bool = False, key: str = "model.path"):
     """transformers' config for model.path: config.json in a local directory, or the Hugging
     Face cache for a hub id, or a .gguf file's metadata. Never downloads, never reads weights."""
     local = Path(path).expanduser()
@@ -63,7 +63,7 @@ def read_model_config(path: str, revision: str | None = None, trust_remote_code:
         return auto_config(local)  # the file's metadata only (the weights are read lazily, never here)
     if local.exists():
         if not (local.is_dir() and (local / "config.json").is_file()):
-            raise ConfigError(f"model.path: {path}: no config.json there (ft estimate needs the model's config.json)")
+            raise ConfigError(f"{key}: {path}: no config.json there (ft estimate needs the model's config.json)")
         source = str(local)
     else:
         from huggingface_hub import try_to_load_from_cache
@@ -71,8 +71,8 @@ def read_model_config(path: str, revision: str | None = None, trust_remote_code:
         cached = try_to_load_from_cache(path, "config.json", revision=revision) if re.fullmatch(r"[\w.-]+(/[\w.-]+)?", path) else None
         if not isinstance(cached, str):
             raise ConfigError(
-                f"model.path: {path}: not a local directory and its config.json is not in the Hugging Face cache; "
-                f"download it first (hf download {path} config.json) or point model.path at a local copy"
+                f"{key}: {path}: not a local directory and its config.json is not in the Hugging Face cache; "
+                f"download it first (hf download {path} config.json) or point {key} at a local copy"
             )
         source = str(Path(cached).parent)
     from transformers import AutoConfig
@@ -81,7 +81,7 @@ def read_model_config(path: str, revision: str | None = None, trust_remote_code:
         return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"model.path: {path}: cannot read its config.json ({first})") from None
+        raise ConfigError(f"{key}: {path}: cannot read its config.json ({first})") from None
 
 
 def model_facts(hf_config: Any, name: str = "model", trust_remote_code: bool = False) -> ModelFacts:

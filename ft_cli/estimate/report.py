@@ -11,6 +11,7 @@ from ft_cli.errors import UsageError
 from ft_cli.estimate.fixes import Suggestion, suggestions
 from ft_cli.estimate.memory import DEFAULT_MFU, DEFAULT_TFLOPS, GiB, Estimate, estimate
 from ft_cli.estimate.model import ModelFacts, model_facts, read_model_config
+from ft_cli.train.methods import other_models
 
 
 
@@ -52,7 +53,7 @@ def optimizer_steps(config: Config, gpus: int) -> int | None:
     with open(data, "rb") as handle:
         records = sum(1 for line in handle if line.strip())
     per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps * max(gpus, 1)
-    if config.method == "grpo":
+    if config.method in ("grpo", "rloo"):
         per_step = max(per_step // config.grpo.num_generations, 1)
     return math.ceil(math.ceil(records / per_step) * t.num_train_epochs)
 
@@ -128,7 +129,8 @@ def run_estimate(config: Config, gpu_mem: str = "80GiB", gpus: int = 1, tflops: 
     budget = parse_memory(gpu_mem)
     m = config.model
     facts = model_facts(read_model_config(m.path, m.revision, m.trust_remote_code), m.path, m.trust_remote_code)
-    result = estimate(config, facts, gpus, tflops, mfu)
-    fixes = None if result.peak_bytes <= budget else suggestions(config, facts, budget, gpus, tflops=tflops, mfu=mfu)
+    others = [(key, model_facts(read_model_config(path, key=key), path)) for key, path in other_models(config)]
+    result = estimate(config, facts, gpus, tflops, mfu, others=others)
+    fixes = None if result.peak_bytes <= budget else suggestions(config, facts, budget, gpus, tflops=tflops, mfu=mfu, others=others)
     render(config, facts, result, budget, gpus, tflops, mfu, fixes)
     return result

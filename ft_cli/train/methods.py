@@ -202,6 +202,25 @@ def second_model_runs(cfg: Config) -> bool:
     return method.second_model is not None
 
 
+def other_models(cfg: Config) -> list[tuple[str, str]]:
+    """(dotted key, path) of the models a run loads beside model.path: a distillation teacher, reward models."""
+    method = METHODS[cfg.method]
+    models = [("distill.teacher", cfg.distill.teacher)] if method.second_model == "teacher" and cfg.distill.teacher else []
+    if method.samples:
+        models += [(f"grpo.rewards[{i}].model", spec.model) for i, spec in enumerate(cfg.grpo.rewards) if spec.model]
+    return models
+
+
+def sequences_per_example(cfg: Config) -> int:
+    """Sequences one example puts through the model: chosen + rejected for pairwise methods, and for
+    KTO the completion plus a mismatched one (another prompt's) from which it estimates its KL term."""
+    if cfg.method in ("dpo", "orpo", "cpo", "reward"):
+        return 2
+    if cfg.method == "kto" and cfg.kto.loss_type == "kto":
+        return 2
+    return 1
+
+
 def prompts_of_chats(records: list[dict]) -> list[dict]:
     """Conversational records as prompt-only ones: every turn before the last answer is the prompt."""
     out = []

@@ -32,7 +32,9 @@ def check_paths(loaded: LoadedConfig, chat_template: bool = False) -> None:
     for key, value in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval)):
         if value and not Path(value).exists():
             problems.append(f"{loaded.source_of(key)}: {key}: {value}: no such file or directory")
-    for key, path in _other_models(cfg):
+    from ft_cli.train.methods import other_models
+
+    for key, path in other_models(cfg):
         other = model_problem(path, key=key, tokenizer=False)
         if other:
             problems.append(f"{loaded.source_of(key.split('[')[0])}: {other}")
@@ -40,16 +42,6 @@ def check_paths(loaded: LoadedConfig, chat_template: bool = False) -> None:
         raise ConfigError(problems[0])
     if problems:
         raise ConfigError(f"{loaded.path or 'command line'}: {len(problems)} paths cannot be used:", problems)
-
-
-def _other_models(cfg: Config) -> list[tuple[str, str]]:
-    """(dotted key, path) of the models a run loads beside model.path: a distillation teacher, reward models."""
-    from ft_cli.train.methods import METHODS
-
-    models = [("distill.teacher", cfg.distill.teacher)] if cfg.method == "distill" and cfg.distill.teacher else []
-    if METHODS[cfg.method].samples:
-        models += [(f"grpo.rewards[{i}].model", spec.model) for i, spec in enumerate(cfg.grpo.rewards) if spec.model]
-    return models
 
 
 def needs_chat_template(cfg: Config, record: dict) -> bool:

@@ -1,0 +1,103 @@
+"""The method registry against the TRL it drives: every name ft accepts is one TRL knows,
+every argument ft passes is one the method's config has, and every method builds its config."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+
+import pytest
+
+from conftest import run_ft
+from ft_cli.config import load_config
+from ft_cli.config_schema import CPO_LOSSES, DPO_LOSSES, GRPO_LOSSES, KTO_LOSSES, METHOD_NAMES
+from ft_cli.errors import EXIT_USAGE
+from ft_cli.train.data import SHAPES
+from ft_cli.train.methods import METHODS
+
+KNOWN_SHAPES = {*SHAPES, "preference", "prompt-only", "unpaired-preference"}
+
+
+def _losses_in_source(target) -> set[str]:
+    """Loss names a trainer branches on: `loss_type == "x"` and `loss_type in ["x", ...]`."""
+    source = inspect.getsource(target)
+    names = set(re.findall(r'loss_type == "(\w+)"', source))
+    for group in re.findall(r"loss_type in \[([^\]]*)\]", source):
+        names |= set(re.findall(r'"(\w+)"', group))
+    return names
+
+
+def test_every_loss_name_ft_accepts_is_the_set_trl_implements():
+    from trl import DPOTrainer, GRPOTrainer, KTOTrainer
+    from trl.experimental.cpo import CPOConfig
+
+    assert set(DPO_LOSSES) == _losses_in_source(DPOTrainer)
+    assert set(KTO_LOSSES) == _losses_in_source(KTOTrainer)
+    assert set(GRPO_LOSSES) == _losses_in_source(GRPOTrainer)
+    cpo_field = next(f for f in dataclasses.fields(CPOConfig) if f.name == "loss_type")
+    assert list(CPO_LOSSES) == cpo_field.metadata["choices"]
+
+
+def test_every_method_is_registered_with_importable_classes_and_known_shapes():
+    assert tuple(METHODS) == METHOD_NAMES
+    for name, method in METHODS.items():
+        trainer, config = method.load(method.trainer), method.load(method.config)
+        assert inspect.isclass(trainer) and inspect.isclass(config), name
+        assert set(method.shapes) <= KNOWN_SHAPES, name
+        assert method.summary, name
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_each_method_builds_its_trl_config_with_ft_settings_reaching_it(name, tmp_path):
+    """The method's options are fields of its TRL config, and the TRL config ft builds carries them."""
+    from ft_cli.train.run import _trainer_args
+
+    overrides = ["model.path=x", f"method={name}", f"training.output_dir={tmp_path}", "training.per_device_train_batch_size=8", "distill.teacher=t"]
+    overrides += {
+        "dpo": ["dpo.loss_type=ipo"], "kto": ["kto.loss_type=apo_zero_unpaired", "kto.desirable_weight=1.5"],
+        "cpo": ["cpo.loss_type=simpo", "cpo.simpo_gamma=0.7"], "orpo": ["orpo.beta=0.2"],
+        "grpo": ["grpo.loss_type=dr_grpo", "grpo.scale_rewards=none", "grpo.mask_truncated_completions=true"],
+        "rloo": ["grpo.mask_truncated_completions=true", "grpo.beta=0.04"], "distill": ["distill.beta=0.25"],
+        "reward": ["reward.center_rewards_coefficient=0.01"],
+    }.get(name, [])
+    loaded = load_config(None, overrides)
+    method = METHODS[name]
+    fields = {f.name for f in dataclasses.fields(method.load(method.config))}
+    options = method.options(loaded.config, method.shapes[0])
+    assert set(options) <= fields, set(options) - fields
+    args = _trainer_args(loaded, method, tmp_path, method.shapes[0], has_eval=False)
+    expected = {
+        "dpo": {"loss_type": ["ipo"]}, "kto": {"loss_type": "apo_zero_unpaired", "desirable_weight": 1.5},
+        "cpo": {"loss_type": "simpo", "simpo_gamma": 0.7}, "orpo": {"beta": 0.2},
+        "grpo": {"loss_type": "dr_grpo", "scale_rewards": "none", "mask_truncated_completions": True},
+        "rloo": {"mask_truncated_completions": True, "beta": 0.04}, "distill": {"beta": 0.25},
+        "reward": {"center_rewards_coefficient": 0.01}, "sft": {"max_length": 2048},
+    }[name]
+    assert {key: getattr(args, key) for key in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["dpo.loss_type=ipoo"], "dpo.loss_type: expected one of sigmoid, hinge, ipo, exo_pair"),
+        (["dpo.loss_type=apo-zero"], "did you mean apo_zero?"),
+        (["method=simpo"], "method: simpo is method: cpo with cpo.loss_type: simpo"),
+        (["grpo.loss_type=dr-grpo"], "did you mean dr_grpo?"),
+        (["training.report_to=[trackio, mlfow]"], "did you mean mlflow?"),
+        (["method=rloo", "grpo.num_generations=2", "grpo.scale_rewards=batch"], "grpo.scale_rewards: applies to method: grpo only"),
+        (["method=kto", "training.per_device_train_batch_size=1"], "training.per_device_train_batch_size: kto estimates its KL term"),
+        (["method=distill"], "distill.teacher: required with method: distill"),
+        (["method=cpo", "cpo.loss_type=ipo", "cpo.label_smoothing=0.1"], "cpo.label_smoothing: the ipo loss has no label smoothing"),
+        (["method=grpo", "grpo.loss_type=luspo", "grpo.num_generations=2"], "grpo.importance_sampling_level: luspo is a sequence-level loss"),
+        (["method=reward", "backend=unsloth"], "backend: Unsloth loads language models only"),
+        (["grpo.rewards=[{model: rm, name: exact_answer}]"], "grpo.rewards[0]: give either name (a reward function) or model"),
+    ],
+)
+def test_method_settings_that_cannot_run_are_one_line_each_naming_the_key(overrides, message, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {path: x}\n")
+    result = run_ft("config", "validate", str(config), *overrides)
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
