@@ -108,7 +108,7 @@ def test_sft_data_given_to_dpo_says_which_method_it_is_for(config, tmp_path):
     data = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}])
     result = run_ft("train", config("dpo", data))
     assert result.returncode == EXIT_USAGE
-    assert "conversational data" in result.stderr and "method: sft, not dpo" in result.stderr
+    assert "conversational data" in result.stderr and "method: sft, distill, not dpo" in result.stderr
 
 
 # ------------------------------------------------------------------ GRPO

@@ -542,7 +542,7 @@ def test_train_reads_raw_formats_with_the_same_code(tmp_path):
     from ft_cli.train.data import load_sft_records
 
     assert load_sft_records(REPO / "examples/data/alpaca_demo.json") == (read(REPO / "examples/data/demo_chat.jsonl"), "conversational")
-    with pytest.raises(DataError, match="preference data .prompt\\+chosen\\+rejected. trains with method: dpo, not sft"):
+    with pytest.raises(DataError, match="preference data .prompt\\+chosen\\+rejected. trains with method: dpo, orpo, cpo, reward, not sft"):
         load_sft_records(REAL_DATA / "hh_harmless_test.jsonl.gz")
 
 

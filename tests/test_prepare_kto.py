@@ -286,7 +286,7 @@ def test_load_training_records_returns_kto_records_and_other_methods_refuse_them
         load_training_records(prepared, "sft")
     with pytest.raises(DataError, match=refused.format("dpo")):
         load_training_records(STRINGS, "dpo", ("preference",))
-    with pytest.raises(DataError, match="preference data .* trains with method: dpo, not kto; split the pairs into KTO records with `ft prepare --format kto --unpair`"):
+    with pytest.raises(DataError, match="preference data .* trains with method: dpo, orpo, cpo, reward, not kto; split the pairs into KTO records with `ft prepare --format kto --unpair`"):
         load_training_records(HH_PAIRS, "kto", ("unpaired-preference",))
 
 

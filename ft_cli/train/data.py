@@ -55,8 +55,13 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return records
 
 
-# The method each shape trains with, for "preference data trains with method: dpo, not sft".
-METHOD_OF_SHAPE = {**dict.fromkeys(SHAPES, "sft"), "preference": "dpo", "unpaired-preference": "kto", "prompt-only": "grpo"}
+
+
+def methods_for_shape(shape: str) -> str:
+    """The methods that train on a shape, for "preference data trains with method: dpo, orpo, ..., not sft"."""
+    from ft_cli.train.methods import METHODS
+
+    return ", ".join(name for name, method in METHODS.items() if shape in method.shapes)
 
 
 @dataclass
@@ -109,7 +114,7 @@ def load_training_records(
         # Pairs can become KTO records, but only on request: prepare splits them (and its report counts the labels).
         hint = "; split the pairs into KTO records with `ft prepare --format kto --unpair`" if data.shape == "preference" and "unpaired-preference" in shapes else ""
         raise DataError(
-            f"{path}: {data.shape} data ({'+'.join(SHAPE_COLUMNS[data.shape])}) trains with method: {METHOD_OF_SHAPE[data.shape]}, not {method}{hint}"
+            f"{path}: {data.shape} data ({'+'.join(SHAPE_COLUMNS[data.shape])}) trains with method: {methods_for_shape(data.shape)}, not {method}{hint}"
         )
     return data
 
