@@ -101,3 +101,15 @@ def test_method_settings_that_cannot_run_are_one_line_each_naming_the_key(overri
     assert result.returncode == EXIT_USAGE, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_teacher_with_another_vocabulary_is_refused_before_any_model_loads(tiny_model_dir, family_model_dir, tmp_path):
+    data = tmp_path / "prompts.jsonl"
+    data.write_text('{"prompt": [{"role": "user", "content": "Name a colour."}]}\n')
+    teacher = family_model_dir("qwen2.5")  # a real tokenizer's vocabulary, not the tiny model's 512 tokens
+    config = tmp_path / "c.yaml"
+    config.write_text(f"method: distill\nmodel: {{path: {tiny_model_dir}}}\ndata: {{train: {data}}}\ndistill: {{teacher: {teacher}}}\n")
+    result = run_ft("train", str(config), "--dry-run")
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert f"distill.teacher: {teacher}: its vocabulary has" in result.stderr and "model.path's has 512" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -36,12 +36,36 @@ def check_paths(loaded: LoadedConfig, chat_template: bool = False) -> None:
 
     for key, path in other_models(cfg):
         other = model_problem(path, key=key, tokenizer=False)
+        if not other and key == "distill.teacher" and not model:
+            other = _vocabulary_mismatch(cfg.model.path, path)
         if other:
             problems.append(f"{loaded.source_of(key.split('[')[0])}: {other}")
     if len(problems) == 1:
         raise ConfigError(problems[0])
     if problems:
         raise ConfigError(f"{loaded.path or 'command line'}: {len(problems)} paths cannot be used:", problems)
+
+
+def _vocabulary_mismatch(student: str, teacher: str) -> str | None:
+    """Distillation compares the two models' logits token by token: their vocabularies must be one.
+    Read from local config.json files (a hub id or a GGUF file is left to the trainer)."""
+    import json
+    from pathlib import Path
+
+    def vocab_size(path: str) -> int | None:
+        config_file = Path(path).expanduser() / "config.json"
+        if not config_file.is_file():
+            return None
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        return config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
+
+    sizes = vocab_size(student), vocab_size(teacher)
+    if None in sizes or sizes[0] == sizes[1]:
+        return None
+    return (
+        f"distill.teacher: {teacher}: its vocabulary has {sizes[1]} tokens and model.path's has {sizes[0]}; "
+        "the teacher must use the student's tokenizer (a larger model of the same family)"
+    )
 
 
 def needs_chat_template(cfg: Config, record: dict) -> bool:
