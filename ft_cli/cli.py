@@ -145,12 +145,12 @@ def train(
     ] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="Sets model.path.")] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", help="Sets data.train.")] = None,
-    method: Annotated[Optional[str], typer.Option("--method", help="Sets method: sft, dpo or grpo.")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help="Sets method: sft, dpo, grpo, kto, orpo, cpo, reward, rloo or distill.")] = None,
     output_dir: Annotated[Optional[str], typer.Option("--output-dir", help="Sets training.output_dir.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate config and data, report the plan, load no weights.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier ft run in output_dir.")] = False,
 ) -> None:
-    """Train a model: SFT, DPO or GRPO; full, LoRA or QLoRA.
+    """Train a model: SFT, DPO, GRPO, KTO, ORPO, CPO/SimPO, reward, RLOO or distillation; full, LoRA or QLoRA.
 
     CONFIG is a YAML file; overrides such as training.learning_rate=1e-4 follow it.
     Without a config, --model and --dataset are enough: LoRA with the defaults in
