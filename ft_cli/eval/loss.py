@@ -84,3 +84,27 @@ def preference_metrics(chosen: list[TokenScores], rejected: list[TokenScores]) -
     if not margins:
         return {}
     return {"reward_accuracy": sum(m > 0 for m in margins) / len(margins), "reward_margin": sum(margins) / len(margins)}
+
+
+def score_with_reward_model(model, sequences: list, batch_size: int, tick: Callable[[int], None] | None = None) -> list[TokenScores]:
+    """A reward model's score of each whole sequence (as TokenScores with one "token"), batched with
+    right padding: the model reads its score at the last non-pad token, as in training."""
+    import torch
+
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    results: list[TokenScores | None] = [None] * len(sequences)
+    for start in range(0, len(sequences), batch_size):
+        chosen = list(range(start, min(start + batch_size, len(sequences))))
+        width = max(len(sequences[i].ids) for i in chosen)
+        ids = torch.full((len(chosen), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(chosen), width), dtype=torch.long)
+        for row, index in enumerate(chosen):
+            ids[row, : len(sequences[index].ids)] = torch.tensor(sequences[index].ids, dtype=torch.long)
+            attention[row, : len(sequences[index].ids)] = 1
+        with torch.inference_mode():
+            scores = model(input_ids=ids.to(model.device), attention_mask=attention.to(model.device)).logits.float()[:, 0]
+        for row, index in enumerate(chosen):
+            results[index] = TokenScores(float(scores[row]), 1)
+        if tick is not None:
+            tick(len(chosen))
+    return results  # type: ignore[return-value]

@@ -23,6 +23,7 @@ class ModelSpec:
     run: dict | None = None  # that run's ft_run.yaml
     added_as_base_of: str | None = None  # set when ft added this model as another's base
     tokenizer_from: str | None = None  # load the tokenizer from here (an added base uses its fine-tune's)
+    reward_model: bool = False  # a one-score sequence classifier (ft train method: reward): it scores pairs
 
     @property
     def is_base(self) -> bool:
@@ -45,12 +46,15 @@ def resolve_model(spec: str) -> ModelSpec:
             if not (path / "config.json").exists() and not (path / ADAPTER_CONFIG).exists() and (path / name).is_dir():
                 inner = path / name
         if (inner / ADAPTER_CONFIG).exists():
+            from ft_cli.adapters import is_reward_adapter
+
             adapter = find_adapter(inner)
             base = resolve_base(adapter)
-            return ModelSpec(spec, "adapter", str(adapter.path), base.path, run_dir or (adapter.path.parent if adapter.run else None), run or adapter.run)
+            run_dir = run_dir or (adapter.path.parent if adapter.run else None)
+            return ModelSpec(spec, "adapter", str(adapter.path), base.path, run_dir, run or adapter.run, reward_model=is_reward_adapter(adapter))
         if (inner / "config.json").exists():
             run_base = ((run or {}).get("model") or {}).get("path")
-            return ModelSpec(spec, "full", str(inner), run_base, run_dir, run)
+            return ModelSpec(spec, "full", str(inner), run_base, run_dir, run, reward_model=_is_sequence_classifier(inner))
         raise UsageError(f"{spec}: neither a model directory (config.json), a LoRA adapter ({ADAPTER_CONFIG}) nor a run directory ({RUN_FILE})")
     if path.exists():
         raise UsageError(f"{spec}: is a file; expected a model or run directory, a LoRA adapter directory or a .gguf file")
@@ -59,6 +63,16 @@ def resolve_model(spec: str) -> ModelSpec:
     if _HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
         return ModelSpec(spec, "hub", spec)
     raise UsageError(f"{spec}: not found; expected a run directory, a model or adapter directory, a .gguf file or a hub id")
+
+
+def _is_sequence_classifier(directory: Path) -> bool:
+    import json
+
+    try:
+        architectures = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return False  # loading says what is wrong with it
+    return any(str(name).endswith("ForSequenceClassification") for name in architectures)
 
 
 def resolve_models(specs: list[str], add_base: bool = True) -> list[ModelSpec]:
@@ -72,7 +86,8 @@ def resolve_models(specs: list[str], add_base: bool = True) -> list[ModelSpec]:
             raise UsageError(f"{model.name}: given twice (as {seen[key].name})")
         seen[key] = model
     for model in models:
-        if add_base and model.base is not None and _same(model.base) not in seen:
+        # A reward model's base has no score head: there is nothing to compare it with.
+        if add_base and model.base is not None and not model.reward_model and _same(model.base) not in seen:
             base = ModelSpec(model.base, "gguf" if is_gguf(model.base) else "full" if Path(model.base).exists() else "hub", model.base,
                              added_as_base_of=model.name, tokenizer_from=_tokenizer_dir(model))  # fmt: skip
             seen[_same(model.base)] = base
@@ -118,7 +133,7 @@ def load_model(spec: ModelSpec):
         base = resolve_base(adapter)
         model, tokenizer = load_adapted_model(adapter, base, dtype=None), load_tokenizer(adapter, base)
     else:
-        model = load_base(BaseModel(spec.path, spec.name), dtype=None).eval()
+        model = load_base(BaseModel(spec.path, spec.name), dtype=None, sequence_classification=spec.reward_model).eval()
         try:
             tokenizer = auto_tokenizer(spec.tokenizer_from or spec.path)
         except (OSError, ValueError) as exc:

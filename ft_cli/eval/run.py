@@ -155,6 +155,9 @@ def _plan(data: EvalData, request: EvalRequest, models: list[ModelSpec]) -> Plan
     M.check_metric_names(names)
     if not names:
         raise UsageError(f"{data.path}: {data.shape} data without reference answers (columns {', '.join(REFERENCE_COLUMNS)}): no metric applies; pass --metric REWARD")
+    for model in models:
+        if model.reward_model and data.shape != "preference":
+            raise UsageError(f"{model.name}: a reward model scores preference data (prompt, chosen, rejected); {data.path} is {data.shape} data")
     for name in names:
         kind = M.kind_of(name)
         if kind == "preference" and data.shape != "preference":
@@ -212,20 +215,24 @@ def _score(model, tokenizer, plan: Plan, request: EvalRequest, name: str) -> tup
         loss_metrics,
         preference_metrics,
         score_sequences,
+        score_with_reward_model,
         sequences_of,
     )
 
     torch.manual_seed(request.seed)
     data, wanted, scores, timing, rows = plan.data, set(plan.metrics), {}, {}, []
     label = f"{name} on {data.name}"
+    reward_model = type(model).__name__.endswith("ForSequenceClassification")  # checked against the data in _plan
     if data.shape == "preference":
         pairs = sequences_of([item.record for item in data.items], tokenizer, data.path)
-        progress = Progress(f"{label}: log-probabilities", 2 * len(pairs))
-        flat = score_sequences(model, [s for pair in pairs for s in pair], request.batch_size, progress.tick)
+        what, scorer = ("reward model scores", score_with_reward_model) if reward_model else ("log-probabilities", score_sequences)
+        progress = Progress(f"{label}: {what}", 2 * len(pairs))
+        flat = scorer(model, [s for pair in pairs for s in pair], request.batch_size, progress.tick)
         timing["logprob_s"] = progress.finish()
         chosen, rejected = flat[0::2], flat[1::2]
         scores.update({k: v for k, v in preference_metrics(chosen, rejected).items() if k in wanted})
-        rows = [{"model": name, "data": data.name, "index": i, "chosen_logprob": c.logprob, "rejected_logprob": r.logprob}
+        kind = "score" if reward_model else "logprob"
+        rows = [{"model": name, "data": data.name, "index": i, f"chosen_{kind}": c.logprob, f"rejected_{kind}": r.logprob}
                 for i, (c, r) in enumerate(zip(chosen[: request.samples], rejected[: request.samples]))]  # fmt: skip
         return scores, rows, timing
     if wanted & {"loss", "perplexity"}:
