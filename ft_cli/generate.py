@@ -55,6 +55,10 @@ def load_generator(path: str | Path, base: str | None = None) -> Generator:
     if not path.is_dir():
         what = "not found" if not path.exists() else "is a file"
         raise UsageError(f"{path}: {what}; expected a model directory (config.json) or a LoRA adapter directory ({ADAPTER_CONFIG})")
+    from ft_cli.models.check import is_reward_model, reward_model_refusal
+
+    if is_reward_model(path):
+        raise UsageError(reward_model_refusal(path, "generating text"))
     quiet_library_noise()
     for inner in (ADAPTER_DIR, FULL_MODEL_DIR):  # a run directory: use what it trained
         if not (path / "config.json").exists() and not (path / ADAPTER_CONFIG).exists() and (path / inner).is_dir():

@@ -50,3 +50,21 @@ def test_a_reward_model_is_evaluated_by_its_scores_before_and_after_merging(tiny
     refused = run_ft("eval", str(tmp_path / "merged"), "--data", str(prompts), "-o", str(tmp_path / "p.json"))
     assert refused.returncode == EXIT_USAGE
     assert "a reward model scores preference data" in refused.stderr and "Traceback" not in refused.stderr
+
+    # It scores; it does not generate: generate and export refuse it (run and merged), and a GRPO
+    # reward must be the merged model, not the adapter.
+    for model in (tmp_path / "rm", tmp_path / "merged"):
+        for command in (["generate", str(model), "-p", "hi"], ["export", str(model), "-o", str(tmp_path / "rm.gguf")]):
+            result = run_ft(*command)
+            assert result.returncode == EXIT_USAGE, (command, result.stderr[-2000:])
+            assert f"{model}: is a reward model" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "rm.gguf").exists()
+    grpo = tmp_path / "grpo.yaml"
+    grpo.write_text(yaml.safe_dump({
+        "method": "grpo", "model": {"path": str(tiny_model_dir)}, "data": {"train": str(prompts)},
+        "training": {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 1},
+        "grpo": {"num_generations": 2, "rewards": [{"model": str(tmp_path / "rm")}]},
+    }))  # fmt: skip
+    adapter_as_reward = run_ft("train", str(grpo), "--dry-run")
+    assert adapter_as_reward.returncode == EXIT_USAGE
+    assert "grpo.rewards[0].model" in adapter_as_reward.stderr and "merge it first" in adapter_as_reward.stderr

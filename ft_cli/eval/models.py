@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ft_cli.errors import UsageError
+from ft_cli.models.check import is_reward_model
 from ft_cli.models.gguf import is_gguf
 from ft_cli.run_dir import ADAPTER_DIR, FULL_MODEL_DIR, RUN_FILE, read_run_record
 
@@ -54,7 +55,7 @@ def resolve_model(spec: str) -> ModelSpec:
             return ModelSpec(spec, "adapter", str(adapter.path), base.path, run_dir, run or adapter.run, reward_model=is_reward_adapter(adapter))
         if (inner / "config.json").exists():
             run_base = ((run or {}).get("model") or {}).get("path")
-            return ModelSpec(spec, "full", str(inner), run_base, run_dir, run, reward_model=_is_sequence_classifier(inner))
+            return ModelSpec(spec, "full", str(inner), run_base, run_dir, run, reward_model=is_reward_model(inner))
         raise UsageError(f"{spec}: neither a model directory (config.json), a LoRA adapter ({ADAPTER_CONFIG}) nor a run directory ({RUN_FILE})")
     if path.exists():
         raise UsageError(f"{spec}: is a file; expected a model or run directory, a LoRA adapter directory or a .gguf file")
@@ -63,16 +64,6 @@ def resolve_model(spec: str) -> ModelSpec:
     if _HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
         return ModelSpec(spec, "hub", spec)
     raise UsageError(f"{spec}: not found; expected a run directory, a model or adapter directory, a .gguf file or a hub id")
-
-
-def _is_sequence_classifier(directory: Path) -> bool:
-    import json
-
-    try:
-        architectures = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("architectures") or []
-    except (OSError, ValueError, AttributeError):
-        return False  # loading says what is wrong with it
-    return any(str(name).endswith("ForSequenceClassification") for name in architectures)
 
 
 def resolve_models(specs: list[str], add_base: bool = True) -> list[ModelSpec]:

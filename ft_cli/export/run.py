@@ -75,6 +75,10 @@ def classify_source(path: Path) -> str:
     if path.is_file():
         hint = " (it is already GGUF)" if path.suffix.lower() == ".gguf" else ""
         raise UsageError(f"{path}: is a file{hint}; expected a model directory, a LoRA adapter or a run directory")
+    from ft_cli.models.check import is_reward_model, reward_model_refusal
+
+    if is_reward_model(path):
+        raise UsageError(reward_model_refusal(path, "export to GGUF (for llama.cpp and Ollama to generate with)"))
     if (path / ADAPTER_CONFIG).exists() or (path / ADAPTER_DIR / ADAPTER_CONFIG).exists():
         return "adapter"
     if (path / "config.json").exists():

@@ -144,3 +144,28 @@ def architecture_of(model_path: str | None) -> dict | None:
     except (OSError, ValueError):
         return None
     return {key: config.get(key) for key in ARCHITECTURE_KEYS} if isinstance(config, dict) else None
+
+
+def is_reward_model(path: str | Path) -> bool:
+    """A model with a one-score head (ft train method: reward): a directory whose config.json names a
+    *ForSequenceClassification class, or a run/adapter directory whose adapter is a SEQ_CLS one."""
+    directory = Path(path).expanduser()
+    for config_file, test in (
+        (directory / "config.json", lambda c: any(str(a).endswith("ForSequenceClassification") for a in c.get("architectures") or [])),
+        (directory / "adapter_config.json", lambda c: c.get("task_type") == "SEQ_CLS"),
+        (directory / "lora_weights" / "adapter_config.json", lambda c: c.get("task_type") == "SEQ_CLS"),
+    ):
+        if config_file.is_file():
+            try:
+                config = json.loads(config_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return False  # loading says what is wrong with it
+            return isinstance(config, dict) and test(config)
+    return False
+
+
+def reward_model_refusal(path: str | Path, command: str) -> str:
+    return (
+        f"{path}: is a reward model (one score per answer, from method: reward); {command} needs a language model. "
+        f"Score preference data with `ft eval {path} --data pairs.jsonl`, or use it, merged (ft merge), as a GRPO reward: grpo.rewards: [{{model: MERGED_DIR}}]"
+    )

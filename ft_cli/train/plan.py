@@ -36,6 +36,8 @@ def check_paths(loaded: LoadedConfig, chat_template: bool = False) -> None:
 
     for key, path in other_models(cfg):
         other = model_problem(path, key=key, tokenizer=False)
+        if other and key.startswith("grpo.rewards") and _is_unmerged_reward_model(path):
+            other = f"{key}: {path}: a reward model's adapter; merge it first (ft merge {path} -o MERGED_DIR) and name MERGED_DIR here"
         if not other and key == "distill.teacher" and not model:
             other = _vocabulary_mismatch(cfg.model.path, path)
         if other:
@@ -44,6 +46,14 @@ def check_paths(loaded: LoadedConfig, chat_template: bool = False) -> None:
         raise ConfigError(problems[0])
     if problems:
         raise ConfigError(f"{loaded.path or 'command line'}: {len(problems)} paths cannot be used:", problems)
+
+
+def _is_unmerged_reward_model(path: str) -> bool:
+    from pathlib import Path
+
+    from ft_cli.models.check import is_reward_model
+
+    return is_reward_model(path) and not (Path(path).expanduser() / "config.json").is_file()
 
 
 def _vocabulary_mismatch(student: str, teacher: str) -> str | None:
