@@ -426,3 +426,45 @@ def test_cli_errors_are_one_line(write_yaml, tmp_path):
     result = run_ft("estimate", bad)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "did you mean training.per_device_train_batch_size" in result.stderr
+
+
+# --------------------------------------------------------------------------- per method
+
+
+def test_each_method_pays_for_what_it_runs_beside_the_trained_model(facts, model_dirs):
+    """Full fine-tuning of Qwen2.5-0.5B: DPO and KTO keep a frozen reference copy, ORPO/CPO/reward do not;
+    pairwise methods put two sequences through per example; distillation adds the teacher's weights and logits."""
+    student = facts["qwen2.5-0.5b"]
+    full = {"training": {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 1}}
+    by_method = {m: estimate(cfg(model_dirs["qwen2.5-0.5b"], method=m, **full), student) for m in ("sft", "dpo", "kto", "orpo", "cpo", "reward")}
+    terms = {m: {t.name: t.bytes for t in e.terms} for m, e in by_method.items()}
+    reference = student.total_params * 2  # bf16
+    for method in ("dpo", "kto"):
+        assert terms[method]["reference model"] == reference
+        assert terms[method]["activations"] == 2 * terms["sft"]["activations"]
+    for method in ("orpo", "cpo", "reward"):
+        assert terms[method]["reference model"] == 0
+        assert terms[method]["activations"] == 2 * terms["sft"]["activations"]
+        assert by_method[method].peak_bytes < by_method["dpo"].peak_bytes
+    assert by_method["dpo"].step_seconds > by_method["orpo"].step_seconds  # the reference forward costs time too
+
+    teacher = facts["qwen2.5-7b"]
+    distill = cfg(model_dirs["qwen2.5-0.5b"], method="distill", distill={"teacher": str(model_dirs["qwen2.5-7b"])}, **full)
+    alone = estimate(distill, student)
+    with_teacher = estimate(distill, student, others=[("distill.teacher", teacher)])
+    added = {t.name: t.bytes for t in with_teacher.terms}["teacher / reward models"]
+    assert added > teacher.total_params * 2  # its bf16 weights and its logits
+    assert with_teacher.peak_bytes - alone.peak_bytes >= teacher.total_params * 2
+    assert with_teacher.step_seconds > alone.step_seconds
+
+
+def test_ft_estimate_reads_the_teacher_from_the_config(model_dirs, write_yaml):
+    config = write_yaml(
+        f"method: distill\nmodel: {{path: {model_dirs['qwen2.5-0.5b']}}}\ndistill: {{teacher: {model_dirs['qwen2.5-7b']}}}\n"
+        "training: {per_device_train_batch_size: 1, max_steps: 10}\n"
+    )
+    result = run_ft("estimate", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "teacher / reward models" in result.stdout and "distill.teacher 7,615.6M params" in result.stdout.replace("\n", " ")
+    missing = run_ft("estimate", str(config), f"distill.teacher={model_dirs['qwen2.5-7b']}-missing")
+    assert missing.returncode == 2 and "distill.teacher:" in missing.stderr and "Traceback" not in missing.stderr
