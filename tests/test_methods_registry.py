@@ -4,10 +4,12 @@ every argument ft passes is one the method's config has, and every method builds
 from __future__ import annotations
 
 import dataclasses
+import json
 import inspect
 import re
 
 import pytest
+import yaml
 
 from conftest import run_ft
 from ft_cli.config import load_config
@@ -113,3 +115,24 @@ def test_a_teacher_with_another_vocabulary_is_refused_before_any_model_loads(tin
     assert result.returncode == EXIT_USAGE, result.stderr
     assert f"distill.teacher: {teacher}: its vocabulary has" in result.stderr and "model.path's has 512" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("method", ["orpo", "kto"])
+def test_prompts_that_fill_max_seq_length_are_named_before_the_model_loads(method, family_model_dir, tmp_path):
+    """Llama 3.2's template adds a dated system turn: at 64 tokens no answer is left. TRL would drop every
+    record (reward, KTO: 'num_samples=0') or train on empty answers (ORPO, CPO: a NaN loss)."""
+    prompt = [{"role": "user", "content": "What is 2 + 2?"}]
+    if method == "kto":
+        records = [{"prompt": prompt, "completion": [{"role": "assistant", "content": a}], "label": a == "4"} for a in ("4", "5")]
+    else:
+        records = [{"prompt": prompt, "chosen": [{"role": "assistant", "content": "4"}], "rejected": [{"role": "assistant", "content": "5"}]}]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    config = tmp_path / "c.yaml"
+    body = {"method": method, "model": {"path": str(family_model_dir("llama3.2")), "max_seq_length": 64}, "lora": {"r": 4},
+            "data": {"train": str(data)}, "training": {"output_dir": str(tmp_path / "out"), "max_steps": 1}}  # fmt: skip
+    config.write_text(yaml.safe_dump(body))
+    result = run_ft("train", str(config))
+    assert result.returncode == EXIT_USAGE, result.stderr[-2000:]
+    assert f"{data}: {len(records)} of {len(records)} records have a prompt of model.max_seq_length=64 tokens or more" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()

@@ -156,6 +156,41 @@ def tokenize_sft(dataset, tokenizer, data: TrainingData, max_length: int):
     return tokenized.remove_columns(_PROBLEM)
 
 
+# Records checked for prompts that fill model.max_seq_length (the first ones: the check must stay cheap next to loading).
+PROMPT_CHECK_LIMIT = 2000
+
+
+def prompts_that_fill_the_window(data: TrainingData, tokenizer, max_length: int) -> str | None:
+    """Preference and KTO records are tokenized by TRL, which keeps the prompt and cuts the answers: a
+    prompt of max_length tokens or more leaves nothing to train on (TRL then drops the record, or trains
+    on an empty answer and its loss turns NaN). Every record like that is an error; some, a warning line."""
+    from ft_cli.data.formats import RecordProblem
+    from ft_cli.data.tokens import capped, loss_sequences
+
+    if data.shape not in ("preference", "unpaired-preference"):
+        return None
+    checked = data.records[:PROMPT_CHECK_LIMIT]
+    full, longest = 0, 0
+    for record in checked:
+        try:
+            sequences = loss_sequences(capped(_without_nulls(record), max_length, tokenizer), tokenizer)
+        except RecordProblem:
+            continue  # the trainer's own tokenization reports it
+        prompt = min((sequence.trained.index(True) if True in sequence.trained else len(sequence.ids)) for sequence in sequences)
+        longest = max(longest, prompt)
+        full += prompt >= max_length
+    if full == 0:
+        return None
+    where = f"{full} of the first {len(checked)}" if len(checked) < len(data.records) else f"{full} of {len(checked)}"
+    message = (
+        f"{data.path}: {where} records have a prompt of model.max_seq_length={max_length} tokens or more (chat template "
+        f"included; the longest has {longest}), which leaves no answer to train on: raise model.max_seq_length"
+    )
+    if full == len(checked):
+        raise DataError(message)
+    return f"warning: {message}"
+
+
 def template_problems_error(data: TrainingData, problems: list[tuple[int, str]]) -> DataError:
     """`path:LINE: reason` for each record (by index) that the model's chat template cannot train."""
     lines = _record_lines(data.path) if not data.converted else None

@@ -152,6 +152,10 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, 
         check_rewards(cfg, records[0])  # before the model loads: a broken reward should cost seconds, not a GPU hour
     if resume_from is None and is_main_process():
         check_output_dir(output_dir, overwrite)
+    if shape in ("preference", "unpaired-preference"):  # before the model loads: TRL would drop or NaN on them
+        from ft_cli.train.model import load_tokenizer
+
+        _say_if_prompts_fill_the_window(train_data, load_tokenizer(cfg.model), cfg.model.max_seq_length)
     token_lengths = None
     if dry_run:
         from ft_cli.train.data import template_problems_error
@@ -222,6 +226,14 @@ def as_prompts(data: TrainingData) -> TrainingData:
     if data.shape != "conversational":
         return data
     return TrainingData(data.path, prompts_of_chats(data.records), "prompt-only", converted=True, manifest=data.manifest)
+
+
+def _say_if_prompts_fill_the_window(data: TrainingData, tokenizer, max_length: int) -> None:
+    from ft_cli.train.data import prompts_that_fill_the_window
+
+    warning = prompts_that_fill_the_window(data, tokenizer, max_length)
+    if warning:
+        say(warning)
 
 
 def _check_prepared_against_run(data: TrainingData, cfg) -> None:
