@@ -52,7 +52,7 @@ def config(tmp_path, tiny_model_dir):
         }  # fmt: skip
         body = {
             "method": method,
-            "model": {"path": str(sections.pop("model_path", tiny_model_dir)), "dtype": "fp32", "max_seq_length": 64},
+            "model": {"path": str(tiny_model_dir), "dtype": "fp32", "max_seq_length": 64},
             "lora": {"r": 8, "alpha": 16, "dropout": 0.0, **(lora or {})},
             "data": {"train": data},
             "training": training,
@@ -123,15 +123,18 @@ def reward_model_ranking(model_dir: Path, pairs: list[dict]) -> float:
 
 
 def test_reward_model_learns_the_pairs_merges_and_scores_a_grpo_run(config, tmp_path):
-    """Measured (8 steps of 16, lr 5e-3): accuracy 0.34-0.59 at step 2 -> 0.75-0.94 at step 8, margin
-    ~0 -> 0.16-0.58 (the spread is the score head's unseeded initialisation, see the resume test)."""
+    """Measured over 11 runs (8 steps of 16, lr 5e-3): accuracy 0.34-0.63 at step 2 -> 0.75-0.94 at step 8;
+    margin ~0 at step 2, mean of steps 6 and 8: 0.16-0.28 (one window alone can dip to 0.04); the merged
+    model ranks 75-81% of the 32 pairs right. The spread is the score head's unseeded initialisation
+    (see the resume test): run to run, the same config gives other numbers."""
     pairs = preference_records()
     data = write_jsonl(tmp_path / "pref.jsonl", pairs)
     result = run_ft("train", config("reward", data, name="rm"))
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [row for row in metrics(tmp_path / "rm") if "accuracy" in row]
     assert [row["step"] for row in rows] == [2, 4, 6, 8]
-    assert rows[-1]["accuracy"] > 0.6 and rows[-1]["margin"] > rows[0]["margin"] + 0.05, rows
+    assert rows[0]["accuracy"] < 0.7 and rows[-1]["accuracy"] > 0.6, rows
+    assert (rows[-2]["margin"] + rows[-1]["margin"]) / 2 > rows[0]["margin"] + 0.05, rows
     assert "accuracy" in progress_lines(result.stderr)[-1]
 
     merged = tmp_path / "reward-model"
