@@ -266,6 +266,11 @@ def build_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_data: Tra
     cfg = loaded.config
     method = METHODS[cfg.method]
     output_dir = Path(cfg.training.output_dir)
+    from transformers import set_seed
+
+    # Weights made at load time (a reward model's new score head) come from training.seed, like everything after;
+    # the Trainer seeds only once it is built, after the model.
+    set_seed(cfg.training.seed)
     model, tokenizer, peft_config = load_model_and_lora(cfg, backend)  # Unsloth returns its own tokenizer and a PeftModel
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
     train_dataset = _as_dataset(train_data)
