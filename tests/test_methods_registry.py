@@ -93,6 +93,7 @@ def test_each_method_builds_its_trl_config_with_ft_settings_reaching_it(name, tm
         (["method=cpo", "cpo.loss_type=ipo", "cpo.label_smoothing=0.1"], "cpo.label_smoothing: the ipo loss has no label smoothing"),
         (["method=grpo", "grpo.loss_type=luspo", "grpo.num_generations=2"], "grpo.importance_sampling_level: luspo is a sequence-level loss"),
         (["method=reward", "backend=unsloth"], "backend: Unsloth loads language models only"),
+        (["method=rloo", "grpo.num_generations=2", "lora.target_modules=[q_proj, lm_head]"], "lora.target_modules: rloo cannot put a LoRA adapter on lm_head"),
         (["grpo.rewards=[{model: rm, name: exact_answer}]"], "grpo.rewards[0]: give either name (a reward function) or model"),
     ],
 )
@@ -136,3 +137,15 @@ def test_prompts_that_fill_max_seq_length_are_named_before_the_model_loads(metho
     assert result.returncode == EXIT_USAGE, result.stderr[-2000:]
     assert f"{data}: {len(records)} of {len(records)} records have a prompt of model.max_seq_length=64 tokens or more" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_mlflow_is_told_not_to_send_usage_telemetry(monkeypatch):
+    """The user asked for local logs: mlflow's telemetry (on unless an environment variable says no) is turned off."""
+    from ft_cli.train.trackers import tracker_options
+
+    monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
+    options = tracker_options(load_config(None, ["model.path=x", "training.report_to=[mlflow, trackio]"]).config)
+    assert options["report_to"] == ["mlflow", "trackio"] and options["trackio_static_space_id"] is False
+    import os
+
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"

@@ -70,12 +70,37 @@ def _vocabulary_mismatch(student: str, teacher: str) -> str | None:
         return config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
 
     sizes = vocab_size(student), vocab_size(teacher)
-    if None in sizes or sizes[0] == sizes[1]:
+    if None not in sizes and sizes[0] != sizes[1]:
+        return (
+            f"distill.teacher: {teacher}: its vocabulary has {sizes[1]} tokens and model.path's has {sizes[0]}; "
+            "the teacher must use the student's tokenizer (a larger model of the same family)"
+        )
+    vocabularies = _tokenizer_vocabulary(student), _tokenizer_vocabulary(teacher)
+    if None in vocabularies or vocabularies[0] == vocabularies[1]:
         return None
+    differ = sum(vocabularies[1].get(token) != index for token, index in vocabularies[0].items())
     return (
-        f"distill.teacher: {teacher}: its vocabulary has {sizes[1]} tokens and model.path's has {sizes[0]}; "
-        "the teacher must use the student's tokenizer (a larger model of the same family)"
+        f"distill.teacher: {teacher}: its tokenizer gives {differ} of the student's {len(vocabularies[0])} tokens "
+        "another id; the teacher must use the student's tokenizer (a larger model of the same family)"
     )
+
+
+def _tokenizer_vocabulary(path: str) -> dict | None:
+    """token -> id from a local tokenizer.json (the model's vocabulary plus its added tokens), or None."""
+    import json
+    from pathlib import Path
+
+    tokenizer_file = Path(path).expanduser() / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        return None
+    try:
+        data = json.loads(tokenizer_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    vocabulary = (data.get("model") or {}).get("vocab")
+    if not isinstance(vocabulary, dict):
+        return None  # a SentencePiece-style list: left to the trainer
+    return {**vocabulary, **{token["content"]: token["id"] for token in data.get("added_tokens") or []}}
 
 
 def needs_chat_template(cfg: Config, record: dict) -> bool:

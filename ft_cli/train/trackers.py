@@ -26,6 +26,11 @@ def tracker_options(cfg: Config) -> dict:
     created for a run unless the user pushes it to the hub, where transformers links one)."""
     names = trackers(cfg)
     options = {"report_to": names or "none"}
+    if "mlflow" in names:
+        import os
+
+        # mlflow reports usage to its makers' server unless told not to; the user asked for local logs only.
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     if "trackio" in names:
         options["project"] = PROJECT
         if not cfg.training.push_to_hub:
