@@ -255,6 +255,7 @@ def check_rewards(cfg, example: dict) -> None:
 
 def build_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_data: TrainingData | None, backend: str = "accelerate"):
     """Model, tokenizer, datasets and callbacks wired into the method's TRL trainer, ready to train."""
+    from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback
 
     from ft_cli.train.callbacks import MetricsCallback, PreemptionCallback, ProgressCallback, ScheduleOnResume
@@ -266,8 +267,6 @@ def build_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_data: Tra
     cfg = loaded.config
     method = METHODS[cfg.method]
     output_dir = Path(cfg.training.output_dir)
-    from transformers import set_seed
-
     # Weights made at load time (a reward model's new score head) come from training.seed, like everything after;
     # the Trainer seeds only once it is built, after the model.
     set_seed(cfg.training.seed)
