@@ -24,13 +24,6 @@ from test_train import arithmetic_chats
 from ft_cli.errors import EXIT_USAGE
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """One BLAS thread per `ft` process: with -n 2 on two cores, torch's default of one thread per core
-    oversubscribes the machine and each run takes about three times as long (results are the same)."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-
-
 def kto_records(pairs: list[dict]) -> list[dict]:
     """Each preference pair as two KTO records: the chosen answer a thumbs-up, the rejected one a thumbs-down."""
     records = []
