@@ -66,3 +66,43 @@ def test_lora_sft_on_smollm2_lowers_held_out_loss_merges_and_answers_in_the_new_
     assert answer.stdout.startswith("CAPITAL[") and "Havana" in answer.stdout  # the new format, the model's own knowledge
     base = ft("generate", real_model_dir, "--prompt", "What is the capital of Cuba?", "--max-new-tokens", "16")
     assert "CAPITAL[" not in base.stdout  # the format was learned, not already there
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["kto", "reward"])
+def test_kto_and_a_reward_model_train_on_smollm2_through_its_real_template(method, real_model_dir, tmp_path):
+    """TRL tokenizes KTO's unpaired records with SmolLM2's real ChatML template (its default system turn
+    included), and a reward model puts a new score head on the real Llama architecture: both run, the
+    loss stays finite, and the adapter is saved (with the score head for the reward model)."""
+    from conftest import run_ft
+
+    pairs = [(country, capital, CAPITALS[(i + 1) % len(CAPITALS)][1]) for i, (country, capital) in enumerate(CAPITALS[:8])]
+    prompt = lambda country: [{"role": "user", "content": f"What is the capital of {country}?"}]  # noqa: E731
+    answer = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
+    if method == "kto":
+        records = [r for c, right, wrong in pairs for r in ({"prompt": prompt(c), "completion": answer(right), "label": True},
+                                                            {"prompt": prompt(c), "completion": answer(wrong), "label": False})]  # fmt: skip
+    else:
+        records = [{"prompt": prompt(c), "chosen": answer(right), "rejected": answer(wrong)} for c, right, wrong in pairs]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "method": method, "model": {"path": str(real_model_dir), "dtype": "fp32", "max_seq_length": 128},
+        "data": {"train": str(data)}, "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "training": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "per_device_train_batch_size": 4,
+                     "gradient_accumulation_steps": 1, "learning_rate": 5e-4, "logging_steps": 1, "save_steps": 100,
+                     "optim": "adamw_torch", "gradient_checkpointing": False},
+    }))  # fmt: skip
+    result = run_ft("train", str(config), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert [row["step"] for row in rows] == [1, 2] and all(0 < row["loss"] < 10 for row in rows)
+    adapter = tmp_path / "run" / "lora_weights"
+    saved = json.loads((adapter / "adapter_config.json").read_text())
+    assert saved["task_type"] == ("SEQ_CLS" if method == "reward" else "CAUSAL_LM")
+    if method == "reward":
+        from safetensors import safe_open
+
+        with safe_open(str(adapter / "adapter_model.safetensors"), "pt") as weights:
+            assert any("score" in name for name in weights.keys())  # the new head is trained and saved with the adapter
