@@ -256,6 +256,10 @@ def build_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_data: Tra
         train_dataset, eval_dataset = split["train"], split["test"]
 
     trainer_cls = with_fsdp_on_cpu(with_safe_checkpoints(method.load(method.trainer)))
+    if cfg.method == "sft" and backend == "accelerate":  # packed rows on SDPA/eager, TRL's flattened batch on FlashAttention
+        from ft_cli.train.packing import with_packed_rows
+
+        trainer_cls = with_packed_rows(trainer_cls)
     extra = {}
     if cfg.method == "grpo":
         from ft_cli.train.rewards import load_rewards
