@@ -62,6 +62,8 @@ def _trainer_args(loaded: LoadedConfig, method: Method, output_dir: Path, shape:
         per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=t.per_device_eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
+        use_liger_kernel=t.use_liger_kernel,  # checked before anything loads (ft_cli/train/accel.py)
+        torch_compile=t.torch_compile,
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler_type,
         warmup_steps=t.warmup_steps,
