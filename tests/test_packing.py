@@ -150,3 +150,32 @@ def test_packed_rows_collator_masks_boundaries_and_counts_tokens():
 def test_layout_follows_the_attention_kernel():
     assert rows_layout("sdpa") and rows_layout("eager")
     assert not rows_layout("flash_attention_2") and not rows_layout("flash_attention_3")
+
+
+def test_packed_and_padded_epochs_train_and_count_the_same_tokens(ft, tmp_path, tiny_model_dir):
+    """One epoch packed (rows, on SDPA) counts every row's tokens: the same num_tokens as padded batches."""
+    import json
+
+    import yaml
+
+    rng = random.Random(0)
+    data = tmp_path / "train.jsonl"
+    with data.open("w") as handle:
+        for _ in range(40):
+            terms = [str(rng.randint(0, 99)) for _ in range(rng.randint(2, 30))]
+            chat = [{"role": "user", "content": " + ".join(terms)}, {"role": "assistant", "content": str(rng.randint(0, 999))}]
+            handle.write(json.dumps({"messages": chat}) + "\n")
+    tokens = {}
+    for mode, batch in (("padding", 8), ("packing", 2)):
+        config = tmp_path / f"{mode}.yaml"
+        config.write_text(yaml.safe_dump({
+            "model": {"path": str(tiny_model_dir), "dtype": "fp32", "max_seq_length": 256}, "lora": {"r": 8}, "data": {"train": str(data)},
+            "training": {"output_dir": str(tmp_path / mode), "max_steps": -1, "num_train_epochs": 1, "per_device_train_batch_size": batch,
+                         "gradient_accumulation_steps": 1, "optim": "adamw_torch", "logging_steps": 1, "packing": mode == "packing"},
+        }))  # fmt: skip
+        result = ft("train", config)
+        assert result.returncode == 0, result.stderr[-3000:]
+        rows = [json.loads(line) for line in (tmp_path / mode / "metrics.jsonl").read_text().splitlines()]
+        assert all(row["loss"] > 0 for row in rows if "loss" in row)
+        tokens[mode] = max(row.get("num_tokens", 0) for row in rows)
+    assert tokens["packing"] == tokens["padding"] > 0

@@ -95,3 +95,56 @@ def with_packed_rows(trainer_cls: type) -> type:
 
     PackedRows.__name__ = PackedRows.__qualname__ = trainer_cls.__name__
     return PackedRows
+
+
+def pad_fraction(lengths: list[int], batch: int, trials: int = 20) -> float:
+    """Expected share of padding when random batches of `batch` records are padded to their longest."""
+    import random
+
+    rng = random.Random(0)
+    padded = real = 0
+    for _ in range(trials):
+        order = rng.sample(lengths, len(lengths))
+        for start in range(0, len(order), batch):
+            chunk = order[start : start + batch]
+            padded += max(chunk) * len(chunk)
+            real += sum(chunk)
+    return 1 - real / padded if padded else 0.0
+
+
+def packed_fill(lengths: list[int], max_length: int) -> float:
+    """Share of max_length-token rows that best-fit-decreasing packing fills with real tokens."""
+    import bisect
+
+    free: list[int] = []  # sorted free space of the open rows
+    for n in sorted((min(n, max_length) for n in lengths), reverse=True):
+        i = bisect.bisect_left(free, n)
+        if i < len(free):
+            space = free.pop(i) - n
+        else:
+            space = max_length - n
+        bisect.insort(free, space)
+    return sum(min(n, max_length) for n in lengths) / (len(free) * max_length) if free else 1.0
+
+
+def advice(lengths: list[int], batch: int, max_length: int, packing: bool, padding_free: bool, attn: str, cuda: bool) -> str:
+    """The dry run's line on batching: how much of a padded batch is padding, and which mode these
+    lengths and this hardware favour, with the gain it can give at most (the linear layers' share)."""
+    pad = pad_fraction(lengths, batch)
+    fill = packed_fill(lengths, max_length)
+    gain = fill / (1 - pad) if pad < 1 else 1.0
+    flash = attn in FLASH_KERNELS and cuda
+    now = "packing" if packing else "padding_free" if padding_free else "padding"
+    head = f"batching: {now}; padded batches of {batch} would be {pad:.0%} padding, packed rows of {max_length} {fill:.0%} full"
+    if gain < 1.1:
+        best, why = ("padding",), f"packing would gain at most {gain:.2f}x here"
+    elif flash:
+        best, why = ("packing", "padding_free"), f"{attn} runs them varlen: up to {gain:.1f}x the non-pad tokens/s of padding"
+    else:
+        best, why = ("packing",), (
+            f"up to {gain:.1f}x the non-pad tokens/s of padding; on {attn if attn != 'auto' else 'SDPA'} ft packs rows, while "
+            "padding_free flattens the batch into one sequence whose attention grows with the batch squared"
+        )
+    settings = {"padding": "packing: false, padding_free: false", "packing": "training.packing: true", "padding_free": "padding_free: true"}
+    verdict = "keep it" if now in best else "favoured: " + " or ".join(settings[mode] for mode in best)
+    return f"{head}; {verdict} ({why})"

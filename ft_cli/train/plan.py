@@ -68,6 +68,9 @@ def check_integrations(loaded: LoadedConfig) -> None:
             fail("training.hub_model_id", "required with push_to_hub (e.g. your-name/my-model)")
     if loaded.config.method == "grpo" and loaded.config.grpo.use_vllm and not importlib.util.find_spec("vllm"):
         fail("grpo.use_vllm", "vllm is not installed (pip install vllm, on a CUDA machine); or set use_vllm: false to generate with transformers")
+    from ft_cli.train.accel import check_accelerators
+
+    check_accelerators(loaded)  # Liger, FlashAttention, torch.compile: can this machine run them?
 
 
 def _wandb_netrc_login() -> bool:
@@ -86,6 +89,7 @@ class Plan:
     global_batch: int
     max_seq_length: int
     token_lengths: list[int] | None = None  # only for --dry-run: a real run lets TRL tokenize, once
+    batching: str | None = None  # only for --dry-run: padding vs packing for these lengths (ft_cli.train.packing)
 
     def lines(self) -> list[str]:
         out = [f"data: {self.train_records} train / {self.eval_records} eval records ({self.shape})"]
@@ -95,6 +99,8 @@ class Plan:
             too_long = sum(n > self.max_seq_length for n in lengths)
             out.append(f"tokens per record: min {lengths[0]}, median {statistics.median(lengths):g}, p95 {p95}, max {lengths[-1]}")
             out.append(f"longer than model.max_seq_length={self.max_seq_length}: {too_long} (truncated)")
+        if self.batching:
+            out.append(self.batching)
         out.append(f"optimizer steps: {self.optimizer_steps} at a global batch of {self.global_batch} sequences")
         return out
 
@@ -137,4 +143,18 @@ def make_plan(config: Config, records: list[dict], shape: str, eval_records: int
         global_batch=t.per_device_train_batch_size * t.gradient_accumulation_steps * world_size,
         max_seq_length=config.model.max_seq_length,
         token_lengths=token_lengths,
+        batching=batching_advice(config, token_lengths) if token_lengths and config.method == "sft" else None,
     )
+
+
+def batching_advice(config: Config, token_lengths: list[int]) -> str:
+    from ft_cli.train.packing import advice
+
+    return advice(token_lengths, config.training.per_device_train_batch_size, config.model.max_seq_length,
+                  config.training.packing, config.training.padding_free, config.model.attn_implementation, _cuda_available())  # fmt: skip
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
