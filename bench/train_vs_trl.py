@@ -30,8 +30,8 @@ from real_lengths import describe, pad_fraction, token_lengths, write_real_chats
 
 BIN = Path(sys.executable).parent
 REAL_MODEL = HERE.parent / ".cache" / "models" / "smollm2-135m-instruct"
-RECORDS, MAX_LENGTH, BATCH, PACKED_BATCH = 64, 512, 8, 2  # packed: 2 rows of <= 512 tokens per step, about 2 padded batches' real tokens
-REPEATS = 2
+RECORDS, MAX_LENGTH, BATCH, PACKED_BATCH = 32, 512, 8, 2  # packed: 2 rows of <= 512 tokens per step, about 2 padded batches' real tokens
+REPEATS = 3
 MODES = {  # name: (runner, packing, padding_free, batch)
     "plain TRL, padding": ("trl", False, False, BATCH),
     "ft, padding": ("ft", False, False, BATCH),
