@@ -9,7 +9,7 @@ Counted: non-pad tokens trained per second of the training loop (TRL's `num_toke
 is attention_mask.sum() for padded batches and every token of a padding-free one; ft's
 packed rows count their rows' tokens, ft_cli/train/packing.py) and the wall time of the
 whole command (imports, loading, tokenization, training, the final checkpoint and save).
-Run: `.venv/bin/python bench/train_vs_trl.py` (about 15 minutes on 2 cores).
+Run: `.venv/bin/python bench/train_vs_trl.py` (about 25 minutes on 2 cores: a padded step of SmolLM2 takes 30-45 s there).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from real_lengths import describe, pad_fraction, token_lengths, write_real_chats
 
 BIN = Path(sys.executable).parent
 REAL_MODEL = HERE.parent / ".cache" / "models" / "smollm2-135m-instruct"
-RECORDS, MAX_LENGTH, BATCH, PACKED_BATCH = 32, 512, 8, 2  # packed: 2 rows of <= 512 tokens per step, about 2 padded batches' real tokens
-REPEATS = 3
+RECORDS, MAX_LENGTH, BATCH, PACKED_BATCH = 24, 512, 8, 2  # packed: 2 rows of <= 512 tokens per step, about 2 padded batches' real tokens
+REPEATS = 2
 MODES = {  # name: (runner, packing, padding_free, batch)
     "plain TRL, padding": ("trl", False, False, BATCH),
     "ft, padding": ("ft", False, False, BATCH),
@@ -90,6 +90,7 @@ def measure(model: Path, data: Path, tmp: Path, modes: dict, repeats: int, max_l
             run = run_ft if runner == "ft" else run_trl
             out = tmp / f"{name.replace(' ', '_').replace(',', '').replace('(', '').replace(')', '')}-{repeat}"
             runs[name].append(run(model, data, out, packing, padding_free, batch, max_length))
+            print(f"{name} [{repeat}]: {json.dumps(runs[name][-1])}", file=sys.stderr, flush=True)
     return {
         name: {key: statistics.median(r[key] for r in values) for key in ("runtime", "wall", "rss")}
         | {"tps": statistics.median(r["tokens"] / r["runtime"] for r in values), "tokens": values[0]["tokens"]}
