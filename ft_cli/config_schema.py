@@ -120,7 +120,7 @@ class TrainingSection(Section):
         "adamw_torch_fused", description="Optimizer (transformers OptimizerNames)."
     )
     gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass to save memory.")
-    packing: bool = Field(False, description="Pack several short examples into each sequence.")
+    packing: bool = Field(False, description="Pack several short examples into each sequence (BFD); each attends only to itself: packed rows on SDPA/eager, one varlen sequence on FlashAttention.")
     padding_free: bool = Field(
         False, description="Flatten each batch into one sequence with no padding: FlashAttention's varlen kernel; on SDPA/eager a block-diagonal mask over the whole batch (`ft train --dry-run` says which mode pays)."
     )
