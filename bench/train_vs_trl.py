@@ -83,7 +83,7 @@ def run_trl(model: Path, data: Path, out: Path, packing: bool, padding_free: boo
     return {"tokens": result["num_tokens"], "runtime": result["train_runtime"], "wall": wall, "rss": rss}
 
 
-def measure(model: Path, data: Path, tmp: Path, modes: dict, repeats: int, max_length: int) -> dict:
+def measure(model: Path, data: Path, tmp: Path, modes: dict, repeats: int, max_length: int) -> dict[str, list[dict]]:
     runs: dict[str, list[dict]] = {name: [] for name in modes}
     for repeat in range(repeats):
         for name, (runner, packing, padding_free, batch) in modes.items():
@@ -91,11 +91,40 @@ def measure(model: Path, data: Path, tmp: Path, modes: dict, repeats: int, max_l
             out = tmp / f"{name.replace(' ', '_').replace(',', '').replace('(', '').replace(')', '')}-{repeat}"
             runs[name].append(run(model, data, out, packing, padding_free, batch, max_length))
             print(f"{name} [{repeat}]: {json.dumps(runs[name][-1])}", file=sys.stderr, flush=True)
-    return {
+    return runs
+
+
+def render(runs: dict[str, list[dict]], lengths: list[int]) -> str:
+    """The Markdown section from the runs (medians) and the records' token lengths."""
+    results = {
         name: {key: statistics.median(r[key] for r in values) for key in ("runtime", "wall", "rss")}
         | {"tps": statistics.median(r["tokens"] / r["runtime"] for r in values), "tokens": values[0]["tokens"]}
         for name, values in runs.items()
     }
+    repeats = min(len(values) for values in runs.values())
+    pad = pad_fraction(lengths, BATCH)
+    base_trl, base_ft = results["plain TRL, padding"], results["ft, padding"]
+    head = (
+        f"SmolLM2-135M-Instruct (real weights), LoRA r=8, fp32, SDPA, CPU; one epoch over {describe(lengths)} "
+        f"(ShareGPT + Alpaca seed tasks), max_seq_length {MAX_LENGTH}; padded batches of {BATCH}, packed batches of "
+        f"{PACKED_BATCH} rows; median of {repeats} alternating runs"
+    )
+    rows = ["| run | non-pad tokens | tokens/s | × ft padding | train loop (s) | whole command (s) | peak RSS (MiB) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in results.items():
+        rows.append(f"| {name} | {r['tokens']:,.0f} | {r['tps']:.1f} | {r['tps'] / base_ft['tps']:.2f} | {r['runtime']:.1f} | {r['wall']:.1f} | {r['rss']:.0f} |")
+    spread = {name: (min(r["runtime"] for r in values), max(r["runtime"] for r in values)) for name, values in runs.items()}
+    packing_gain = results["ft, packing (rows)"]["tps"] / base_ft["tps"]
+    return (
+        f"### Throughput on the real model ({head})\n\n" + "\n".join(rows) + "\n\n"
+        f"Pad fraction of the padded batches (expected over random batches of {BATCH}): {pad:.0%}, so packing can give at most "
+        f"{1 / (1 - pad):.2f}× on the linear layers.\n\n"
+        f"- Packing (ft, rows) vs padding (ft): **{packing_gain:.2f}×** non-pad tokens/s.\n"
+        f"- ft vs plain TRL, padding: training loop **{base_ft['runtime'] / base_trl['runtime']:.3f}×** the TRL script's time, "
+        f"whole command {base_ft['wall'] / base_trl['wall']:.3f}× (TRL trains on every token: SmolLM2's template has no "
+        "`{% generation %}` markers and TRL cannot patch it; the masked tokens change no compute).\n"
+        "- Run-to-run spread of the training loop (min-max s), from other load on the machine: "
+        + ", ".join(f"{name} {low:.0f}-{high:.0f}" for name, (low, high) in spread.items()) + ".\n"
+    )
 
 
 def main() -> str:
@@ -105,27 +134,8 @@ def main() -> str:
         tmp = Path(tmp)
         data = tmp / "chats.jsonl"
         lengths = token_lengths(write_real_chats(data, RECORDS, model=REAL_MODEL, max_length=MAX_LENGTH), REAL_MODEL, MAX_LENGTH)
-        results = measure(REAL_MODEL, data, tmp, MODES, REPEATS, MAX_LENGTH)
-    pad = pad_fraction(lengths, BATCH)
-    base_trl, base_ft = results["plain TRL, padding"], results["ft, padding"]
-    head = (
-        f"SmolLM2-135M-Instruct (real weights), LoRA r=8, fp32, SDPA, CPU; one epoch over {describe(lengths)} "
-        f"(ShareGPT + Alpaca seed tasks), max_seq_length {MAX_LENGTH}; padded batches of {BATCH}, packed batches of "
-        f"{PACKED_BATCH} rows; median of {REPEATS} alternating runs"
-    )
-    rows = ["| run | non-pad tokens | tokens/s | × ft padding | train loop (s) | whole command (s) | peak RSS (MiB) |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, r in results.items():
-        rows.append(f"| {name} | {r['tokens']:,} | {r['tps']:.0f} | {r['tps'] / base_ft['tps']:.2f} | {r['runtime']:.1f} | {r['wall']:.1f} | {r['rss']:.0f} |")
-    packing_gain = results["ft, packing (rows)"]["tps"] / base_ft["tps"]
-    return (
-        f"### Throughput on the real model ({head})\n\n" + "\n".join(rows) + "\n\n"
-        f"Pad fraction of the padded batches (expected over random batches of {BATCH}): {pad:.0%}, so packing can at most "
-        f"give {1 / (1 - pad):.2f}× on the linear layers.\n\n"
-        f"- Packing (ft, rows) vs padding (ft): **{packing_gain:.2f}×** non-pad tokens/s.\n"
-        f"- ft vs plain TRL, padding: training loop **{base_ft['runtime'] / base_trl['runtime']:.3f}×** the TRL script's time, "
-        f"whole command {base_ft['wall'] / base_trl['wall']:.3f}× (TRL trains on every token: SmolLM2's template has no "
-        "`{% generation %}` markers and TRL cannot patch it; the masked tokens change no compute).\n"
-    )
+        runs = measure(REAL_MODEL, data, tmp, MODES, REPEATS, MAX_LENGTH)
+    return render(runs, lengths)
 
 
 if __name__ == "__main__":
