@@ -130,6 +130,7 @@ def packed_fill(lengths: list[int], max_length: int) -> float:
 def advice(lengths: list[int], batch: int, max_length: int, packing: bool, padding_free: bool, attn: str, cuda: bool) -> str:
     """The dry run's line on batching: how much of a padded batch is padding, and which mode these
     lengths and this hardware favour, with the gain it can give at most (the linear layers' share)."""
+    lengths = [min(n, max_length) for n in lengths]  # the trainer cuts longer records
     pad = pad_fraction(lengths, batch)
     fill = packed_fill(lengths, max_length)
     gain = fill / (1 - pad) if pad < 1 else 1.0
@@ -143,7 +144,7 @@ def advice(lengths: list[int], batch: int, max_length: int, packing: bool, paddi
     else:
         best, why = ("packing",), (
             f"up to {gain:.1f}x the non-pad tokens/s of padding; on {attn if attn != 'auto' else 'SDPA'} ft packs rows, while "
-            "padding_free flattens the batch into one sequence whose attention grows with the batch squared"
+            "padding_free's one flattened sequence pays attention over all of a batch's tokens at once"
         )
     settings = {"padding": "packing: false, padding_free: false", "packing": "training.packing: true", "padding_free": "padding_free: true"}
     verdict = "keep it" if now in best else "favoured: " + " or ".join(settings[mode] for mode in best)
