@@ -74,7 +74,24 @@ def batch_shapes(model: Path, data: Path) -> list[str]:
 
 
 def main() -> str:
+    import os
+
     from ft_cli.tiny import build_tiny_model
+
+    # One thread per run: a 140k-parameter model's ops are microseconds, and with two OpenMP threads on
+    # a shared 2-core machine their spin-waits, not the model, decided the step time (10-30x swings).
+    threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        return _measure(build_tiny_model)
+    finally:
+        if threads is None:
+            os.environ.pop("OMP_NUM_THREADS")
+        else:
+            os.environ["OMP_NUM_THREADS"] = threads
+
+
+def _measure(build_tiny_model) -> str:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -96,7 +113,7 @@ def main() -> str:
     table += [f"| {name} | {value:,.0f} | {value / base:.2f} |" for name, value in tps.items()]
     return (
         f"### Why packing gave 0.97×: the tiny Llama (140k parameters, hidden 64), LoRA r=8, batch {BATCH}, "
-        f"max_seq_length {MAX_LENGTH}, {STEPS} steps, SDPA, CPU, median of {REPEATS} alternating runs\n\n"
+        f"max_seq_length {MAX_LENGTH}, {STEPS} steps, SDPA, CPU (OMP_NUM_THREADS=1), median of {REPEATS} alternating runs\n\n"
         "What the trainer receives per step (first batch of each mode):\n\n" + "\n".join(shapes) + "\n\n" + "\n".join(table) + "\n"
     )
 

@@ -82,9 +82,10 @@ def main() -> str:
         data = tmp / "alpaca_100k.jsonl"
         alpaca_rows(data, COMPARE_ROWS)
         ours, base = [], []
-        for _ in range(REPEATS):  # alternating, medians: other load on the machine hits both alike
+        for repeat in range(REPEATS):  # alternating, medians: other load on the machine hits both alike
             ours.append(ft_prepare(data, tmp / "ft.jsonl"))
-            base.append(baseline(data, tmp / "datasets.jsonl", tmp / "hf-cache"))
+            # a fresh datasets cache each time: a second run would reuse the first one's load and map
+            base.append(baseline(data, tmp / "datasets.jsonl", tmp / f"hf-cache-{repeat}"))
         (ours_s, ours_rss), (base_s, base_rss) = _medians(ours), _medians(base)
         same = [json.loads(x) for x in (tmp / "ft.jsonl").open()] == [json.loads(x) for x in (tmp / "datasets.jsonl").open()]
         rows = [
