@@ -37,7 +37,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from unsloth_vs_accelerate import WORDS, require_cuda, run_one  # noqa: E402
+from unsloth_vs_accelerate import WORDS, require_cuda, run_one
 
 # config.json of meta-llama/Llama-3.1-8B, as published.
 LLAMA31_8B = {
@@ -141,7 +141,7 @@ def main() -> None:
         f"{gpu}, {args.steps} steps, batch {args.batch}, seq {args.seq_len}, gradient checkpointing, median of {args.repeats}\n",
         "| variant | tokens/s | tokens/s after warm-up | × accelerate | max allocated (GiB) | MFU |", "| --- | --- | --- | --- | --- | --- |",
     ]  # fmt: skip
-    med = lambda name, key: statistics.median(run[key] for run in results[name])  # noqa: E731
+    med = lambda name, key: statistics.median(run[key] for run in results[name])
     for name in results:
         ratio = med(name, "steady_tokens_per_s") / med("accelerate", "steady_tokens_per_s") if "accelerate" in results else float("nan")
         lines.append(f"| {name} | {med(name, 'tokens_per_s'):.0f} | {med(name, 'steady_tokens_per_s'):.0f} | {ratio:.2f} | "

@@ -23,7 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from train_vs_trl import run_ft, run_trl  # noqa: E402
+from train_vs_trl import run_ft, run_trl
 
 STEPS, BATCH, MAX_LENGTH, REPEATS = 60, 8, 256, 3
 MODES = {  # name: (runner, packing)

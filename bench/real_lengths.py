@@ -63,5 +63,5 @@ def pad_fraction(lengths: list[int], batch: int, trials: int = 200, seed: int = 
 
 def describe(lengths: list[int]) -> str:
     ordered = sorted(lengths)
-    pick = lambda q: ordered[min(int(q * len(ordered)), len(ordered) - 1)]  # noqa: E731
+    pick = lambda q: ordered[min(int(q * len(ordered)), len(ordered) - 1)]
     return f"{len(lengths)} records, tokens min {ordered[0]}, median {pick(0.5)}, p90 {pick(0.9)}, max {ordered[-1]}"

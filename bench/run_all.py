@@ -56,7 +56,7 @@ def main(names: list[str]) -> None:
         for name in names:
             fresh = section(name, f"_Refreshed alone (`python bench/run_all.py {name}`): {today}._\n\n" + run(name))
             pattern = re.compile(rf"<!-- bench:{name} -->\n.*?<!-- /bench:{name} -->\n", re.S)
-            block = pattern.sub(lambda _: fresh, block) if pattern.search(block) else block.replace(END, fresh + END)
+            block = pattern.sub(lambda _, fresh=fresh: fresh, block) if pattern.search(block) else block.replace(END, fresh + END)
     if START in text and END in text:
         text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
     else:

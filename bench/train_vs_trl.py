@@ -26,7 +26,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from real_lengths import describe, pad_fraction, token_lengths, write_real_chats  # noqa: E402
+from real_lengths import describe, pad_fraction, token_lengths, write_real_chats
 
 BIN = Path(sys.executable).parent
 REAL_MODEL = HERE.parent / ".cache" / "models" / "smollm2-135m-instruct"
