@@ -152,6 +152,7 @@ def test_layout_follows_the_attention_kernel():
     assert not rows_layout("flash_attention_2") and not rows_layout("flash_attention_3")
 
 
+@pytest.mark.slow  # two real training runs
 def test_packed_and_padded_epochs_train_and_count_the_same_tokens(ft, tmp_path, tiny_model_dir):
     """One epoch packed (rows, on SDPA) counts every row's tokens: the same num_tokens as padded batches."""
     import json
