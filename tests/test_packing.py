@@ -85,7 +85,7 @@ def _flat(examples: list[list[int]], pad: int):
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     batch = DataCollatorForLanguageModeling(pad_token_id=pad, padding_free=True)([{"input_ids": ids} for ids in examples])
-    batch = {k: batch[k] for k in ("input_ids", "labels", "position_ids")}  # SDPA reads the boundaries from position_ids
+    # the whole batch as the trainer hands it over (cu_seq_lens_* too); SDPA reads the boundaries from position_ids
     starts = [sum(len(e) for e in examples[:i]) for i in range(len(examples))]
     return batch, [(0, start, len(ids)) for start, ids in zip(starts, examples)]
 
