@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 START, END = "<!-- make bench: start -->", "<!-- make bench: end -->"
 BENCHMARKS = [  # in the order they run
-    "cli_startup", "train_vs_trl", "packing_root_cause", "prepare_throughput", "estimate_accuracy", "export_quality",
+    "cli_startup", "train_vs_trl", "packing_mid", "packing_root_cause", "prepare_throughput", "estimate_accuracy", "export_quality",
 ]  # fmt: skip
 
 
