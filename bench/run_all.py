@@ -2,7 +2,8 @@
 
 Each benchmark module has `main() -> str` returning Markdown. Only the block between
 the markers below is rewritten; hand-recorded results (GPU runs) elsewhere in the
-file are kept.
+file are kept. Inside the block each benchmark's section has its own markers, so
+`python bench/run_all.py NAME...` refreshes only those sections (with their date).
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ import datetime
 import importlib.util
 import os
 import platform
+import re
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 START, END = "<!-- make bench: start -->", "<!-- make bench: end -->"
-BENCHMARKS = ["cli_startup", "train_vs_trl", "prepare_throughput", "estimate_accuracy", "export_quality"]  # in the order they run
+BENCHMARKS = [  # in the order they run
+    "cli_startup", "train_vs_trl", "packing_mid", "packing_root_cause", "prepare_throughput", "estimate_accuracy", "export_quality",
+]  # fmt: skip
 
 
 def machine() -> str:
@@ -35,12 +39,24 @@ def run(name: str) -> str:
     return module.main()
 
 
-def main() -> None:
-    sections = [run(name) for name in BENCHMARKS]
-    block = "\n".join(
-        [START, f"Last `make bench`: {datetime.date.today()} on {machine()}.", "", *sections, END]
-    )
+def section(name: str, text: str) -> str:
+    return f"<!-- bench:{name} -->\n{text.rstrip()}\n<!-- /bench:{name} -->\n"
+
+
+def main(names: list[str]) -> None:
+    unknown = sorted(set(names) - set(BENCHMARKS))
+    if unknown:
+        sys.exit(f"error: unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
+    today = f"{datetime.date.today()} on {machine()}"
+    if not names or START not in text:
+        block = "\n".join([START, f"Last `make bench`: {today}.", "", *(section(name, run(name)) for name in BENCHMARKS), END])
+    else:
+        block = text[text.index(START) : text.index(END) + len(END)]
+        for name in names:
+            fresh = section(name, f"_Refreshed alone (`python bench/run_all.py {name}`): {today}._\n\n" + run(name))
+            pattern = re.compile(rf"<!-- bench:{name} -->\n.*?<!-- /bench:{name} -->\n", re.S)
+            block = pattern.sub(lambda _, fresh=fresh: fresh, block) if pattern.search(block) else block.replace(END, fresh + END)
     if START in text and END in text:
         text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
     else:
@@ -50,4 +66,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -81,7 +81,7 @@ def require_cuda() -> str:
     import torch
 
     if not torch.cuda.is_available():
-        sys.exit("error: bench/unsloth_vs_accelerate.py needs a CUDA GPU (torch.cuda.is_available() is False); run it on a GPU machine")
+        sys.exit(f"error: bench/{Path(sys.argv[0]).name} needs a CUDA GPU (torch.cuda.is_available() is False); run it on a GPU machine")
     return torch.cuda.get_device_name(0)
 
 
@@ -116,7 +116,7 @@ def write_data(path: Path, records: int, words: int, seed: int = 0) -> None:
 
 
 def run_config(model: Path, data: Path, out: Path, backend: str, args) -> dict:
-    return {
+    config = {
         "method": "sft",
         "backend": backend,
         "model": {"path": str(model), "dtype": "bf16", "max_seq_length": args.seq_len, "load_in_4bit": args.load_in_4bit},
@@ -136,6 +136,9 @@ def run_config(model: Path, data: Path, out: Path, backend: str, args) -> dict:
             "seed": 42,
         },
     }
+    for section, keys in getattr(args, "extra", {}).items():  # bench/gpu_kernels.py's variants
+        config[section].update(keys)
+    return config
 
 
 def run_one(model: Path, data: Path, work: Path, backend: str, args) -> dict:

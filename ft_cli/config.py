@@ -329,11 +329,6 @@ def check_combinations(config: Config) -> list[tuple[str, str]]:
             "model.bnb_4bit_quant_storage",
             f"uint8 storage cannot be sharded by distributed: {config.distributed}; set it to auto (the compute dtype, as FSDP-QLoRA needs)",
         ))
-    if config.training.padding_free and config.model.attn_implementation not in ("flash_attention_2", "flash_attention_3"):
-        problems.append((
-            "training.padding_free",
-            "needs FlashAttention: set model.attn_implementation: flash_attention_2 (or use training.packing)",
-        ))
     if config.method != "sft":
         for key in ("packing", "padding_free"):
             if getattr(config.training, key):

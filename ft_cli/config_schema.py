@@ -147,10 +147,12 @@ class TrainingSection(Section):
         "adamw_torch_fused", description="Optimizer (transformers OptimizerNames)."
     )
     gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass to save memory.")
-    packing: bool = Field(False, description="Pack several short examples into each sequence.")
+    packing: bool = Field(False, description="Pack several short examples into each sequence (BFD); each attends only to itself: packed rows on SDPA/eager, one varlen sequence on FlashAttention.")
     padding_free: bool = Field(
-        False, description="Flatten each batch into one sequence with no padding (needs FlashAttention 2/3)."
+        False, description="Flatten each batch into one sequence with no padding: FlashAttention's varlen kernel; on SDPA/eager a block-diagonal mask over the whole batch (`ft train --dry-run` says which mode pays)."
     )
+    use_liger_kernel: bool = Field(False, description="Liger's Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy): less memory, more tokens/s; CUDA GPU and `pip install liger-kernel` only.")
+    torch_compile: bool = Field(False, description="Compile the model with torch.compile (TrainingArguments.torch_compile); needs a C/C++ compiler on CPU.")
     logging_steps: PositiveInt = Field(10, description="Log metrics every N optimizer steps.")
     eval_steps: PositiveInt | None = Field(None, description="Evaluate every N steps (default: logging_steps when there is eval data).")
     save_steps: PositiveInt = Field(100, description="Save a checkpoint every N steps.")

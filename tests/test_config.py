@@ -189,7 +189,6 @@ def test_malformed_overrides(bad):
         (["lora.r=8", "model.load_in_4bit=true", "model.load_in_8bit=true"], "model.load_in_8bit: cannot quantize to 4 and 8 bits"),
         (["backend=unsloth", "distributed=fsdp"], "backend: unsloth runs on a single GPU only"),
         (["data.eval=e.jsonl", "data.eval_split=0.1"], "data.eval_split: give either"),
-        (["training.padding_free=true"], "training.padding_free: needs FlashAttention"),
         (["method=grpo", "training.per_device_train_batch_size=3", "training.gradient_accumulation_steps=1"], "grpo.num_generations"),
     ],
 )

@@ -29,7 +29,7 @@ from ft_cli.data.formats import ALIASES, FORMATS, RecordProblem, canonical_forma
 from ft_cli.data.manifest import manifest_path, write_manifest
 from ft_cli.data.report import Stats, summarize_lengths
 from ft_cli.data.templates import TOKENIZER, load_template, template_tokens
-from ft_cli.data.writer import AtomicJsonl, encode_json, remove_stale_temp_files
+from ft_cli.data.writer import AtomicJsonl, encode_json_line, remove_stale_temp_files
 from ft_cli.errors import DataError, UsageError
 from ft_cli.files import same_file
 
@@ -230,12 +230,12 @@ def _convert_all(opts, converter, tokenizer, stats, staged, rejects) -> _Staging
                                 stats.nothing_trained += 1
                         lengths.append(length)
                     try:
-                        line = encode_json(example.record)
+                        line = encode_json_line(example.record)
                     except (ValueError, UnicodeEncodeError) as exc:  # NaN from Parquet/CSV sources, lone surrogates
                         refuse(item.location, f"cannot be written as JSON: {exc}", None)
                         continue
-                    staged.write_line(line)
-                    hashes.append(int.from_bytes(hashlib.blake2b(line.encode(), digest_size=8).digest(), "little"))
+                    staged.write_encoded(line)
+                    hashes.append(int.from_bytes(hashlib.blake2b(line, digest_size=8).digest(), "little"))
                     if example.shape == "unpaired-preference":  # every record has the first one's shape
                         staging.labels.append(int(example.record["label"]))
                     if opts.unpair:

@@ -122,9 +122,31 @@ def _refuse_non_finite(name: str) -> None:
 # One decoder for every line: strict JSON numbers, and no recursion limit to hit on hostile nesting (caught below).
 _DECODER = json.JSONDecoder(parse_constant=_refuse_non_finite)
 
+try:  # 3x faster than json on records (bench/RESULTS.md, ft prepare); json stays the reference, see decode_json
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - orjson is a dependency; a missing wheel only costs speed
+    _orjson = None
+# orjson reads integers past 64 bits as floats; json keeps them exact. Such lines go to json.
+_LONG_NUMBER = re.compile(r"\d{19}")
+_NOT_DIGITS = bytes(b for b in range(256) if not 48 <= b <= 57)
+
+
+def _may_hold_long_number(text: str) -> bool:
+    """A run of 19+ digits somewhere; counting digits first (C speed) spares most lines the regex."""
+    return len(text.encode("utf-8", "surrogatepass").translate(None, _NOT_DIGITS)) >= 19 and _LONG_NUMBER.search(text) is not None
+
 
 def decode_json(text: str) -> Any:
-    """json.loads, strict: NaN/Infinity, lone surrogates (\\ud800) and absurd nesting raise ValueError with the reason."""
+    """json.loads, strict: NaN/Infinity, lone surrogates (\\ud800) and absurd nesting raise ValueError with the reason.
+
+    orjson decodes first: it accepts exactly the JSON that the strict json decoder below accepts and
+    returns the same values, except integers past 64 bits (kept away from it). Whatever it refuses
+    goes to json, whose messages (and column numbers) the error lines and tests know."""
+    if _orjson is not None and not _may_hold_long_number(text):
+        try:
+            return _orjson.loads(text)
+        except _orjson.JSONDecodeError:
+            pass
     try:
         value = _DECODER.decode(text)
     except RecursionError:

@@ -21,12 +21,19 @@ class NonFiniteLoss(FtError):
 
 
 class MetricsCallback(TrainerCallback):
-    """Append every log line to OUTPUT_DIR/metrics.jsonl; redraw loss.png at each save and at the end."""
+    """Append every log line to OUTPUT_DIR/metrics.jsonl; redraw loss.png at each save and at the end.
+
+    Off the step path (bench/RESULTS.md, "What ft adds per step"): a log line is flushed, and made
+    durable (fsync) at each save, which is all a resume needs (it keeps the metrics through the
+    checkpoint's step); loss.png is redrawn at a save in a background thread, since matplotlib's
+    import and drawing cost 0.3-1.5 s, and at the end in the foreground, so the last one is complete.
+    """
 
     def __init__(self, output_dir: str | Path):
         self.output_dir = Path(output_dir)
         self.metrics_path = self.output_dir / "metrics.jsonl"
         self._last = None  # (time, num_tokens) at the previous log, for tokens/s
+        self._drawing = None  # the background loss.png redraw, if one is running
 
     def on_train_begin(self, args, state, control, **kwargs):
         # A resumed run's token count does not restart at 0, so its first rate is unknown.
@@ -52,16 +59,29 @@ class MetricsCallback(TrainerCallback):
         record = {"step": state.global_step, **logs}
         with self.metrics_path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
 
     def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            plot_loss(self.metrics_path, self.output_dir / "loss.png")
+        import threading
+
+        if not state.is_world_process_zero:
+            return
+        _fsync(self.metrics_path)
+        if self._drawing is None or not self._drawing.is_alive():  # one redraw at a time; the next save catches up
+            self._drawing = threading.Thread(target=plot_loss, args=(self.metrics_path, self.output_dir / "loss.png"), name="ft-loss-png")
+            self._drawing.start()
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
+            if self._drawing is not None:
+                self._drawing.join()
+            _fsync(self.metrics_path)
             plot_loss(self.metrics_path, self.output_dir / "loss.png")
+
+
+def _fsync(path: Path) -> None:
+    if path.exists():
+        with path.open("rb") as handle:
+            os.fsync(handle.fileno())
 
 
 class ProgressCallback(TrainerCallback):
@@ -178,15 +198,18 @@ def plot_loss(metrics_path: Path, png_path: Path) -> None:
     """Draw train (and eval) loss against step; written atomically."""
     if not metrics_path.exists():
         return
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: its global state is not thread-safe, a Figure is
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in metrics_path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # a line being appended while a background redraw reads the file
+            continue
     if not any("loss" in row or "eval_loss" in row for row in rows):
         return
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     for key, label in (("loss", "train"), ("eval_loss", "eval")):
         points = [(row["step"], row[key]) for row in rows if key in row]
         if points:
@@ -198,7 +221,6 @@ def plot_loss(metrics_path: Path, png_path: Path) -> None:
     fig.tight_layout()
     tmp = png_path.with_name(f".{png_path.name}.tmp")
     fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
     os.replace(tmp, png_path)
 
 

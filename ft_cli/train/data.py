@@ -144,7 +144,9 @@ def tokenize_sft(dataset, tokenizer, data: TrainingData, max_length: int):
 
     def features(record: dict) -> dict:
         try:
-            return {**sft_features(capped(_without_nulls(record), max_length, tokenizer), tokenizer), _PROBLEM: ""}
+            tokens = sft_features(capped(_without_nulls(record), max_length, tokenizer), tokenizer)
+            # Cut to max_length here (keep the start, as TRL does): a padding-free batch is not truncated by TRL.
+            return {**{key: value[:max_length] for key, value in tokens.items()}, _PROBLEM: ""}
         except RecordProblem as problem:
             return {"input_ids": [], "assistant_masks": [], _PROBLEM: str(problem)}
 

@@ -46,7 +46,8 @@ class Method:
 
 def sft_options(cfg: Config, shape: str) -> dict:
     return {
-        "max_length": cfg.model.max_seq_length,
+        # TRL refuses padding_free without packing unless max_length is None; tokenize_sft already caps every record.
+        "max_length": None if cfg.training.padding_free and not cfg.training.packing else cfg.model.max_seq_length,
         "packing": cfg.training.packing,
         "padding_free": cfg.training.padding_free,
         # ft hands SFT data over tokenized, with its own answer masks (train/data.py: tokenize_sft);

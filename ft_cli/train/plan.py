@@ -140,6 +140,9 @@ def check_integrations(loaded: LoadedConfig) -> None:
             fail("grpo.use_vllm", "vLLM generates on a CUDA GPU and this machine has none; set use_vllm: false to generate with transformers")
         if not importlib.util.find_spec("vllm"):
             fail("grpo.use_vllm", "vllm is not installed (pip install vllm); or set use_vllm: false to generate with transformers")
+    from ft_cli.train.accel import check_accelerators
+
+    check_accelerators(loaded)  # Liger, FlashAttention, torch.compile: can this machine run them?
 
 
 def _wandb_netrc_login() -> bool:
@@ -158,6 +161,7 @@ class Plan:
     global_batch: int
     max_seq_length: int
     token_lengths: list[int] | None = None  # only for --dry-run: a real run lets TRL tokenize, once
+    batching: str | None = None  # only for --dry-run: padding vs packing for these lengths (ft_cli.train.packing)
 
     method_line: str = ""
 
@@ -170,6 +174,8 @@ class Plan:
             too_long = sum(n > self.max_seq_length for n in lengths)
             out.append(f"tokens per record: min {lengths[0]}, median {statistics.median(lengths):g}, p95 {p95}, max {lengths[-1]}")
             out.append(f"longer than model.max_seq_length={self.max_seq_length}: {too_long} (truncated)")
+        if self.batching:
+            out.append(self.batching)
         out.append(f"optimizer steps: {self.optimizer_steps} at a global batch of {self.global_batch} sequences")
         return out
 
@@ -213,6 +219,7 @@ def make_plan(config: Config, records: list[dict], shape: str, eval_records: int
         max_seq_length=config.model.max_seq_length,
         token_lengths=token_lengths,
         method_line=_method_line(config),
+        batching=batching_advice(config, token_lengths) if token_lengths and config.method == "sft" else None,
     )
 
 
@@ -231,3 +238,11 @@ def _method_line(config: Config) -> str:
         names = [spec.name or f"model {spec.model}" for spec in config.grpo.rewards]
         line += f"; rewards: {', '.join(names)}"
     return line
+
+
+def batching_advice(config: Config, token_lengths: list[int]) -> str:
+    from ft_cli.train.backends import cuda_available
+    from ft_cli.train.packing import advice
+
+    return advice(token_lengths, config.training.per_device_train_batch_size, config.model.max_seq_length,
+                  config.training.packing, config.training.padding_free, config.model.attn_implementation, cuda_available())  # fmt: skip

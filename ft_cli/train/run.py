@@ -63,6 +63,8 @@ def _trainer_args(loaded: LoadedConfig, method: Method, output_dir: Path, shape:
         per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=t.per_device_eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
+        use_liger_kernel=t.use_liger_kernel,  # checked before anything loads (ft_cli/train/accel.py)
+        torch_compile=t.torch_compile,
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler_type,
         warmup_steps=t.warmup_steps,
@@ -285,6 +287,10 @@ def build_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_data: Tra
         train_dataset, eval_dataset = split["train"], split["test"]
 
     trainer_cls = with_fsdp_on_cpu(with_safe_checkpoints(method.load(method.trainer)))
+    if cfg.method == "sft" and backend == "accelerate":  # packed rows on SDPA/eager, TRL's flattened batch on FlashAttention
+        from ft_cli.train.packing import with_packed_rows
+
+        trainer_cls = with_packed_rows(trainer_cls)
     extra = {}
     if method.samples:
         from ft_cli.train.rewards import load_rewards
