@@ -67,6 +67,12 @@ class MetricsCallback(TrainerCallback):
             return
         _fsync(self.metrics_path)
         if self._drawing is None or not self._drawing.is_alive():  # one redraw at a time; the next save catches up
+            # matplotlib is imported here, in the main thread: imported first inside the thread, it races any
+            # other import of it (trackio's logging does one) and one side sees a half-initialised module.
+            import matplotlib.backends.backend_agg  # noqa: F401
+            import matplotlib.figure  # noqa: F401
+            import matplotlib.image  # noqa: F401  (PIL, for the PNG)
+
             self._drawing = threading.Thread(target=plot_loss, args=(self.metrics_path, self.output_dir / "loss.png"), name="ft-loss-png")
             self._drawing.start()
 
