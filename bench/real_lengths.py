@@ -48,17 +48,11 @@ def token_lengths(chats: list[dict], model: Path, max_length: int) -> list[int]:
     return [min(len(tokenizer.apply_chat_template(chat["messages"], tokenize=True, return_dict=True)["input_ids"]), max_length) for chat in chats]
 
 
-def pad_fraction(lengths: list[int], batch: int, trials: int = 200, seed: int = 0) -> float:
-    """Expected share of padding in batches of `batch` random records padded to their longest."""
-    rng = random.Random(seed)
-    padded = real = 0
-    for _ in range(trials):
-        order = rng.sample(lengths, len(lengths))
-        for start in range(0, len(order), batch):
-            chunk = order[start : start + batch]
-            padded += max(chunk) * len(chunk)
-            real += sum(chunk)
-    return 1 - real / padded
+# The benches report the same expected pad fraction as `ft train --dry-run` (more trials: it is printed once).
+def pad_fraction(lengths: list[int], batch: int) -> float:
+    from ft_cli.train.packing import pad_fraction as expected
+
+    return expected(lengths, batch, trials=200)
 
 
 def describe(lengths: list[int]) -> str:
