@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, run_ft
-from test_methods import metrics, preference_records, prompt_records, write_jsonl
+from test_methods import metrics, preference_records, prompt_records, run_config, write_jsonl
 from test_train import arithmetic_chats
 
 from ft_cli.errors import EXIT_USAGE
@@ -35,25 +35,11 @@ def kto_records(pairs: list[dict]) -> list[dict]:
 
 @pytest.fixture
 def config(tmp_path, tiny_model_dir):
-    """A run config on the tiny model: 8 steps of 16 sequences (one micro-batch), lr 5e-3, LoRA r 8."""
+    """test_methods' run config with 8 steps of 16 sequences (one micro-batch)."""
 
     def make(method: str, data: str, name: str = "run", lora: dict | None = None, **sections) -> str:
-        training = {
-            "output_dir": str(tmp_path / name), "max_steps": 8, "per_device_train_batch_size": 16,
-            "gradient_accumulation_steps": 1, "learning_rate": 5e-3, "lr_scheduler_type": "constant",
-            "optim": "adamw_torch", "logging_steps": 2, "save_steps": 4, **sections.pop("training", {}),
-        }  # fmt: skip
-        body = {
-            "method": method,
-            "model": {"path": str(tiny_model_dir), "dtype": "fp32", "max_seq_length": 64},
-            "lora": {"r": 8, "alpha": 16, "dropout": 0.0, **(lora or {})},
-            "data": {"train": data},
-            "training": training,
-            **sections,
-        }
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(body))
-        return str(path)
+        training = {"per_device_train_batch_size": 16, "gradient_accumulation_steps": 1, **sections.pop("training", {})}
+        return run_config(tmp_path, tiny_model_dir, method, data, name, lora=lora, training=training, **sections)
 
     return make
 

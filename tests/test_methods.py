@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import signal
@@ -44,27 +45,29 @@ def prompt_records(n: int = 16, seed: int = 0) -> list[dict]:
     return records
 
 
+def run_config(tmp_path, model_dir, method: str, data: str, name: str = "run", lora: dict | None = None, **sections) -> str:
+    """A run config on a small model: 8 steps, lr 5e-3, LoRA r 8; sections override (training merges)."""
+    training = {
+        "output_dir": str(tmp_path / name), "max_steps": 8, "per_device_train_batch_size": 4, "learning_rate": 5e-3,
+        "lr_scheduler_type": "constant", "optim": "adamw_torch", "logging_steps": 2, "save_steps": 4,
+        **sections.pop("training", {}),
+    }  # fmt: skip
+    body = {
+        "method": method,
+        "model": {"path": str(model_dir), "dtype": "fp32", "max_seq_length": 64},
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0, **(lora or {})},
+        "data": {"train": data},
+        "training": training,
+        **sections,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return str(path)
+
+
 @pytest.fixture
 def config(tmp_path, tiny_model_dir):
-    def make(method: str, data: str, name: str = "run", **sections) -> str:
-        training = {
-            "output_dir": str(tmp_path / name), "max_steps": 8, "per_device_train_batch_size": 4, "learning_rate": 5e-3,
-            "lr_scheduler_type": "constant", "optim": "adamw_torch", "logging_steps": 2, "save_steps": 4,
-            **sections.pop("training", {}),
-        }  # fmt: skip
-        body = {
-            "method": method,
-            "model": {"path": str(tiny_model_dir), "dtype": "fp32", "max_seq_length": 64},
-            "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-            "data": {"train": data},
-            "training": training,
-            **sections,
-        }
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(body))
-        return str(path)
-
-    return make
+    return functools.partial(run_config, tmp_path, tiny_model_dir)
 
 
 def metrics(run_dir) -> list[dict]:
