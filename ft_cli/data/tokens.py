@@ -18,7 +18,7 @@ import re
 import sys
 from dataclasses import dataclass
 
-from ft_cli.data.chat_masks import assistant_spans
+from ft_cli.data.chat_masks import Vocabulary, assistant_spans
 from ft_cli.data.formats import RecordProblem
 from ft_cli.data.preference_formats import verdict
 from ft_cli.errors import UsageError
@@ -161,7 +161,7 @@ def _chat(messages: list[dict], tokenizer, tools=None) -> Sequence:
         if ids != list(masks["input_ids"]):
             raise RecordProblem("messages", "the chat template's text does not tokenize to the ids transformers computes its mask on")
         return Sequence(text, ids, offsets, [bool(m) for m in masks["assistant_masks"]])
-    text, spans = assistant_spans(messages, lambda turns, prompt: _render(tokenizer, turns, tools, prompt), _special_tokens(tokenizer))
+    text, spans = assistant_spans(messages, lambda turns, prompt: _render(tokenizer, turns, tools, prompt), _vocabulary(tokenizer))
     ids, offsets = _encode(tokenizer, text, add_special_tokens=False)
     # A token is trained when any of its characters is: " Hello" after "[/INST]" starts with the template's space.
     return Sequence(text, ids, offsets, [any(a < e and b > s for a, b in spans) for s, e in offsets])
@@ -183,10 +183,31 @@ def _render(tokenizer, messages: list[dict], tools, add_generation_prompt: bool)
     return _apply(tokenizer, messages, tools=tools, add_generation_prompt=add_generation_prompt, tokenize=False)
 
 
-def _special_tokens(tokenizer) -> list[str]:
-    """Every special or added token string: the candidates for a turn's closing token."""
-    added = [token.content for token in getattr(tokenizer, "added_tokens_decoder", {}).values()]
-    return list(dict.fromkeys([*tokenizer.all_special_tokens, *added]))
+def _vocabulary(tokenizer) -> Vocabulary:
+    """The tokenizer's special and added tokens and its stop tokens, worked out once per tokenizer."""
+    cached = getattr(tokenizer, "_ft_vocabulary", None)
+    if cached is None:
+        added = [token.content for token in getattr(tokenizer, "added_tokens_decoder", {}).values()]
+        cached = Vocabulary(list(dict.fromkeys([*tokenizer.all_special_tokens, *added])), stop_tokens(tokenizer))
+        tokenizer._ft_vocabulary = cached
+    return cached
+
+
+def stop_tokens(tokenizer) -> list[str]:
+    """The tokens a runtime stops generating on: the tokenizer's eos and, where the tokenizer was loaded from
+    a model directory, its generation_config.json's eos_token_id (Llama 3's <|eot_id|>, Gemma's <end_of_turn>)."""
+    import json
+    from pathlib import Path
+
+    ids = []
+    config = Path(str(tokenizer.name_or_path)) / "generation_config.json"
+    try:
+        eos = json.loads(config.read_text(encoding="utf-8")).get("eos_token_id")
+        ids = [eos] if isinstance(eos, int) else [i for i in eos or [] if isinstance(i, int)]
+    except (OSError, ValueError, AttributeError):
+        pass
+    tokens = [tokenizer.convert_ids_to_tokens(i) for i in ids if 0 <= i < len(tokenizer)]
+    return [token for token in dict.fromkeys([tokenizer.eos_token, *tokens]) if token]
 
 
 def _pair(prompt, answer, tokenizer, label: str | None = None) -> Sequence:
