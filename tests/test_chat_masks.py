@@ -62,11 +62,11 @@ def test_qwen3_and_r1_reasoning_is_trained_where_the_template_shows_it_and_refus
     qwen3 = AutoTokenizer.from_pretrained(family_model_dir("qwen3"))
     (sequence,) = loss_sequences({"messages": last_only}, qwen3)
     assert trained_runs(sequence.ids, sequence.trained, qwen3) == ["A1<|im_end|>", "<think>\nadd them\n</think>\n\nA2<|im_end|>"]
-    with pytest.raises(RecordProblem, match=r"messages\[1\]\.content: the chat template drops its <think> block"):
+    with pytest.raises(RecordProblem, match=r"messages\[1\]\.content: the chat template drops or rewrites this assistant turn.s reasoning"):
         loss_sequences({"messages": earlier}, qwen3)
 
     r1 = AutoTokenizer.from_pretrained(family_model_dir("deepseek-r1-distill"))
-    with pytest.raises(RecordProblem, match=r"messages\[3\]\.content: the chat template drops its <think> block"):
+    with pytest.raises(RecordProblem, match=r"messages\[3\]\.content: the chat template drops or rewrites this assistant turn.s reasoning"):
         loss_sequences({"messages": last_only}, r1)
 
 

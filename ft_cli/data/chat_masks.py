@@ -186,22 +186,21 @@ def _locate_pieces(full: str, start: int, end: int, pieces: list[_Piece], i: int
     for piece in pieces:
         found = _find(full, piece, position, end) or _find(full, piece, start, end)
         if found is None:
-            raise RecordProblem(
-                f"messages[{i}].{piece.what.split(' ')[0]}",
-                f"the chat template drops or rewrites this assistant turn's {_describe(piece)}, so training on its "
-                "rendering would not teach what the record says (keep reasoning only where the template shows it, "
-                "e.g. the last turn; use a template that renders tool calls, e.g. --chat-template chatml_tools)",
-            )
+            raise RecordProblem(f"messages[{i}].{piece.what.split(' ')[0]}", _dropped(piece))
         position, last = found[1], max(last, found[1])
     return last
 
 
-def _describe(piece: _Piece) -> str:
+def _dropped(piece: _Piece) -> str:
+    """Why a record whose piece the template does not render is refused, and the fix."""
+    unfaithful = "so training on its rendering would not teach what the record says"
     if "(reasoning)" in piece.what or "<think>" in piece.what:
-        return "reasoning"
+        return (f"the chat template drops or rewrites this assistant turn's reasoning, {unfaithful} "
+                "(keep reasoning only where the template shows it, e.g. after the last user turn, or remove it)")  # fmt: skip
     if piece.what.startswith("tool_calls"):
-        return f"tool call ({piece.what})"
-    return "content"
+        return (f"the chat template drops or rewrites this assistant turn's tool call ({piece.what}), {unfaithful} "
+                "(use a template that renders tool calls: --chat-template chatml_tools, or model.chat_template)")  # fmt: skip
+    return f"the chat template drops or rewrites this assistant turn's text, {unfaithful}"
 
 
 # --- where it ends ------------------------------------------------------------------------------
