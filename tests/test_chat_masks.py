@@ -8,6 +8,7 @@ Qwen 2.5/3, SmolLM2 and DeepSeek-R1 masks, not ft's own toy template.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -151,3 +152,65 @@ def test_a_template_that_refuses_a_record_is_a_path_line_error_in_prepare_and_tr
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert f"{data}:2: messages: the chat template refuses it" in result.stderr and "alternate" in result.stderr
     assert not (tmp_path / "run" / "lora_weights").exists()
+
+
+TOOL_RECORDS = json.loads((Path(__file__).parent / "data" / "masks" / "records.json").read_text(encoding="utf-8"))
+# What each family's own template writes for the tool_call record's call, end-of-turn token included.
+CALL_AS_WRITTEN = {
+    "qwen2.5": '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>',
+    "qwen3": '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>',
+    "llama3.1": '{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>',
+    "llama3.2": '{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>',
+}
+
+
+@pytest.mark.parametrize("family", sorted(CALL_AS_WRITTEN))
+def test_a_tool_call_turn_trains_the_whole_call_and_its_closer_on_every_family_that_renders_tools(family, family_model_dir):
+    """The bug this replaces: only `<tool_call>` was trained (the turn 'ended' at the first added token)."""
+    from transformers import AutoTokenizer
+
+    from ft_cli.data.tokens import loss_sequences
+
+    tokenizer = AutoTokenizer.from_pretrained(family_model_dir(family))
+    (sequence,) = loss_sequences(TOOL_RECORDS["tool_call"], tokenizer)
+    runs = trained_runs(sequence.ids, sequence.trained, tokenizer)
+    assert runs[0] == CALL_AS_WRITTEN[family]
+    assert runs[1].endswith("It is 21 degrees in Paris." + FAMILIES[family].end_of_turn)
+    assert '"temp": 21' not in "".join(runs)  # the tool's result is given, never trained
+    if family.startswith("qwen"):  # parallel calls: both, in one turn, with the closer
+        (sequence,) = loss_sequences(TOOL_RECORDS["parallel"], tokenizer)
+        first = trained_runs(sequence.ids, sequence.trained, tokenizer)[0]
+        assert first.count("<tool_call>") == 2 and '"Rome"' in first and first.endswith("</tool_call><|im_end|>")
+
+
+@pytest.mark.parametrize("family", ["smollm2", "gemma3", "phi3", "deepseek-r1-distill"])
+def test_a_template_that_cannot_render_tool_calls_refuses_the_record(family, family_model_dir):
+    from transformers import AutoTokenizer
+
+    from ft_cli.data.formats import RecordProblem
+    from ft_cli.data.tokens import loss_sequences
+
+    tokenizer = AutoTokenizer.from_pretrained(family_model_dir(family))
+    with pytest.raises(RecordProblem):
+        loss_sequences(TOOL_RECORDS["tool_call_text"], tokenizer)
+
+
+def test_an_answer_also_written_in_its_reasoning_is_trained_and_dropped_reasoning_is_refused(family_model_dir):
+    """The bug this replaces: the answer "42." was found inside the reasoning, the turn closed at </think>."""
+    from transformers import AutoTokenizer
+
+    from ft_cli.data.formats import RecordProblem
+    from ft_cli.data.tokens import loss_sequences
+
+    qwen3 = AutoTokenizer.from_pretrained(family_model_dir("qwen3"))
+    for name in ("reasoning_has_answer", "think_in_content"):
+        (sequence,) = loss_sequences(TOOL_RECORDS[name], qwen3)
+        assert trained_runs(sequence.ids, sequence.trained, qwen3) == ["<think>\n6 times 7 is 42.\n</think>\n\n42.<|im_end|>"]
+    # Reasoning given as a field in an earlier turn, which Qwen3's template drops: refused, not trained without it.
+    with pytest.raises(RecordProblem, match=r"messages\[1\]\.reasoning_content: the chat template drops or rewrites this assistant turn.s reasoning"):
+        loss_sequences(TOOL_RECORDS["earlier_reasoning"], qwen3)
+    # Templates that never show reasoning refuse it anywhere.
+    for family in ("qwen2.5", "llama3.2", "smollm2"):
+        tokenizer = AutoTokenizer.from_pretrained(family_model_dir(family))
+        with pytest.raises(RecordProblem, match="reasoning"):
+            loss_sequences(TOOL_RECORDS["reasoning"], tokenizer)

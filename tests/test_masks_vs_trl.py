@@ -65,41 +65,31 @@ def records() -> dict:
     return json.loads(RECORDS_FILE.read_text(encoding="utf-8"))
 
 
-@pytest.fixture(scope="session")
-def referee_tokenizers(tmp_path_factory):
-    """name -> (tokenizer with the original template, tokenizer with the untagged training template)."""
+def referee_tokenizers_for(name: str, root: Path):
+    """(tokenizer with the original template, tokenizer with the untagged training template, training template)."""
     from transformers import AutoTokenizer
 
     from ft_cli.models.families import FAMILIES, build_family_tokenizer
 
-    root = tmp_path_factory.mktemp("referee")
-    built: dict = {}
-
-    def get(name: str):
-        if name in built:
-            return built[name]
-        family = FAMILIES[BASE.get(name, "qwen3")]
-        original = (_template_dir() / f"{name}.jinja").read_text(encoding="utf-8")
-        training = (_template_dir() / f"{name}_training.jinja").read_text(encoding="utf-8")
-        pair = []
-        for label, template in (("original", original), ("training", GENERATION.sub("", training))):
-            tokenizer = build_family_tokenizer(family)
-            new = [t for t in dict.fromkeys(TOKEN.findall(original + training)) if t not in tokenizer.get_vocab()]
-            if new:
-                tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False)
-            stops = STOPS.get(name) or list(family.stop_tokens)
-            if name in STOPS:
-                tokenizer.eos_token = stops[0]
-            tokenizer.chat_template = template
-            directory = root / f"{name}-{label}"
-            tokenizer.save_pretrained(directory)
-            eos_ids = [tokenizer.convert_tokens_to_ids(token) for token in stops]
-            (directory / "generation_config.json").write_text(json.dumps({"eos_token_id": eos_ids}))
-            pair.append(AutoTokenizer.from_pretrained(directory))
-        built[name] = (pair[0], pair[1], training)
-        return built[name]
-
-    return get
+    family = FAMILIES[BASE.get(name, "qwen3")]
+    original = (_template_dir() / f"{name}.jinja").read_text(encoding="utf-8")
+    training = (_template_dir() / f"{name}_training.jinja").read_text(encoding="utf-8")
+    pair = []
+    for label, template in (("original", original), ("training", GENERATION.sub("", training))):
+        tokenizer = build_family_tokenizer(family)
+        new = [t for t in dict.fromkeys(TOKEN.findall(original + training)) if t not in tokenizer.get_vocab()]
+        if new:
+            tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False)
+        stops = STOPS.get(name) or list(family.stop_tokens)
+        if name in STOPS:
+            tokenizer.eos_token = stops[0]
+        tokenizer.chat_template = template
+        directory = root / f"{name}-{label}"
+        tokenizer.save_pretrained(directory)
+        eos_ids = [tokenizer.convert_tokens_to_ids(token) for token in stops]
+        (directory / "generation_config.json").write_text(json.dumps({"eos_token_id": eos_ids}))
+        pair.append(AutoTokenizer.from_pretrained(directory))
+    return pair[0], pair[1], training
 
 
 def _as_parts(record: dict) -> dict:
@@ -193,14 +183,11 @@ def _named_piece(record: dict, field: str, reason: str) -> list[str]:
     return [line.strip() for line in re.split(r"</?think>|\n", value) if line.strip()]
 
 
-@pytest.mark.parametrize("name", template_pairs())
-def test_masks_equal_trls_training_templates_up_to_named_policies(name, referee_tokenizers):
+def compare_with_referee(name: str, original, untagged, training: str) -> dict[str, str]:
+    """Each record's outcome (agree, policy, refuse-dropped, both refuse), asserting every rule on the way."""
     from ft_cli.data.formats import RecordProblem
     from ft_cli.data.tokens import preview_json, stop_tokens
 
-    if name in NOT_CAUSAL:
-        pytest.skip(NOT_CAUSAL[name])
-    original, untagged, training = referee_tokenizers(name)
     stop_ids = {untagged.convert_tokens_to_ids(token) for token in stop_tokens(untagged)}
     outcomes = {}
     for record_name, record in records().items():
@@ -238,4 +225,21 @@ def test_masks_equal_trls_training_templates_up_to_named_policies(name, referee_
         if same:
             (on_original,) = preview_json(record, original)
             assert on_original["trained"] == row["trained"], record_name
-    assert any(outcome in ("agree", "policy") for outcome in outcomes.values()), outcomes
+            continue
+        try:
+            (on_original,) = preview_json(record, original)
+        except RecordProblem:
+            on_original = None
+        if on_original and on_original["ids"] == ids:  # GLM-4: ft appends the closer TRL's training template writes
+            assert on_original["trained"] == expected, record_name
+        else:
+            outcomes[record_name] += " (training template re-renders)"
+    return outcomes
+
+
+@pytest.mark.parametrize("name", template_pairs())
+def test_masks_equal_trls_training_templates_up_to_named_policies(name, tmp_path):
+    if name in NOT_CAUSAL:
+        pytest.skip(NOT_CAUSAL[name])
+    outcomes = compare_with_referee(name, *referee_tokenizers_for(name, tmp_path))
+    assert any(outcome.startswith(("agree", "policy")) for outcome in outcomes.values()), outcomes

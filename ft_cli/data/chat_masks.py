@@ -49,7 +49,8 @@ class Vocabulary:
 
     def __init__(self, specials: list[str], stops: list[str]):
         self.specials = _alternation(specials)
-        self.stops = _alternation([token for token in stops if token])
+        self.stop_list = [token for token in stops if token]
+        self.stops = _alternation(self.stop_list)
 
 
 def _alternation(tokens: list[str]) -> re.Pattern | None:
@@ -77,8 +78,31 @@ def assistant_spans(messages: list[dict], render: Render, vocabulary: Vocabulary
         if region_end is None:
             region_end = _region_end_by_suffix(full, last, through, messages[i], vocabulary)
         end = _closer_end(full, start, last, region_end, vocabulary)
+        if end == len(full) and i == len(messages) - 1 and not _ends_with_stop(full, vocabulary):
+            full = end_with_next_role_marker(messages, full, render, vocabulary)
+            end = len(full)
         spans.append((start, end))
     return full, spans
+
+
+def end_with_next_role_marker(messages: list[dict], full: str, render: Render, vocabulary: Vocabulary) -> str:
+    """A conversation whose last turn the template closes with nothing (GLM-4 closes a turn with the next role
+    marker, and there is no next turn): append the stop token the template would write next, as TRL's
+    glm4moe training template does, so the model learns to stop after its last answer too."""
+    probe = "\ue002"  # a private-use character: no template writes it
+    try:
+        following = render([*messages, {"role": "user", "content": probe}], False)
+    except Exception:  # noqa: BLE001 - a template that refuses the probe turn: keep the rendering as it is
+        return full
+    # Once a user turn follows, the template may drop the turn's reasoning: look right after its last piece.
+    last = _last_piece_end(following[: following.rfind(probe)], _pieces(messages[-1]))
+    stop = vocabulary.stops.match(following, last) if vocabulary.stops and last is not None else None
+    return full + stop.group() if stop else full
+
+
+def _ends_with_stop(full: str, vocabulary: Vocabulary) -> bool:
+    stripped = full.rstrip()
+    return any(stripped.endswith(token) for token in vocabulary.stop_list)
 
 
 def _turn_start(messages: list[dict], i: int, full: str, render: Render, previous_end: int) -> int:
