@@ -104,14 +104,14 @@ def referee_mask(tokenizer, training: str, record: dict) -> tuple[list[int], lis
     return list(out["input_ids"]), [bool(m) for m in out["assistant_masks"]]
 
 
-def with_policies(tokenizer, record: dict, ids: list[int], mask: list[bool], stop_ids: set[int]) -> list[bool]:
-    """TRL's mask with ft's prompt-cue and first-stop policies applied, each by its own rule."""
+def with_policies(tokenizer, record: dict, ids: list[int], mask: list[bool], stop_ids: set[int]) -> tuple[list[bool], list[str]]:
+    """TRL's mask with ft's prompt-cue and first-stop policies applied, each by its own rule; and which changed it."""
     render = lambda messages, prompt: tokenizer.apply_chat_template(  # noqa: E731
         messages, tools=record.get("tools"), tokenize=False, add_generation_prompt=prompt)
     full = render(record["messages"], False)
     encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     assert encoded["input_ids"] == ids  # the same text as the referee masked
-    mask, offsets = list(mask), encoded["offset_mapping"]
+    referee, mask, offsets = mask, list(mask), encoded["offset_mapping"]
     for i, message in enumerate(record["messages"]):
         if message["role"] != "assistant":
             continue
@@ -123,7 +123,7 @@ def with_policies(tokenizer, record: dict, ids: list[int], mask: list[bool], sto
         while k >= 0 and mask[k] and offsets[k][1] <= cue_end:
             mask[k] = False
             k -= 1
-    k = 0
+    after_cue, k = list(mask), 0
     while k < len(mask):  # first-stop, per trained run
         if not mask[k]:
             k += 1
@@ -138,7 +138,7 @@ def with_policies(tokenizer, record: dict, ids: list[int], mask: list[bool], sto
                 first -= 1
             mask[first + 1 : j] = [False] * (j - first - 1)
         k = j
-    return mask
+    return mask, [name for name, changed in (("prompt-cue", after_cue != referee), ("first-stop", mask != after_cue)) if changed]
 
 
 def _common_prefix(a: str, b: str) -> str:
@@ -210,9 +210,9 @@ def compare_with_referee(name: str, original, untagged, training: str) -> dict[s
             outcomes[record_name] = "refuse-dropped"
             continue
         assert row["ids"] == ids, record_name
-        expected = with_policies(untagged, record, ids, mask, stop_ids)
+        expected, policies = with_policies(untagged, record, ids, mask, stop_ids)
         assert row["trained"] == expected, (record_name, trained_text(untagged, ids, row["trained"]), trained_text(untagged, ids, expected))
-        outcomes[record_name] = "agree" if expected == mask else "policy"
+        outcomes[record_name] = f"policy: {', '.join(policies)}" if policies else "agree"
         # The original template, where it renders the same text, is masked the same (where it cannot render
         # the record at all, ft refuses it).
         try:
