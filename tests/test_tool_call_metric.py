@@ -226,3 +226,67 @@ def test_malformed_replies_give_no_call_and_say_why():
         assert reply.calls == [] and reply.error, text
     assert parse_text("The answer is 42.").error is None
     assert parse_text('{"answer": 42}').calls == []  # JSON that is no call is an answer
+
+
+# ---------------------------------------------------------------- ft eval
+
+
+def _eval_file(path, records: list[dict]):
+    path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "id"}) + "\n" for r in records))
+    return path
+
+
+NO_CALL = {"messages": [{"role": "user", "content": "Tell me a joke."}, {"role": "assistant", "content": "Why did the chicken cross the road?"}],
+           "tools": ALL["multiple"][0]["tools"]}  # fmt: skip
+
+
+def test_eval_scores_calls_decoded_from_generated_token_ids(qwen, tmp_path):
+    """The path ft eval takes after generate(): prompts rendered with the record's tools, generated ids
+    decoded with their special tokens, parsed, scored; here with ids written as a model that answers right would."""
+    from ft_cli.eval.data import load_eval_data
+    from ft_cli.eval.generation import prompt_ids
+    from ft_cli.eval.run import _score_tool_calls
+
+    records = [ALL["simple_python"][89], ALL["multiple"][5], ALL["parallel"][7], NO_CALL]
+    data = load_eval_data(_eval_file(tmp_path / "bfcl.jsonl", records))
+    assert data.has_tool_calls and data.items[0].expected == records[0]["ground_truth"]  # kept from the file's column
+    ids = prompt_ids([item.prompt for item in data.items], qwen, data.path, [item.tools for item in data.items])
+    for item, prompt in zip(data.items, ids):
+        text = qwen.decode(prompt)
+        assert "<tools>" in text and all(t["function"]["name"] in text for t in item.tools) and text.endswith("<|im_start|>assistant\n")
+    replies = [hermes(reference_calls(r["ground_truth"])) for r in records[:3]] + ["Because."]
+    outputs = [qwen(reply + "<|im_end|>", add_special_tokens=False)["input_ids"] for reply in replies]
+    scores, rows = _score_tool_calls(qwen, data.items, ids, outputs)
+    assert scores == {"tool_call": [1.0, 1.0, 1.0, 1.0], "tool_call_parsed": [1.0, 1.0, 1.0, None]}
+    assert rows[2]["tool_calls"]["parser"] == "response_template" and len(rows[2]["tool_calls"]["calls"]) == len(records[2]["ground_truth"])
+    assert rows[0]["raw_answer"].endswith("</tool_call><|im_end|>") and rows[3]["verdict"] == {"score": 1.0, "reason": "ok"}
+    # a wrong value, through the same path
+    wrong = qwen(hermes([ToolCall("calculate_triangle_area", {"base": 10, "height": 6})]) + "<|im_end|>", add_special_tokens=False)["input_ids"]
+    data = load_eval_data(_eval_file(tmp_path / "one.jsonl", ALL["simple_python"][:1]))
+    ids = prompt_ids([data.items[0].prompt], qwen, data.path, [data.items[0].tools])
+    scores, rows = _score_tool_calls(qwen, data.items, ids, [wrong])
+    assert scores["tool_call"] == [0.0] and rows[0]["verdict"]["reason"] == "argument 'height' is 6, expected 5"
+
+
+@pytest.mark.slow  # two `ft eval` runs in subprocesses: about 30 s
+def test_ft_eval_reports_bfcl_accuracy_and_the_parsed_calls(family_model_dir, tiny_model_dir, tmp_path):
+    data = _eval_file(tmp_path / "bfcl.jsonl", [*ALL["simple_python"][:2], *ALL["parallel"][:2], NO_CALL])
+    out = tmp_path / "results.json"
+    result = run_ft("eval", family_model_dir("qwen2.5"), "--data", data, "-o", out, "--max-new-tokens", "8", "--samples", "5")
+    assert result.returncode == 0, result.stderr
+    results = json.loads(out.read_text())
+    assert results["data"][0]["metrics"] == ["loss", "perplexity", "tool_call", "tool_call_parsed"]  # chosen from the data
+    (scores,) = results["scores"]["bfcl.jsonl"].values()
+    assert {"tool_call", "tool_call_parsed"} <= set(scores)
+    assert "  tool_call " in result.stdout and "  tool_call_parsed " in result.stdout
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 5
+    for sample in samples:
+        assert set(sample["tool_calls"]) == {"calls", "parser", "error"} and isinstance(sample["raw_answer"], str)
+        assert sample["verdict"]["score"] == sample["scores"]["tool_call"] and sample["verdict"]["reason"]
+    assert samples[2]["expected_calls"] == ALL["parallel"][0]["ground_truth"] and samples[4]["expected_calls"] == []
+    assert scores["tool_call"] == pytest.approx(sum(s["verdict"]["score"] for s in samples) / 5)
+    # a template that drops the tools is refused, naming the fix (the toy model's template knows no tools)
+    refused = run_ft("eval", tiny_model_dir, "--data", data, "-o", tmp_path / "r2.json", "--metric", "tool_call", "--max-new-tokens", "2")
+    assert refused.returncode == 2 and "does not render the record's tools" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "r2.json").exists()

@@ -78,6 +78,15 @@ def _accepted(value: Any, details: dict) -> Any:
     return value
 
 
+def tool_metrics(expected: list[list | None], replies: list, tools: list[list | None]) -> tuple[dict[str, list[float | None]], list[Verdict | None]]:
+    """`tool_call` and `tool_call_parsed` per record (None where a record is no tool-calling record, and
+    for `tool_call_parsed` where it expects no call), and each record's verdict."""
+    verdicts = [None if want is None else check_calls(reply.calls, want, offered) for want, reply, offered in zip(expected, replies, tools)]
+    accuracy = [None if verdict is None else verdict.score for verdict in verdicts]
+    parsed = [float(bool(reply.calls)) if want else None for want, reply in zip(expected, replies)]
+    return {"tool_call": accuracy, "tool_call_parsed": parsed}, verdicts
+
+
 def check_calls(calls: list[ToolCall], expected: list[dict], tools: list | None) -> Verdict:
     """One record: the model's calls against the ground truth, with the functions it was offered."""
     if not expected:
