@@ -171,6 +171,75 @@ def test_each_bfcl_perturbation_scores_zero_on_every_record(category):
     assert counts["missing"] >= 0.95 * n and counts["value"] >= 0.95 * n, counts
 
 
+# ---------------------------------------------------------------- BFCL's own checker as referee
+
+
+def bfcl_checker():
+    """gorilla's ast_checker.py as shipped (tests/data/real/bfcl), its bfcl_eval imports replaced by
+    stubs: the Python path needs only the Language enum and a model config without underscore_to_dot."""
+    import enum
+    import types
+
+    source = (BFCL / "ast_checker.py").read_text()
+    module = types.ModuleType("bfcl_ast_checker")
+    module.Language = enum.Enum("Language", "PYTHON JAVA JAVASCRIPT")
+    module.MODEL_CONFIG_MAPPING = type("Configs", (dict,), {"__getitem__": lambda self, key: types.SimpleNamespace(underscore_to_dot=False)})()
+    module.JAVA_TYPE_CONVERSION = module.JS_TYPE_CONVERSION = {}
+    exec(compile("import re\n" + source[source.index("#### Constants ####") :], str(BFCL / "ast_checker.py"), "exec"), module.__dict__)
+    return module
+
+
+def _variants(calls: list[ToolCall], schema: dict, rng: random.Random):
+    """The reference calls, reordered, and changed in the ways a model gets them wrong (or right in other words)."""
+    yield "reference", calls
+    if len(calls) > 1:
+        yield "reordered", rng.sample(calls, len(calls))
+        yield "one call less", calls[:-1]
+    yield "one call more", [*calls, calls[0]]
+
+    def changed(edit):
+        out = copy.deepcopy(calls)
+        edit(out[0].arguments)
+        return out
+
+    yield "name", [ToolCall(calls[0].name + "_v2", calls[0].arguments), *calls[1:]]
+    yield "extra argument", changed(lambda a: a.update(zz_unknown=1))
+    for key, value in calls[0].arguments.items():
+        yield "value", changed(lambda a: a.__setitem__(key, _perturbed_value(value, None)))
+        yield "value as text", changed(lambda a: a.__setitem__(key, str(value)))
+        if isinstance(value, str):
+            yield "other spelling", changed(lambda a: a.__setitem__(key, value.upper().replace(" ", "-")))
+        elif isinstance(value, int) and not isinstance(value, bool):
+            yield "int as float", changed(lambda a: a.__setitem__(key, float(value)))
+        elif isinstance(value, float) and value.is_integer():
+            yield "float as int", changed(lambda a: a.__setitem__(key, int(value)))
+        yield "left out", changed(lambda a: a.pop(key))
+
+
+def test_scores_agree_with_bfcls_own_checker():
+    """Every variant of every record, scored by ft and by BFCL's ast_checker on BFCL's own schemas. The one
+    allowed difference: BFCL pairs parallel calls greedily, so a reordering it rejects while a pairing of
+    every call exists (BFCL accepts the same calls in the reference order) scores 1 with ft."""
+    bfcl, rng = bfcl_checker(), random.Random(0)
+    compared, greedy = 0, []
+    for category, records in ALL.items():
+        functions = {json.loads(line)["id"]: json.loads(line)["function"] for line in (BFCL / f"BFCL_v4_{category}.json").read_text().splitlines()}
+        for record in records:
+            calls = reference_calls(record["ground_truth"])
+            schema = {t["function"]["name"]: t["function"] for t in record["tools"]}[calls[0].name]
+            for kind, variant in _variants(calls, schema, rng):
+                def theirs(calls_):
+                    output = [{c.name: c.arguments} for c in calls_]
+                    return bfcl.ast_checker(functions[record["id"]], output, record["ground_truth"], bfcl.Language.PYTHON, category, "model")["valid"]
+
+                ours = score(variant, record).score == 1.0
+                compared += 1
+                if ours != theirs(variant):
+                    assert (kind, ours, theirs(calls)) == ("reordered", True, True), (record["id"], kind, score(variant, record).reason)
+                    greedy.append(record["id"])
+    assert compared > 10_000 and len(greedy) <= 3, greedy
+
+
 # ---------------------------------------------------------------- BFCL's rules, one by one
 
 
@@ -193,6 +262,11 @@ def test_bfcl_value_rules():
     assert verdict(x=2.0, s="April 1, 2024", o="x").reason.startswith("argument 'o'")
     assert verdict(x=2.0).reason == "missing required argument 's'"
     assert T.check_calls([], truth, tools).reason == "no call (expected math.f)"
+    listed = _tool({"xs": {"type": "array", "items": {"type": "string"}}}, [])
+    assert T.check_calls([ToolCall("math.f", {"xs": ["New York", "LA"]})], [{"math.f": {"xs": [["new york", "L.A."], ""]}}], listed).score == 1.0
+    assert T.check_calls([ToolCall("math.f", {"xs": ["LA", "New York"]})], [{"math.f": {"xs": [["new york", "L.A."], ""]}}], listed).score == 0.0  # order counts
+    assert T.check_calls([ToolCall("math.f", {"xs": []})], [{"math.f": {"xs": [["a"], ""]}}], listed).score == 1.0  # BFCL: "" stands for [] too
+    assert T.check_calls([ToolCall("math.f", {"xs": [1]})], [{"math.f": {"xs": [["a"]]}}], listed).reason == "argument 'xs': items of [1] are not all str"
     two = [ToolCall("math.f", {"x": 2.0, "s": "April 1, 2024"})] * 2
     assert T.check_calls(two, truth, tools).reason == "2 call(s), expected 1: math.f"
 

@@ -161,7 +161,9 @@ def _check_value(argument: str, value: Any, accepted: list, details: dict) -> st
             standard = [standardize_string(a) for a in accepted if isinstance(a, str)]
             return None if standardize_string(value) in standard else _wrong_value(argument, value, accepted)
         if expected_type is list:
-            return None if _standard_list(value) in [_standard_list(a) for a in accepted if isinstance(a, list)] else _wrong_value(argument, value, accepted)
+            # BFCL's list_checker turns the optional marker "" into [] too: an empty list passes for an optional list
+            options = [_standard_list(a) if isinstance(a, list) else [] for a in accepted if isinstance(a, list) or a == ""]
+            return None if _standard_list(value) in options else _wrong_value(argument, value, accepted)
     return None if value in accepted else _wrong_value(argument, value, accepted)
 
 
