@@ -7,6 +7,7 @@ stages (torch and friends) are imported inside the functions that need them.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -238,6 +239,9 @@ ModelOrAdapter = Annotated[
 ]
 
 
+TOOLS_HELP = "Tools the model may call: a JSON file of schemas, or a .py file whose functions are the tools (schemas from type hints and docstrings)."
+
+
 @app.command()
 def generate(
     model: ModelOrAdapter,
@@ -246,21 +250,43 @@ def generate(
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate.", min=1)] = 128,
     temperature: Annotated[float, typer.Option(help="0 = greedy (deterministic); > 0 samples.", min=0.0)] = 0.0,
     base: Annotated[Optional[str], typer.Option(help="Base model for an adapter (default: from adapter_config.json).")] = None,
+    tools: Annotated[Optional[Path], typer.Option("--tools", help=TOOLS_HELP, show_default=False)] = None,
+    show_prompt: Annotated[bool, typer.Option("--show-prompt", help="Print the prompt as the chat template renders it (stderr).")] = False,
 ) -> None:
     """Answer a prompt, rendered with the model's chat template; with several --prompt, each
     is answered on its own, under a `> PROMPT` line, from one load of the model.
 
-    Greedy by default, so the adapter and its merged model can be compared.
+    Greedy by default, so the adapter and its merged model can be compared. With --tools the
+    model is offered the tools and its calls are printed parsed: `→ call name(arg=value, ...)`.
     """
-    from ft_cli.generate import conversation, generate_reply, load_generator, note_empty
+    from ft_cli.generate import conversation, generate_turn, load_generator, note_empty
 
+    toolbox = _load_tools(tools)
     generator = load_generator(model, base)
+    if toolbox is not None:
+        from ft_cli.tool_use import check_template_renders_tools, parse_turn, show
+
+        check_template_renders_tools(generator, toolbox)
     for prompt in prompts:
-        reply = generate_reply(generator, conversation(prompt, system), max_new_tokens, temperature)
+        turn = generate_turn(generator, conversation(prompt, system), max_new_tokens, temperature, tools=toolbox.schemas if toolbox else None)
+        if show_prompt:
+            typer.echo(turn.prompt, err=True)
         if len(prompts) > 1:
             typer.echo(f"> {prompt}")
-        typer.echo(reply)
-        note_empty(reply)
+        if toolbox is not None:
+            show(parse_turn(generator, turn, toolbox), sys.stdout)
+            continue
+        typer.echo(turn.text)
+        note_empty(turn.text)
+
+
+def _load_tools(path: Optional[Path]):
+    """The --tools file, read before the model loads so a bad file costs no load."""
+    if path is None:
+        return None
+    from ft_cli.tool_use import load_tools
+
+    return load_tools(path)
 
 
 @app.command()
@@ -270,14 +296,24 @@ def chat(
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens per answer.", min=1)] = 256,
     temperature: Annotated[float, typer.Option(help="0 = greedy (deterministic); > 0 samples.", min=0.0)] = 0.0,
     base: Annotated[Optional[str], typer.Option(help="Base model for an adapter (default: from adapter_config.json).")] = None,
+    tools: Annotated[Optional[Path], typer.Option("--tools", help=TOOLS_HELP + " A .py file's calls run once you confirm.", show_default=False)] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Run the model's tool calls without asking.")] = False,
 ) -> None:
     """Chat on the terminal: one line per turn; /reset clears, /exit or Ctrl-D quits.
 
     Reads stdin, so answers can also be piped: echo "Hi" | ft chat out/merged
+    With --tools tools.py, each call the model makes is shown, run after y (or with --yes),
+    and its result fed back as a tool turn; the model then continues.
     """
     from ft_cli.generate import chat_loop, load_generator
 
-    chat_loop(load_generator(model, base), system, max_new_tokens, temperature)
+    toolbox = _load_tools(tools)
+    generator = load_generator(model, base)
+    if toolbox is not None:
+        from ft_cli.tool_use import check_template_renders_tools
+
+        check_template_renders_tools(generator, toolbox)
+    chat_loop(generator, system, max_new_tokens, temperature, toolbox=toolbox, yes=yes)
 
 
 @app.command()

@@ -19,7 +19,7 @@ def eval_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="results.json to write (samples.jsonl goes beside it).")] = Path("results.json"),
     metric: Annotated[
         Optional[list[str]],
-        typer.Option("--metric", "-m", help="loss, perplexity, exact_match, numeric_match, json_format, reward_accuracy, reward_margin, or a GRPO reward (format_tags, exact_answer, length, file.py:function); repeatable; default: from the data's shape.", show_default=False),
+        typer.Option("--metric", "-m", help="loss, perplexity, exact_match, numeric_match, json_format, tool_call, tool_call_parsed, reward_accuracy, reward_margin, or a GRPO reward (format_tags, exact_answer, length, file.py:function); repeatable; default: from the data's shape.", show_default=False),
     ] = None,
     tasks: Annotated[Optional[str], typer.Option("--tasks", help="lm-eval tasks, comma-separated: registry names (online) or task .yaml files (offline over local data). Needs the eval extra.", show_default=False)] = None,
     limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N records of each file (and N docs per task).", show_default=False)] = None,
@@ -32,7 +32,7 @@ def eval_command(
     samples: Annotated[int, typer.Option(help="Sample answers per model and file written to samples.jsonl.")] = 5,
 ) -> None:
     """Evaluate models side by side: answer-token loss and perplexity (the masks training uses),
-    metrics on greedy generations (exact match, numeric answer, JSON format, GRPO rewards),
+    metrics on greedy generations (exact match, numeric answer, JSON format, tool calls scored like BFCL, GRPO rewards),
     preference accuracy, and lm-eval benchmarks. A run or adapter is compared with its base model.
 
     \b

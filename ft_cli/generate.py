@@ -3,7 +3,8 @@
 Both load a merged or full model directory, or an adapter directory (base + adapter,
 unmerged), render the conversation with the tokenizer's chat template (the one saved
 with the run) and decode greedily by default, so the same prompt gives the same text
-through base + adapter and through the merged model.
+through base + adapter and through the merged model. With `--tools` (ft_cli.tool_use)
+the tools go to the template and the model's calls are shown parsed (and run, in chat).
 """
 
 from __future__ import annotations
@@ -80,24 +81,24 @@ def load_generator(path: str | Path, base: str | None = None) -> Generator:
     raise UsageError(f"{path}: neither a model directory (config.json) nor a LoRA adapter directory ({ADAPTER_CONFIG})")
 
 
-def _apply_template(tokenizer, messages: list[dict]):
+def _apply_template(tokenizer, messages: list[dict], tools: list | None = None):
     from jinja2 import TemplateError
 
     try:
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        return tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     except TemplateError as exc:  # e.g. Gemma 2's "System role not supported"
         hint = "; drop --system (put it into the prompt)" if messages[0]["role"] == "system" else ""
         raise UsageError(f"the model's chat template refuses this conversation: {exc}{hint}") from None
 
 
-def render_prompt(generator: Generator, messages: list[dict], max_new_tokens: int):
+def render_prompt(generator: Generator, messages: list[dict], max_new_tokens: int, tools: list | None = None):
     """Token ids for the conversation; the oldest turns are dropped when it would not fit the context."""
     tokenizer, limit = generator.tokenizer, _context_length(generator.model)
     if not generator.has_chat_template:  # a plain base model: the last message is a text to continue
         return tokenizer(messages[-1]["content"], return_tensors="pt")
     messages = list(messages)
     while True:
-        encoded = _apply_template(tokenizer, messages)
+        encoded = _apply_template(tokenizer, messages, tools)
         first_turn = 1 if messages[0]["role"] == "system" else 0
         if limit is None or encoded["input_ids"].shape[1] + max_new_tokens <= limit or len(messages) - first_turn <= 1:
             return encoded
@@ -111,6 +112,18 @@ def _context_length(model) -> int | None:
 
 def generate_reply(generator: Generator, messages: list[dict], max_new_tokens: int = 128, temperature: float = 0.0) -> str:
     """The model's answer to `messages`; greedy when temperature is 0."""
+    return generate_turn(generator, messages, max_new_tokens, temperature).text
+
+
+@dataclass
+class Turn:
+    text: str  # the answer, special tokens dropped, stripped
+    raw: str  # the generated text with its special tokens (what tool-call parsers read)
+    prompt: str  # the rendered prompt it follows
+
+
+def generate_turn(generator: Generator, messages: list[dict], max_new_tokens: int = 128, temperature: float = 0.0, tools: list | None = None) -> Turn:
+    """The model's next turn after `messages` (with `tools` offered to the template); greedy when temperature is 0."""
     if max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens: expected an integer > 0, got {max_new_tokens}")
     if temperature < 0:
@@ -118,7 +131,7 @@ def generate_reply(generator: Generator, messages: list[dict], max_new_tokens: i
     import torch
 
     model, tokenizer = generator.model, generator.tokenizer
-    inputs = render_prompt(generator, messages, max_new_tokens).to(model.device)
+    inputs = render_prompt(generator, messages, max_new_tokens, tools).to(model.device)
     config = copy.deepcopy(model.generation_config)
     config.update(max_new_tokens=max_new_tokens, eos_token_id=eos_token_ids(tokenizer, model.generation_config))
     if config.pad_token_id is None:
@@ -129,7 +142,12 @@ def generate_reply(generator: Generator, messages: list[dict], max_new_tokens: i
         config.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     with torch.inference_mode():
         output = model.generate(**inputs, generation_config=config)
-    return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    prompt_ids, generated = inputs["input_ids"][0], output[0, inputs["input_ids"].shape[1] :]
+    return Turn(
+        tokenizer.decode(generated, skip_special_tokens=True).strip(),
+        tokenizer.decode(generated, skip_special_tokens=False),
+        tokenizer.decode(prompt_ids, skip_special_tokens=False),
+    )
 
 
 def note_empty(reply: str) -> None:
@@ -149,8 +167,18 @@ def chat_loop(
     temperature: float = 0.0,
     stdin: TextIO = sys.stdin,
     stdout: TextIO = sys.stdout,
+    toolbox=None,
+    yes: bool = False,
+    generate=None,
 ) -> int:
-    """Read a user turn per line until EOF or /exit; print each answer. Returns the number of answers."""
+    """Read a user turn per line until EOF or /exit; print each answer. Returns the number of answers.
+
+    With a `toolbox` (ft_cli.tool_use.Toolbox) the model's calls are shown and, for a Python tools
+    file, run once confirmed (y/N on the next input line; `yes` skips it), their results fed back as
+    tool turns. `generate` is the turn generator (generate_turn; a test may script the first reply)."""
+    from ft_cli.tool_use import answer_with_tools
+
+    generate = generate or generate_turn
     interactive = stdin.isatty()
     say(f"chatting with {generator.description}; /reset clears the conversation, /exit or Ctrl-D quits")
     if not generator.has_chat_template:
@@ -173,10 +201,12 @@ def chat_loop(
             say("(conversation cleared)")
             continue
         history.append({"role": "user", "content": text})
-        reply = generate_reply(generator, history, max_new_tokens, temperature)
-        history.append({"role": "assistant", "content": reply})
-        print(reply, file=stdout, flush=True)
-        note_empty(reply)
+        if toolbox is not None:
+            answer_with_tools(generator, history, toolbox, max_new_tokens, temperature, stdin, stdout, yes, generate)
+        else:
+            reply = generate(generator, history, max_new_tokens, temperature).text
+            history.append({"role": "assistant", "content": reply})
+            print(reply, file=stdout, flush=True)
+            note_empty(reply)
         answers += 1
     return answers
-

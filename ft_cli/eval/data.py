@@ -9,6 +9,9 @@ from, and the reference answer to score the generation against.
 | language-modeling | every token                 | -                             | -                         |
 | prompt-only       | the reference as answer     | prompt                        | answer/reference/solution column |
 | preference        | chosen and rejected answers | -                             | -                         |
+
+Tool-calling records (messages with `tools`, or a `ground_truth` column in BFCL's format) also carry
+the calls the last assistant turn makes (none: "no call fits"), which `tool_call` scores.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ class EvalItem:
     prompt: str | list | None  # what generation starts from
     reference: str | None
     columns: dict = field(default_factory=dict)  # the record's other columns, for reward functions
+    tools: list | None = None  # the functions offered, passed to the chat template with the prompt
+    expected: list | None = None  # tool-calling records: the calls expected, as BFCL ground truth ([] = none)
 
 
 @dataclass
@@ -45,6 +50,11 @@ class EvalData:
     @property
     def references(self) -> list[str | None]:
         return [item.reference for item in self.items]
+
+    @property
+    def has_tool_calls(self) -> bool:
+        """Tool-calling data: its records say which calls (or none) the model should make."""
+        return any(item.expected is not None for item in self.items)
 
     @property
     def chat(self) -> bool:
@@ -74,7 +84,7 @@ def load_eval_data(
             bad += 1
             problems.append(f"{item.location}: {item.problem}")
             continue
-        records.extend(example.record for example in item.examples)
+        records.extend(_with_ground_truth(example.record, item.value) for example in item.examples)
     missing = unused_mapping_error(converter)
     if missing is not None:
         raise missing
@@ -87,11 +97,24 @@ def load_eval_data(
     return EvalData(path, shape, [split_record(record, shape) for record in chosen], len(records))
 
 
+def _with_ground_truth(record: dict, raw) -> dict:
+    """BFCL's `ground_truth` column kept beside the messages (the chat format keeps only messages and tools)."""
+    if "ground_truth" in record or not isinstance(raw, dict) or not isinstance(raw.get("ground_truth"), list):
+        return record
+    return {**record, "ground_truth": raw["ground_truth"]}
+
+
 def split_record(record: dict, shape: str) -> EvalItem:
     """One record as loss record, prompt and reference (see the table above)."""
     if shape == "conversational":
+        from ft_cli.eval.tool_calls import expected_calls
+
         messages = record["messages"]
         last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+        expected = expected_calls(record) if last is not None else None
+        if expected is not None:
+            content = messages[last].get("content")
+            return EvalItem(record, record, messages[:last], content if isinstance(content, str) else None, tools=record.get("tools"), expected=expected)
         if last is None or not isinstance(messages[last].get("content"), str):
             return EvalItem(record, record, None, None)
         return EvalItem(record, record, messages[:last], messages[last]["content"])

@@ -9,20 +9,56 @@ import copy
 from collections.abc import Callable
 
 
-def prompt_ids(prompts: list, tokenizer, path: str) -> list[list[int]]:
-    """Token ids of each prompt, through ft_cli.data.tokens (the prompt a trained answer follows)."""
+def prompt_ids(prompts: list, tokenizer, path: str, tools: list | None = None) -> list[list[int]]:
+    """Token ids of each prompt, through ft_cli.data.tokens (the prompt a trained answer follows);
+    a prompt with `tools[i]` is rendered with them, as training renders its record."""
     from ft_cli.data.formats import RecordProblem
     from ft_cli.data.tokens import loss_sequences
     from ft_cli.errors import DataError
 
     out = []
+    checked = False
     for index, prompt in enumerate(prompts):
+        offered = tools[index] if tools else None
         try:
+            if offered and isinstance(prompt, list):
+                if not checked:
+                    _check_renders_tools(tokenizer, prompt, offered, path, index)
+                    checked = True
+                out.append(_render_with_tools(tokenizer, prompt, offered))
+                continue
             (sequence,) = loss_sequences({"prompt": prompt}, tokenizer)
         except RecordProblem as problem:
             raise DataError(f"{path}: record {index + 1}: {problem}") from None
         out.append(sequence.ids)
     return out
+
+
+def _render_with_tools(tokenizer, messages: list, tools: list) -> list[int]:
+    from jinja2 import TemplateError
+
+    from ft_cli.data.formats import RecordProblem
+
+    try:
+        text = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
+    except TemplateError as exc:
+        raise RecordProblem("messages", f"the chat template refuses it: {exc}") from None
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+        raise RecordProblem("messages", f"the chat template cannot render it: {type(exc).__name__}: {exc}") from None
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _check_renders_tools(tokenizer, messages: list, tools: list, path: str, index: int) -> None:
+    """A template that drops `tools` would ask the model for calls to functions it never sees: refuse."""
+    from ft_cli.data.tokens import loss_sequences
+    from ft_cli.errors import UsageError
+
+    (without,) = loss_sequences({"prompt": messages}, tokenizer)
+    if _render_with_tools(tokenizer, messages, tools) == without.ids:
+        raise UsageError(
+            f"{path}: record {index + 1}: the chat template of {tokenizer.name_or_path} does not render the record's tools, so the model "
+            "would be asked for calls it never sees; evaluate a model saved with a tool-capable template (model.chat_template: chatml_tools)"
+        )
 
 
 def greedy_config(model, tokenizer, max_new_tokens: int):
@@ -47,13 +83,23 @@ def generate_answers(
     model, tokenizer, ids: list[list[int]], max_new_tokens: int, batch_size: int, tick: Callable[[int], None] | None = None
 ) -> list[str]:
     """The model's greedy answer to each prompt (decoded, special tokens dropped, stripped), in input order."""
+    outputs = generate_ids(model, tokenizer, ids, max_new_tokens, batch_size, tick)
+    return [tokenizer.decode(output, skip_special_tokens=True).strip() for output in outputs]
+
+
+def generate_ids(
+    model, tokenizer, ids: list[list[int]], max_new_tokens: int, batch_size: int, tick: Callable[[int], None] | None = None
+) -> list[list[int]]:
+    """The token ids the model generates greedily after each prompt, up to and including the first
+    end-of-sequence id (the padding after it dropped), in input order."""
     import torch
 
     config = greedy_config(model, tokenizer, max_new_tokens)
+    stops = set(config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id])
     limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
     keep = (limit - max_new_tokens) if limit and limit > max_new_tokens else None
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # similar lengths together: less padding
-    answers: list[str] = [""] * len(ids)
+    outputs: list[list[int]] = [[] for _ in ids]
     pad = pad_id(tokenizer)
     for start in range(0, len(order), batch_size):
         chosen = order[start : start + batch_size]
@@ -67,7 +113,9 @@ def generate_answers(
         with torch.inference_mode():
             output = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device), generation_config=config)
         for row, index in enumerate(chosen):
-            answers[index] = tokenizer.decode(output[row, width:], skip_special_tokens=True).strip()
+            generated = output[row, width:].tolist()
+            end = next((at for at, token in enumerate(generated) if token in stops), None)
+            outputs[index] = generated if end is None else generated[: end + 1]
         if tick is not None:
             tick(len(chosen))
-    return answers
+    return outputs

@@ -23,6 +23,8 @@ METRICS = {
     "exact_match": ("generation", "the answer equals the reference after normalising case, punctuation, articles and spaces"),
     "numeric_match": ("generation", "the answer's final number (after ####, else the last number) equals the reference's"),
     "json_format": ("generation", "the answer is JSON of the reference's form (an object with the same keys, or the same type)"),
+    "tool_call": ("tool", "BFCL AST accuracy: the generated calls match the expected ones (name, required and known arguments, accepted values; any order), or no call where none fits"),
+    "tool_call_parsed": ("tool", "share of records expecting a call whose answer parses as one or more well-formed calls"),
     "reward_accuracy": ("preference", "share of pairs where the chosen answer's log-probability is above the rejected one's"),
     "reward_margin": ("preference", "mean log-probability of the chosen answer minus the rejected one's"),
 }
@@ -31,7 +33,7 @@ LOSS_SHAPES = ("conversational", "prompt-completion", "language-modeling", "prom
 
 
 def kind_of(name: str) -> str:
-    """'loss', 'generation', 'preference', or 'reward' (a GRPO reward function, run on generations)."""
+    """'loss', 'generation', 'tool' (tool calls in a generation), 'preference', or 'reward' (a GRPO reward function, run on generations)."""
     return METRICS[name][0] if name in METRICS else "reward"
 
 
@@ -52,10 +54,12 @@ def check_metric_names(names: list[str]) -> None:
         )
 
 
-def default_metrics(shape: str, references: list[str | None]) -> list[str]:
-    """The metrics a data shape gets when `--metric` is not given."""
+def default_metrics(shape: str, references: list[str | None], tool_calls: bool = False) -> list[str]:
+    """The metrics a data shape gets when `--metric` is not given (`tool_calls`: the records expect tool calls)."""
     if shape == "preference":
         return ["reward_accuracy", "reward_margin"]
+    if tool_calls:
+        return ["loss", "perplexity", "tool_call", "tool_call_parsed"]
     have = [r for r in references if r is not None]
     names = ["loss", "perplexity"] if (shape != "prompt-only" or have) else []
     if have and shape != "language-modeling":

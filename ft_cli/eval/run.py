@@ -151,7 +151,7 @@ def _load_data(request: EvalRequest, models: list[ModelSpec]) -> list[EvalData]:
 
 
 def _plan(data: EvalData, request: EvalRequest, models: list[ModelSpec]) -> Plan:
-    names = list(request.metrics) or M.default_metrics(data.shape, data.references)
+    names = list(request.metrics) or M.default_metrics(data.shape, data.references, data.has_tool_calls)
     M.check_metric_names(names)
     if not names:
         raise UsageError(f"{data.path}: {data.shape} data without reference answers (columns {', '.join(REFERENCE_COLUMNS)}): no metric applies; pass --metric REWARD")
@@ -170,6 +170,8 @@ def _plan(data: EvalData, request: EvalRequest, models: list[ModelSpec]) -> Plan
             raise UsageError(f"--metric {name}: {data.path} is plain text: there is no prompt to generate from (its metrics are loss and perplexity)")
         if kind == "generation" and not any(item.reference for item in data.items):
             raise UsageError(f"--metric {name}: {data.path} has no reference answers to compare with")
+        if kind == "tool" and not data.has_tool_calls:
+            raise UsageError(f"--metric {name}: {data.path} has no tool-calling records (messages with tools and an assistant turn, or a ground_truth column)")
     grpo = next((m.run.get("grpo") for m in models if m.run and m.run.get("method") == "grpo"), None)
     return Plan(data, names, M.load_reward_metrics(names, _grpo_section(grpo)))
 
@@ -210,7 +212,7 @@ def _score(model, tokenizer, plan: Plan, request: EvalRequest, name: str) -> tup
     """One model on one data file: its metrics, its sample rows, and how long each part took."""
     import torch
 
-    from ft_cli.eval.generation import generate_answers, prompt_ids
+    from ft_cli.eval.generation import generate_ids, prompt_ids
     from ft_cli.eval.loss import (
         loss_metrics,
         preference_metrics,
@@ -242,14 +244,18 @@ def _score(model, tokenizer, plan: Plan, request: EvalRequest, name: str) -> tup
         token_scores = score_sequences(model, sequences, request.batch_size, progress.tick)
         timing["loss_s"] = progress.finish()
         scores.update({k: v for k, v in loss_metrics(token_scores).items() if k in wanted})
-    generation = [n for n in plan.metrics if M.kind_of(n) in ("generation", "reward")]
+    generation = [n for n in plan.metrics if M.kind_of(n) in ("generation", "reward", "tool")]
     if generation:
         items = [item for item in data.items if item.prompt is not None]
-        ids = prompt_ids([item.prompt for item in items], tokenizer, data.path)
+        ids = prompt_ids([item.prompt for item in items], tokenizer, data.path, [item.tools for item in items])
         progress = Progress(f"{label}: generating (greedy, up to {request.max_new_tokens} tokens)", len(items))
-        answers = generate_answers(model, tokenizer, ids, request.max_new_tokens, request.batch_size, progress.tick)
+        outputs = generate_ids(model, tokenizer, ids, request.max_new_tokens, request.batch_size, progress.tick)
+        answers = [tokenizer.decode(output, skip_special_tokens=True).strip() for output in outputs]
         timing["generation_s"], timing["generations"] = progress.finish(), len(items)
         per_item: dict[str, list[float | None]] = {}
+        tool_rows: list[dict] = [{} for _ in items]
+        if any(M.kind_of(n) == "tool" for n in generation):
+            per_item, tool_rows = _score_tool_calls(tokenizer, items, ids, outputs)
         for metric in generation:
             if metric in M.ANSWER_METRICS:
                 function = M.ANSWER_METRICS[metric]
@@ -260,8 +266,26 @@ def _score(model, tokenizer, plan: Plan, request: EvalRequest, name: str) -> tup
             scores[metric] = M.mean(per_item[metric])
         for index, (item, answer) in enumerate(zip(items[: request.samples], answers)):
             rows.append({"model": name, "data": data.name, "index": index, "prompt": item.prompt, "reference": item.reference,
-                         "answer": answer, "scores": {metric: per_item[metric][index] for metric in generation}})  # fmt: skip
+                         "answer": answer, **tool_rows[index], "scores": {metric: per_item[metric][index] for metric in generation}})  # fmt: skip
     return scores, rows, timing
+
+
+def _score_tool_calls(tokenizer, items: list, ids: list[list[int]], outputs: list[list[int]]) -> tuple[dict, list[dict]]:
+    """BFCL-style scores of the calls in each generation, and what samples.jsonl shows of them: the raw
+    output (special tokens kept), the calls parsed from it, the calls expected and the verdict."""
+    from ft_cli.data.tool_parsing import parse_reply
+    from ft_cli.eval.tool_calls import tool_metrics
+
+    raw = [tokenizer.decode(output, skip_special_tokens=False) for output in outputs]
+    # no `tools` to the parser: a value keeps the type the model wrote ("7" is no integer), as BFCL scores it
+    replies = [parse_reply(text, tokenizer, prefix=tokenizer.decode(prompt, skip_special_tokens=False)) for text, prompt in zip(raw, ids)]
+    scores, verdicts = tool_metrics([item.expected for item in items], replies, [item.tools for item in items])
+    rows = [
+        {} if verdict is None else
+        {"raw_answer": reply.text, "tool_calls": reply.as_dict(), "expected_calls": item.expected, "verdict": {"score": verdict.score, "reason": verdict.reason}}
+        for item, reply, verdict in zip(items, replies, verdicts)
+    ]  # fmt: skip
+    return scores, rows
 
 
 def _tasks(model, tokenizer, plan, manager, request: EvalRequest) -> dict:
