@@ -60,3 +60,44 @@ def redact(data: Any, key: str = "", secrets: tuple[str, ...] | None = None) -> 
     if isinstance(data, str):
         return redact_text(data, secrets)
     return data
+
+
+def declared_secrets(data: Any) -> tuple[str, ...]:
+    """The values of a config's secret fields (training.hub_token, ...), to redact wherever else they appear."""
+    return tuple(_declared_secrets(data))
+
+
+def _leaves(data: Any, prefix: str = ""):
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _leaves(value, f"{prefix}{key}.")
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            yield from _leaves(value, f"{prefix[:-1]}[{index}].")
+    else:
+        yield prefix[:-1], data
+
+
+def secrets_in_fields(data: dict, free_text: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """(dotted key, whose secret) for every field that holds a secret's value, but for the secret fields
+    themselves and `free_text` (shown text such as a run name, which is redacted where it is written).
+
+    Paths and hub ids cannot be redacted: "me/***" would push elsewhere, a redacted path names another
+    directory. And they travel far: TrainingArguments (pickled into every checkpoint), the model card,
+    the trackers' config tables. So a secret in one is refused, not rewritten."""
+    declared = {key: value for key, value in _leaves(data) if key and (type(value).__name__ == "SecretStr" or is_secret_key(key.rsplit(".", 1)[-1]))}
+    named = [(name, value) for name in SECRET_ENV_VARS if len(value := os.environ.get(name, "")) >= MIN_SECRET_LENGTH]
+    for key, value in declared.items():
+        value = value.get_secret_value() if type(value).__name__ == "SecretStr" else value
+        if isinstance(value, str) and len(value) >= MIN_SECRET_LENGTH and value != REDACTED:
+            named.append((key, value))
+    found = []
+    for key, value in _leaves(data):
+        if key in declared or key in free_text or not isinstance(value, str):
+            continue
+        whose = next((name for name, secret in named if secret in value), None)
+        if whose is None and _SECRET_VALUE.search(value):
+            whose = "a Hugging Face token (hf_...)"
+        if whose is not None:
+            found.append((key, whose))
+    return found
