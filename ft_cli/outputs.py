@@ -35,15 +35,9 @@ class Input:
 
 
 def local_inputs(named: Iterable[tuple[str, object]]) -> list[Input]:
-    """The inputs that are local paths (a hub id, None or a path that does not exist is none)."""
-    found = []
-    for what, value in named:
-        if value is None or value == "":
-            continue
-        path = Path(str(value)).expanduser()
-        if path.exists() or path.is_symlink():
-            found.append(Input(what, path))
-    return found
+    """The inputs as paths (None and "" are none). One that does not exist (a hub id, a task name) still
+    may not be the output's own name: the command would then read what it wrote."""
+    return [Input(what, Path(str(value)).expanduser()) for what, value in named if value is not None and value != ""]
 
 
 def _forms(path: Path) -> set[Path]:
@@ -82,6 +76,8 @@ def relation(output: Path, source: Path) -> str | None:
     outs, ins = _forms(output), _forms(source)
     if outs & ins:
         return "is"
+    if not (source.exists() or source.is_symlink()):
+        return None  # nothing there to hold or to be inside of
     try:
         if output.exists() and source.exists() and os.path.samefile(output, source):
             return "is"

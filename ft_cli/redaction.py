@@ -26,8 +26,21 @@ def is_secret_key(key: str) -> bool:
 MIN_SECRET_LENGTH = 4
 
 
+def _environment_secrets() -> dict[str, str]:
+    return {name: value for name in SECRET_ENV_VARS if len(value := os.environ.get(name, "")) >= MIN_SECRET_LENGTH}
+
+
+# The environment's secrets as ft found them: training.hub_token is later handed to huggingface_hub through
+# HF_TOKEN, and the value it replaces must stay a secret all the same.
+_AT_START = _environment_secrets()
+
+
+def _named_environment_secrets() -> list[tuple[str, str]]:
+    return [*_AT_START.items(), *((name, value) for name, value in _environment_secrets().items() if _AT_START.get(name) != value)]
+
+
 def _secret_values() -> list[str]:
-    return [value for name in SECRET_ENV_VARS if len(value := os.environ.get(name, "")) >= MIN_SECRET_LENGTH]
+    return [value for _, value in _named_environment_secrets()]
 
 
 def redact_text(text: str, secrets: tuple[str, ...] = ()) -> str:
@@ -86,7 +99,7 @@ def secrets_in_fields(data: dict, free_text: tuple[str, ...] = ()) -> list[tuple
     directory. And they travel far: TrainingArguments (pickled into every checkpoint), the model card,
     the trackers' config tables. So a secret in one is refused, not rewritten."""
     declared = {key: value for key, value in _leaves(data) if key and (type(value).__name__ == "SecretStr" or is_secret_key(key.rsplit(".", 1)[-1]))}
-    named = [(name, value) for name in SECRET_ENV_VARS if len(value := os.environ.get(name, "")) >= MIN_SECRET_LENGTH]
+    named = _named_environment_secrets()
     for key, value in declared.items():
         value = value.get_secret_value() if type(value).__name__ == "SecretStr" else value
         if isinstance(value, str) and len(value) >= MIN_SECRET_LENGTH and value != REDACTED:

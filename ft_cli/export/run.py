@@ -55,16 +55,20 @@ def say(line: str) -> None:
     _say(line)
 
 
+def check_output_name(output: Path) -> None:
+    if output.suffix.lower() != ".gguf":
+        raise UsageError(f"-o {output}: the output must be a .gguf file name")
+    if output.is_dir():
+        raise UsageError(f"-o {output}: is a directory; give a file name such as {output / 'model.gguf'}")
+
+
 def check_output(output: Path, overwrite: bool, inputs: list[tuple[str, object]] = (), ollama: bool = False) -> Path:
     """Every file export writes (the GGUF, its record, the Modelfile) apart from the inputs, and over an
     existing one only with --overwrite and only when ft's own record names it (ft_cli/outputs.py)."""
     from ft_cli.export.ollama import MODELFILE
     from ft_cli.outputs import check_not_an_input, check_replaceable_file, local_inputs
 
-    if output.suffix.lower() != ".gguf":
-        raise UsageError(f"-o {output}: the output must be a .gguf file name")
-    if output.is_dir():
-        raise UsageError(f"-o {output}: is a directory; give a file name such as {output / 'model.gguf'}")
+    check_output_name(output)
     record = output.with_name(output.name + RECORD_SUFFIX)
     written = [
         (output, f"-o {output}", _is_record(record), f"no {record.name} beside it"),
@@ -183,7 +187,8 @@ def export_model(
     base: str | None = None,
 ) -> ExportResult:
     quant = check_quant(quant)
-    output = check_output(Path(output), overwrite)
+    output = Path(output)
+    check_output_name(output)
     source = Path(model_path)
     kind = classify_source(source)
     check_output(output, overwrite, export_inputs(source, kind, base), ollama)  # before anything is written

@@ -136,6 +136,8 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, 
         raise ConfigError(f"{loaded.path or 'command line'}: data.train: required for ft train (a JSONL file)")
     refuse_secrets_in_fields(loaded)
     output_dir = Path(cfg.training.output_dir)
+    if is_main_process():  # paths only: a wrong output_dir costs a second, not a data load
+        check_run_output(loaded, overwrite, resuming=resume_from is not None)
     if not dry_run:
         wait_for_everyone()  # every process has read the run directory before rank 0 writes into it
     check_integrations(loaded)
@@ -155,8 +157,6 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, 
     eval_records = eval_data.records if eval_data else None
     if method.samples:
         check_rewards(cfg, records[0])  # before the model loads: a broken reward should cost seconds, not a GPU hour
-    if is_main_process():
-        check_run_output(loaded, overwrite, resuming=resume_from is not None)  # before anything is replaced
     if shape in ("preference", "unpaired-preference"):  # before the model loads: TRL would drop or NaN on them
         from ft_cli.train.model import load_tokenizer
 
