@@ -275,6 +275,7 @@ def test_export_never_writes_on_in_or_around_an_input_nor_over_a_file_ft_did_not
     _refused(work, setup(work), message)
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_what_ft_wrote(work):
     """The other half of the rule: what ft can prove it wrote, --overwrite replaces (and a Modelfile ft wrote)."""
     for args in (["tiny-model", "tiny"], ["tiny-model", "tiny", "--overwrite"]):
@@ -284,3 +285,8 @@ def test_overwrite_replaces_what_ft_wrote(work):
         result = run_ft(*args, cwd=work)
         assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((work / "x.gguf.ft_export.json").read_text())["modelfile"] == "Modelfile"
+    evaluate = ["eval", "model", "--data", "data.jsonl", "--metric", "loss", "--limit", "2", "--no-base"]
+    assert run_ft(*evaluate, cwd=work).returncode == 0
+    assert_refused(run_ft(*evaluate, cwd=work), "-o results.json: already exists; pass --overwrite")
+    again = run_ft(*evaluate, "--overwrite", cwd=work)
+    assert again.returncode == 0, again.stderr[-2000:]
