@@ -121,9 +121,9 @@ def default_output(adapter: Adapter) -> Path:
 def check_output(output: Path, adapter: Adapter, base: BaseModel, overwrite: bool) -> None:
     """Refuse to clobber: never an input (ft_cli/outputs.py), and a non-empty output needs --overwrite and
     must be an earlier ft merge output."""
-    from ft_cli.outputs import check_not_an_input, local_inputs
+    from ft_cli.outputs import check_not_an_input, as_inputs
 
-    inputs = local_inputs([("the adapter", adapter.path), ("the base model", base.path)])
+    inputs = as_inputs([("the adapter", adapter.path), ("the base model", base.path)])
     check_not_an_input(output, f"-o {output}", inputs, "choose another -o")
     if not output.exists() or (output.is_dir() and not any(output.iterdir())):
         return

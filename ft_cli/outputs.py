@@ -34,7 +34,7 @@ class Input:
     path: Path  # as the user spelled it
 
 
-def local_inputs(named: Iterable[tuple[str, object]]) -> list[Input]:
+def as_inputs(named: Iterable[tuple[str, object]]) -> list[Input]:
     """The inputs as paths (None and "" are none). One that does not exist (a hub id, a task name) still
     may not be the output's own name: the command would then read what it wrote."""
     return [Input(what, Path(str(value)).expanduser()) for what, value in named if value is not None and value != ""]

@@ -19,7 +19,7 @@ from ft_cli.config import Config, LoadedConfig, config_to_dict, dump_yaml, flatt
 from ft_cli.errors import ConfigError, UsageError
 from ft_cli.files import file_sha256, write_text_atomically
 from ft_cli.models.check import architecture_of
-from ft_cli.outputs import Input, check_not_an_input, local_inputs
+from ft_cli.outputs import Input, check_not_an_input, as_inputs
 
 RUN_FILE = "ft_run.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -53,13 +53,13 @@ def _entries(output_dir: Path) -> list[Path]:
 
 
 def run_inputs(loaded: LoadedConfig) -> list[Input]:
-    """Everything a run reads that is a local path: data, model, teacher, reward models and functions,
-    a template file, and the config file itself (but not the run's own ft_run.yaml, read by `ft resume`)."""
+    """Everything a run reads: data, model, teacher, reward models and functions, a template file, and the
+    config file itself (but not the run's own ft_run.yaml, read by `ft resume`)."""
     cfg = loaded.config
     named: list[tuple[str, object]] = [
         ("data.train", cfg.data.train),
         ("data.eval", cfg.data.eval),
-        ("data.template", cfg.data.template),  # a name (alpaca, tokenizer) is no local path and drops out
+        ("data.template", cfg.data.template),  # a name (alpaca, tokenizer) is no path: only its own name is refused
         ("model.path", cfg.model.path),
         ("distill.teacher", cfg.distill.teacher),
     ]
@@ -70,7 +70,7 @@ def run_inputs(loaded: LoadedConfig) -> list[Input]:
     own_record = (Path(cfg.training.output_dir) / RUN_FILE).resolve()
     if loaded.path is not None and Path(loaded.path).resolve() != own_record:
         named.append(("the config file", loaded.path))
-    return local_inputs(named)
+    return as_inputs(named)
 
 
 def check_run_output(loaded: LoadedConfig, overwrite: bool, resuming: bool = False) -> None:

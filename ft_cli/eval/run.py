@@ -111,11 +111,11 @@ def _check_outputs(request: EvalRequest, inputs: list[tuple[str, object]]) -> No
     """results.json and its samples file land only where they may (ft_cli/outputs.py): never on, in or
     around an input, never on a link or a device, and over an existing file only with --overwrite and
     only when ft wrote it."""
-    from ft_cli.outputs import check_not_an_input, check_replaceable_file, local_inputs
+    from ft_cli.outputs import check_not_an_input, check_replaceable_file, as_inputs
 
     if request.output.suffix != ".json":
         raise UsageError(f"-o {request.output}: the results are JSON; name the file *.json")
-    sources = local_inputs(inputs)
+    sources = as_inputs(inputs)
     for path, ft_wrote, proof in (
         (request.output, _ft_results, "not the results of an ft eval"),
         (samples_path(request.output), _ft_samples, "not the sample answers of an ft eval"),

@@ -66,7 +66,7 @@ def check_output(output: Path, overwrite: bool, inputs: list[tuple[str, object]]
     """Every file export writes (the GGUF, its record, the Modelfile) apart from the inputs, and over an
     existing one only with --overwrite and only when ft's own record names it (ft_cli/outputs.py)."""
     from ft_cli.export.ollama import MODELFILE
-    from ft_cli.outputs import check_not_an_input, check_replaceable_file, local_inputs
+    from ft_cli.outputs import check_not_an_input, check_replaceable_file, as_inputs
 
     check_output_name(output)
     record = output.with_name(output.name + RECORD_SUFFIX)
@@ -77,7 +77,7 @@ def check_output(output: Path, overwrite: bool, inputs: list[tuple[str, object]]
     if ollama:
         modelfile = output.parent / MODELFILE
         written.append((modelfile, f"-o {output}: its {MODELFILE} {modelfile}", _modelfile_of_ft(modelfile), f"no ft export record in {output.parent} names it"))
-    sources = local_inputs(inputs)
+    sources = as_inputs(inputs)
     for path, label, ft_wrote, proof in written:
         check_not_an_input(path, label, sources, "choose another -o")
         check_replaceable_file(path, label, overwrite, ft_wrote, proof)

