@@ -52,7 +52,7 @@ stage "train (LoRA SFT, 12 steps on CPU)" train configs/demo.yaml --overwrite
 stage "merge the adapter (verified against base + adapter)" merge "$OUT/run/lora_weights" -o "$OUT/merged" --overwrite
 stage "before: the base model on held-out countries" generate "$MODEL" "${HELD_OUT[@]}" --max-new-tokens 24
 stage "after: the fine-tuned model on the same questions" generate "$OUT/merged" "${HELD_OUT[@]}" --max-new-tokens 24
-stage "evaluate: the run beside its base on the held-out records (answer loss, exact match, JSON format)" eval "$OUT/run" --max-new-tokens 32 -o "$OUT/eval/results.json"
+stage "evaluate: the run beside its base on the held-out records (answer loss, exact match, JSON format)" eval "$OUT/run" --max-new-tokens 32 -o "$OUT/eval/results.json" --overwrite
 stage "export: one GGUF file for llama.cpp / Ollama / LM Studio, verified against the merged model" export "$OUT/merged" -o "$OUT/model.gguf" --quant q8_0 --ollama --overwrite
 summary
 echo "Loss curve: $OUT/run/loss.png (train and eval loss; metrics in $OUT/run/metrics.jsonl)"

@@ -30,6 +30,7 @@ def eval_command(
     data_format: Annotated[str, typer.Option("--format", "-f", help="auto|alpaca|sharegpt|chat|completion|preference|prompt-only")] = "auto",
     map_: Annotated[Optional[list[str]], typer.Option("--map", help="Column mapping target=source, e.g. --map prompt=question (repeatable).", show_default=False)] = None,
     samples: Annotated[int, typer.Option(help="Sample answers per model and file written to samples.jsonl.")] = 5,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results and samples of an earlier ft eval.")] = False,
 ) -> None:
     """Evaluate models side by side: answer-token loss and perplexity (the masks training uses),
     metrics on greedy generations (exact match, numeric answer, JSON format, tool calls scored like BFCL, GRPO rewards),
@@ -48,6 +49,6 @@ def eval_command(
     request = EvalRequest(
         models=models, data=data or [], metrics=metric or [], tasks=[tasks] if tasks else [], output=output, limit=limit,
         max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, add_base=not no_base, data_format=data_format,
-        mapping=parse_mapping(map_), samples=samples, command=shlex.join(["ft", *sys.argv[1:]]),
+        mapping=parse_mapping(map_), samples=samples, overwrite=overwrite, command=shlex.join(["ft", *sys.argv[1:]]),
     )  # fmt: skip
     evaluate(request)

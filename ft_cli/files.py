@@ -43,18 +43,10 @@ def write_text_atomically(path: Path, text: str) -> None:
 
 
 def check_model_output_dir(out_dir: Path, overwrite: bool) -> None:
-    """Where a command writes a model directory: new or empty, or, with --overwrite, a model directory
-    (config.json) it may replace. Never a file, never a directory of something else (a home, a dataset)."""
-    from ft_cli.errors import UsageError
+    """Kept for callers without inputs (ft tiny-model --family): the rule lives in ft_cli/outputs.py."""
+    from ft_cli.outputs import check_model_output_dir as check
 
-    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
-        raise UsageError(f"{out_dir}: exists and is not a directory; give a new or empty directory for the model")
-    if not out_dir.exists() or not any(out_dir.iterdir()):
-        return
-    if not overwrite:
-        raise UsageError(f"{out_dir}: already exists and is not empty; choose another path or pass --overwrite")
-    if not (out_dir / "config.json").is_file():
-        raise UsageError(f"{out_dir}: is not empty and holds no model (no config.json); --overwrite replaces only a model directory")
+    check(out_dir, overwrite)
 
 
 def storage_problem(exc: BaseException) -> str | None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ft_cli.config import Config, LoadedConfig
 from ft_cli.errors import EXIT_PREEMPTED, ConfigError, DataError, UsageError
-from ft_cli.run_dir import LAUNCH_ENV, RUN_FILE, check_output_dir, read_run_record, run_status
+from ft_cli.run_dir import LAUNCH_ENV, RUN_FILE, check_run_output, read_run_record, refuse_secrets_in_fields, run_status
 from ft_cli.train.distributed import check_strategy_device
 LAUNCHERS = ("torchrun", "accelerate")
 ACCELERATE_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
@@ -120,8 +120,9 @@ def prepare_launch(loaded: LoadedConfig, launch: Launch, overwrite: bool) -> Non
         raise DataError(f"{cfg.data.train}: data file not found (data.train)")
     output_dir = Path(cfg.training.output_dir)
     resuming = cfg.training.resume == "auto" and (output_dir / RUN_FILE).exists()
-    if launch.node_rank == 0 and not resuming:
-        check_output_dir(output_dir, overwrite)
+    refuse_secrets_in_fields(loaded)
+    if launch.node_rank == 0:
+        check_run_output(loaded, overwrite, resuming=resuming)
 
 
 def run_launcher(cmd: list[str], launch: Launch, output_dir: Path | None) -> int:

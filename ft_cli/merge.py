@@ -119,16 +119,16 @@ def default_output(adapter: Adapter) -> Path:
 
 
 def check_output(output: Path, adapter: Adapter, base: BaseModel, overwrite: bool) -> None:
-    """Refuse to clobber: a non-empty output needs --overwrite and must be an earlier ft merge output."""
-    resolved = output.resolve()
-    for name, other in (("the adapter", adapter.path), ("the base model", Path(base.path))):
-        other = other.resolve()
-        if resolved == other or resolved in other.parents:
-            raise UsageError(f"{output}: the output would replace {name} ({other}); choose another -o")
+    """Refuse to clobber: never an input (ft_cli/outputs.py), and a non-empty output needs --overwrite and
+    must be an earlier ft merge output."""
+    from ft_cli.outputs import check_not_an_input, as_inputs
+
+    inputs = as_inputs([("the adapter", adapter.path), ("the base model", base.path)])
+    check_not_an_input(output, f"-o {output}", inputs, "choose another -o")
     if not output.exists() or (output.is_dir() and not any(output.iterdir())):
         return
-    if not output.is_dir():
-        raise UsageError(f"{output}: exists and is a file; choose another -o")
+    if output.is_symlink() or not output.is_dir():
+        raise UsageError(f"{output}: exists and is not a directory; choose another -o")
     if not overwrite:
         raise UsageError(f"{output}: already exists and is not empty; pass --overwrite to replace it, or choose another -o")
     if not (output / MERGE_RECORD).exists():

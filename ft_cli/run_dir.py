@@ -16,9 +16,10 @@ import subprocess
 from pathlib import Path
 
 from ft_cli.config import Config, LoadedConfig, config_to_dict, dump_yaml, flatten
-from ft_cli.errors import UsageError
+from ft_cli.errors import ConfigError, UsageError
 from ft_cli.files import file_sha256, write_text_atomically
 from ft_cli.models.check import architecture_of
+from ft_cli.outputs import Input, check_not_an_input, as_inputs
 
 RUN_FILE = "ft_run.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -49,6 +50,54 @@ SAFE_RESUME_KEYS = (
 
 def _entries(output_dir: Path) -> list[Path]:
     return [p for p in output_dir.iterdir() if p.name != LOCK_FILE]
+
+
+def run_inputs(loaded: LoadedConfig) -> list[Input]:
+    """Everything a run reads: data, model, teacher, reward models and functions, a template file, and the
+    config file itself (but not the run's own ft_run.yaml, read by `ft resume`)."""
+    cfg = loaded.config
+    named: list[tuple[str, object]] = [
+        ("data.train", cfg.data.train),
+        ("data.eval", cfg.data.eval),
+        ("data.template", cfg.data.template),  # a name (alpaca, tokenizer) is no path: only its own name is refused
+        ("model.path", cfg.model.path),
+        ("distill.teacher", cfg.distill.teacher),
+    ]
+    for index, spec in enumerate(cfg.grpo.rewards):
+        named.append((f"grpo.rewards[{index}].model", spec.model))
+        if spec.name and ":" in spec.name:  # file.py:function (a module:function resolves to nothing here)
+            named.append((f"grpo.rewards[{index}].name", spec.name.rsplit(":", 1)[0]))
+    own_record = (Path(cfg.training.output_dir) / RUN_FILE).resolve()
+    if loaded.path is not None and Path(loaded.path).resolve() != own_record:
+        named.append(("the config file", loaded.path))
+    return as_inputs(named)
+
+
+def check_run_output(loaded: LoadedConfig, overwrite: bool, resuming: bool = False) -> None:
+    """training.output_dir is apart from every input of the run (a replaced run is deleted, a resumed one
+    rotates checkpoints); then, for a new run, whether what is there may be replaced."""
+    output_dir = Path(loaded.config.training.output_dir)
+    check_not_an_input(output_dir, f"training.output_dir {output_dir}", run_inputs(loaded), "choose another output_dir")
+    if not resuming:
+        check_output_dir(output_dir, overwrite)
+
+
+# Shown text, redacted where it is written (TrainingArguments, trackers); every other field is refused.
+FREE_TEXT_KEYS = ("training.run_name",)
+
+
+def refuse_secrets_in_fields(loaded: LoadedConfig) -> None:
+    """A token's value inside a hub id, a path or any other field would reach training_args.bin, the model
+    card and the trackers' config tables, and cannot be redacted without changing what the field names."""
+    from ft_cli.redaction import secrets_in_fields
+
+    found = secrets_in_fields(loaded.config.model_dump(mode="python"), free_text=FREE_TEXT_KEYS)
+    where = loaded.path or "command line"
+    problems = [f"{key}: holds the value of {whose}, and ft writes this field into checkpoints, the model card and trackers; remove the secret from it" for key, whose in found]
+    if len(problems) == 1:
+        raise ConfigError(f"{where}: {problems[0]}")
+    if problems:
+        raise ConfigError(f"{where}: {len(problems)} fields hold a secret:", problems)
 
 
 def check_output_dir(output_dir: Path, overwrite: bool) -> None:

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from ft_cli.errors import UsageError
-from ft_cli.files import check_model_output_dir
+from ft_cli.outputs import check_model_output_dir, write_model_marker
 
 ARCHITECTURES = ("llama", "qwen2")
 
@@ -140,7 +140,7 @@ def build_tiny_model(
         tokenizer.save_pretrained(staging)
         save_tokenizer_as_loaded(staging)
 
-    return publish_directory(out_dir, write)
+    return publish_directory(out_dir, write, made_by=f"ft tiny-model --arch {arch} --seed {seed}" + (" --tie-word-embeddings" if tie_word_embeddings else ""))
 
 
 def save_tokenizer_as_loaded(directory: Path) -> None:
@@ -156,9 +156,10 @@ def save_tokenizer_as_loaded(directory: Path) -> None:
     AutoTokenizer.from_pretrained(directory).save_pretrained(directory)
 
 
-def publish_directory(out_dir: Path, write) -> Path:
-    """Run `write(staging)` in a directory next to `out_dir`, then rename it into place, so an
-    interrupted build never looks complete."""
+def publish_directory(out_dir: Path, write, made_by: str = "ft tiny-model --family") -> Path:
+    """Run `write(staging)` in a directory next to `out_dir`, add ft's marker (ft_model.json, what a later
+    --overwrite checks for), then rename it into place, so an interrupted build never looks complete.
+    The caller has checked `out_dir` (ft_cli.outputs.check_model_output_dir): only then is an old one removed."""
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -167,6 +168,7 @@ def publish_directory(out_dir: Path, write) -> Path:
     staging.chmod(0o755)  # mkdtemp makes it private; a model dir is meant to be shared
     try:
         write(staging)
+        write_model_marker(staging, made_by)
         if out_dir.exists():
             shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
         staging.rename(out_dir)

@@ -36,7 +36,7 @@ def test_builds_a_loadable_model_of_the_requested_size(tmp_path, arch, model_cla
     assert tokenizer.bos_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id
     assert sorted(p.name for p in path.iterdir()) == [
-        "chat_template.jinja", "config.json", "generation_config.json",
+        "chat_template.jinja", "config.json", "ft_model.json", "generation_config.json",
         "model.safetensors", "tokenizer.json", "tokenizer_config.json",
     ]  # fmt: skip
 

@@ -19,7 +19,6 @@ from ft_cli.eval import metrics as M
 from ft_cli.eval.data import REFERENCE_COLUMNS, EvalData, load_eval_data, run_eval_data
 from ft_cli.eval.models import ModelSpec, base_of, load_model, release, resolve_models
 from ft_cli.eval.report import Progress, samples_path, table, versions, write_outputs
-from ft_cli.files import same_file
 
 
 @dataclass
@@ -38,6 +37,7 @@ class EvalRequest:
     mapping: dict[str, str] = field(default_factory=dict)
     samples: int = 5  # sample generations per model and file in samples.jsonl
     command: str = ""
+    overwrite: bool = False  # replace results and samples an earlier ft eval wrote
 
 
 @dataclass
@@ -56,7 +56,7 @@ def evaluate(request: EvalRequest) -> dict:
     _check_numbers(request)
     models = resolve_models(request.models, add_base=request.add_base)
     plans = [_plan(data, request, models) for data in _load_data(request, models)]
-    _check_outputs(request, [Path(p.data.path) for p in plans] + [Path(m) for m in request.models] + [Path(t) for t in request.tasks])
+    _check_outputs(request, _inputs(request, models, plans))
     harness = _plan_tasks(request.tasks) if request.tasks else None
     if not plans and harness is None:
         raise UsageError("nothing to evaluate: pass --data FILE and/or --tasks TASK")
@@ -107,18 +107,57 @@ def _check_numbers(request: EvalRequest) -> None:
         raise UsageError(f"--samples: expected an integer >= 0, got {request.samples}")
 
 
-def _check_outputs(request: EvalRequest, inputs: list[Path]) -> None:
-    """results.json and its samples file land only where they may: never on an input, a link or a device."""
+def _check_outputs(request: EvalRequest, inputs: list[tuple[str, object]]) -> None:
+    """results.json and its samples file land only where they may (ft_cli/outputs.py): never on, in or
+    around an input, never on a link or a device, and over an existing file only with --overwrite and
+    only when ft wrote it."""
+    from ft_cli.outputs import check_not_an_input, check_replaceable_file, as_inputs
+
     if request.output.suffix != ".json":
         raise UsageError(f"-o {request.output}: the results are JSON; name the file *.json")
-    for path in (request.output, samples_path(request.output)):
+    sources = as_inputs(inputs)
+    for path, ft_wrote, proof in (
+        (request.output, _ft_results, "not the results of an ft eval"),
+        (samples_path(request.output), _ft_samples, "not the sample answers of an ft eval"),
+    ):
         label = f"-o {request.output}" + ("" if path == request.output else f": its samples file {path}")
-        if path.is_symlink() or (path.exists() and not path.is_file()):
-            raise UsageError(f"{label}: exists and is not a regular file (a link, device or directory); ft replaces only regular files")
-        for source in inputs:
-            if same_file(source, path):
-                raise UsageError(f"{label}: would replace the input {source}")
+        check_not_an_input(path, label, sources, "choose another -o")
+        check_replaceable_file(path, label, request.overwrite, path.is_file() and ft_wrote(path), proof)
     _check_writable(request.output)
+
+
+def _ft_results(path: Path) -> bool:
+    """A results.json that ft eval wrote: its command, versions, settings and scores."""
+    import json
+
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(results, dict) and {"command", "versions", "settings", "scores"} <= results.keys()
+
+
+def _ft_samples(path: Path) -> bool:
+    """A samples.jsonl that ft eval wrote: one JSON object per line, each naming its model."""
+    import json
+
+    try:
+        with path.open(encoding="utf-8") as handle:
+            return all(isinstance(row := json.loads(line), dict) and "model" in row for line in handle if line.strip())
+    except (OSError, ValueError):
+        return False
+
+
+def _inputs(request: EvalRequest, models: list[ModelSpec], plans: list[Plan]) -> list[tuple[str, object]]:
+    """Everything the evaluation reads: the MODEL arguments as given, what they resolve to (adapter, base), data,
+    tasks. A run directory counts by its parts (lora_weights/ or model/, ft_run.yaml), as for ft export:
+    results may go beside them, never into them."""
+    from ft_cli.run_dir import RUN_FILE
+
+    named: list[tuple[str, object]] = [("MODEL", Path(spec) / RUN_FILE if (Path(spec) / RUN_FILE).is_file() else spec) for spec in request.models]
+    named += [(f"the model {m.name}", m.path) for m in models] + [(f"the base of {m.name}", m.base) for m in models]
+    named += [("--data", p.data.path) for p in plans] + [("--tasks", task) for given in request.tasks for task in given.split(",")]
+    return named
 
 
 def _check_writable(output: Path) -> None:

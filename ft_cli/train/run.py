@@ -13,15 +13,17 @@ from pathlib import Path
 
 from ft_cli.config import LoadedConfig, redact_text
 from ft_cli.errors import ConfigError, DataError, Preempted
+from ft_cli.redaction import declared_secrets
 from ft_cli.run_dir import (
     ADAPTER_DIR,
     FULL_MODEL_DIR,
     METRICS_FILE,
     SAMPLES_FILE,
-    check_output_dir,
+    check_run_output,
     config_hash,
     keep_metrics_through,
     prepare_output_dir,
+    refuse_secrets_in_fields,
     write_run_file,
 )
 from ft_cli.train.backends import choose_backend
@@ -82,14 +84,14 @@ def _trainer_args(loaded: LoadedConfig, method: Method, output_dir: Path, shape:
         seed=t.seed,
         data_seed=t.seed,
         **tracker_options(cfg),
-        run_name=redact_text(t.run_name) if t.run_name else None,
+        run_name=redact_text(t.run_name, declared_secrets(cfg.model_dump(mode="python"))) if t.run_name else None,
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,  # ProgressCallback draws the bar
         logging_nan_inf_filter=False,  # a NaN loss must surface (and stop the run), not be averaged away
         push_to_hub=t.push_to_hub,
-        hub_model_id=t.hub_model_id,
+        hub_model_id=t.hub_model_id,  # holds no secret: refused before anything loads (run_dir.refuse_secrets_in_fields)
         # hub_token is not passed: TrainingArguments is pickled into every checkpoint (training_args.bin).
         # _hub_token_to_environment hands it to huggingface_hub, which the Trainer's upload reads.
         **distributed_options(cfg),
@@ -132,7 +134,10 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, 
     method = METHODS[cfg.method]
     if cfg.data.train is None:
         raise ConfigError(f"{loaded.path or 'command line'}: data.train: required for ft train (a JSONL file)")
+    refuse_secrets_in_fields(loaded)
     output_dir = Path(cfg.training.output_dir)
+    if is_main_process():  # paths only: a wrong output_dir costs a second, not a data load
+        check_run_output(loaded, overwrite, resuming=resume_from is not None)
     if not dry_run:
         wait_for_everyone()  # every process has read the run directory before rank 0 writes into it
     check_integrations(loaded)
@@ -152,8 +157,6 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, 
     eval_records = eval_data.records if eval_data else None
     if method.samples:
         check_rewards(cfg, records[0])  # before the model loads: a broken reward should cost seconds, not a GPU hour
-    if resume_from is None and is_main_process():
-        check_output_dir(output_dir, overwrite)
     if shape in ("preference", "unpaired-preference"):  # before the model loads: TRL would drop or NaN on them
         from ft_cli.train.model import load_tokenizer
 
@@ -177,7 +180,7 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, 
     if main:
         claim(output_dir)  # one writer per run directory; checked again under the lock
     if main and resume_from is None:
-        check_output_dir(output_dir, overwrite)
+        check_run_output(loaded, overwrite)
         prepare_output_dir(output_dir)
     elif main:
         for log in (METRICS_FILE, SAMPLES_FILE):

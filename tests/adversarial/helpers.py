@@ -7,6 +7,7 @@ is shown, and what is left on disk: inputs byte-identical, nothing half-written.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,16 @@ def snapshot(root: Path) -> dict[str, str]:
         for path in sorted(root.rglob("*"))
         if path.is_file() and not path.is_symlink()
     }
+
+
+def tree(root: Path) -> tuple[dict[str, str], list[str]]:
+    """Every file's hash plus every entry (directories, links and where they point): a refused command
+    must leave both as they were (no input touched, no leftover, no link replaced)."""
+    entries = []
+    for path in sorted(root.rglob("*")):
+        name = str(path.relative_to(root))
+        entries.append(f"{name} -> {os.readlink(path)}" if path.is_symlink() else name + ("/" if path.is_dir() else ""))
+    return snapshot(root), entries
 
 
 def assert_refused(result, pattern: str, code: int = 2) -> None:

@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from tests.adversarial.helpers import CASES, assert_refused, snapshot
+from tests.adversarial.helpers import CASES, assert_refused, snapshot, tree
 from tests.conftest import OFFLINE_ENV, ft_executable
 
 CANARY = "canary-tok-7Q2"  # short on purpose: a declared secret of any realistic length is redacted
@@ -96,23 +96,47 @@ def test_extending_a_finished_run_resumes_at_the_new_schedules_rate(ft, tmp_path
 
 
 @pytest.mark.slow
-def test_no_secret_reaches_any_file(ft, tmp_path, tiny_model_dir, tmp_path_factory):
+def test_no_secret_reaches_any_file(ft, tmp_path, tiny_model_dir):
+    """Every byte written (run, checkpoints' training_args.bin, model card, trackers' databases, merge, export)
+    and every line printed is scanned for the secrets: training.hub_token, HF_TOKEN, WANDB_API_KEY."""
     env_secret = "envsecret-" + "x9" * 6
-    config = _run_config(tmp_path, tiny_model_dir, hub_token=CANARY, run_name=f"trial-{CANARY}", report_to="tensorboard")
-    env = {"HF_TOKEN": env_secret, "WANDB_API_KEY": "wandbkey-" + "z7" * 8}
-    if not _has("tensorboard"):
-        config.write_text(config.read_text().replace("report_to: tensorboard", "report_to: none"))
-    assert ft("train", config.name, env=env, cwd=tmp_path).returncode == 0
-    assert ft("resume", "run", "training.max_steps=6", env=env, cwd=tmp_path).returncode == 0
-    assert ft("merge", "run", env=env, cwd=tmp_path).returncode == 0
-    exported = ft("export", "run/merged", "-o", "model.gguf", "--ollama", env=env, cwd=tmp_path)
-    assert exported.returncode == 0, exported.stderr[-2000:]
+    trackers = [name for name in ("tensorboard", "trackio", "mlflow") if _has(name)] or "none"
+    config = _run_config(tmp_path, tiny_model_dir, hub_token=CANARY, run_name=f"trial-{CANARY}-{env_secret}", report_to=trackers)
+    env = {
+        "HF_TOKEN": env_secret, "WANDB_API_KEY": "wandbkey-" + "z7" * 8,
+        "TRACKIO_DIR": str(tmp_path / "trackio"), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "HOME": str(tmp_path / "home"), "HF_HOME": str(tmp_path / "hf_home"),  # whatever else gets written lands here too
+    }  # fmt: skip
+    secrets = (CANARY, env_secret, env["WANDB_API_KEY"])
+    printed = []
+    # A secret inside a hub id or a path cannot be redacted without changing what it names: refused, nothing written.
+    before = tree(tmp_path)
+    for key, value, whose in (
+        ("training.hub_model_id", f"me/{CANARY}", "training.hub_token"),
+        ("training.hub_model_id", f"me/{env_secret}", "HF_TOKEN"),
+        ("training.output_dir", f"runs/{env_secret}", "HF_TOKEN"),
+    ):
+        refused = ft("train", config.name, f"{key}={value}", "training.push_to_hub=false", env=env, cwd=tmp_path)
+        assert_refused(refused, f"{key}: holds the value of {whose}")
+        printed.append(refused)
+    assert tree(tmp_path) == before
+    for command in (("train", config.name), ("resume", "run", "training.max_steps=6"), ("merge", "run"), ("export", "run/merged", "-o", "model.gguf", "--ollama")):
+        result = ft(*command, env=env, cwd=tmp_path)
+        assert result.returncode == 0, (command, result.stderr[-2000:])
+        printed.append(result)
     written = [p for p in tmp_path.rglob("*") if p.is_file() and p.name not in ("run.yaml", "data.jsonl")]  # not the inputs
-    assert any(p.name == "training_args.bin" for p in written)
+    assert any(p.name == "training_args.bin" for p in written) and any(p.name == "README.md" for p in written)
+    if "trackio" in trackers:
+        assert any(p.suffix == ".db" for p in (tmp_path / "trackio").rglob("*")), "trackio wrote no database"
+    if "mlflow" in trackers:
+        assert (tmp_path / "mlflow.db").is_file()
     for path in written:
         data = path.read_bytes()
-        for secret in (CANARY, env_secret, env["WANDB_API_KEY"]):
+        for secret in secrets:
             assert secret.encode() not in data, f"{secret} in {path}"
+    for result in printed:
+        for secret in secrets:
+            assert secret not in result.stdout + result.stderr
 
 
 def _has(module: str) -> bool:
@@ -125,7 +149,7 @@ def test_tiny_model_overwrite_replaces_only_a_model(ft, tmp_path):
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "thesis.txt").write_text("years of work")
-    assert_refused(ft("tiny-model", notes, "--overwrite"), "holds no model (no config.json)")
+    assert_refused(ft("tiny-model", notes, "--overwrite"), "ft did not build it (no ft_model.json)")
     assert (notes / "thesis.txt").read_text() == "years of work"
     lone = tmp_path / "file.txt"
     lone.write_text("keep")
@@ -242,8 +266,8 @@ def test_eval_results_never_land_on_an_input(ft, tmp_path, tiny_model_dir):
     before = snapshot(tmp_path)
     common = ("eval", tiny_model_dir, "--max-new-tokens", "2")
     assert_refused(ft(*common, "--data", "ev.jsonl", "-o", "ev.jsonl", cwd=tmp_path), "-o ev.jsonl: the results are JSON")
-    assert_refused(ft(*common, "--data", "ev.samples.jsonl", "-o", "ev.json", cwd=tmp_path), "its samples file ev.samples.jsonl: would replace the input")
-    assert_refused(ft(*common, "--data", "ev.jsonl", "-o", "./x/../ev.json", "--tasks", "ev.json", cwd=tmp_path), "would replace the input")
+    assert_refused(ft(*common, "--data", "ev.samples.jsonl", "-o", "ev.json", cwd=tmp_path), "its samples file ev.samples.jsonl: it is ev.samples.jsonl, an input")
+    assert_refused(ft(*common, "--data", "ev.jsonl", "-o", "./x/../ev.json", "--tasks", "ev.json", cwd=tmp_path), "it is ev.json, an input of this command (--tasks)")
     assert snapshot(tmp_path) == before
 
 
