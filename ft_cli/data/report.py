@@ -32,6 +32,19 @@ class Stats:
     outputs: dict[str, tuple[Path, int]] = field(default_factory=dict)  # train / eval / rejects -> (path, records)
     labels: dict[str, tuple[int, int]] = field(default_factory=dict)  # KTO: train / eval -> (desirable, undesirable)
     manifests: list[Path] = field(default_factory=list)
+    tool_records: int = 0  # records with at least one tool call
+    tool_calls: int = 0
+    tool_turns: int = 0  # tool results
+    tools_offered: set[str] = field(default_factory=set)  # distinct function names offered
+
+    def count_tools(self, record: dict) -> None:
+        from ft_cli.data.tool_formats import tool_counts
+
+        calls, turns, names = tool_counts(record)
+        self.tool_records += calls > 0
+        self.tool_calls += calls
+        self.tool_turns += turns
+        self.tools_offered.update(names)
 
 
 def summarize_lengths(lengths: Seq[int]) -> dict | None:
@@ -54,6 +67,10 @@ def report_rows(stats: Stats) -> list[tuple[str, str]]:
     rows.append(("output shape", stats.shape or "-"))
     rejects = stats.outputs.get("rejects")
     rows.append(("rejected", f"{stats.rejected}" + (f" (in {rejects[0]})" if rejects else "")))
+    if stats.tool_calls or stats.tool_turns or stats.tools_offered:
+        rows.append(
+            ("tool calls", f"{stats.tool_calls} in {stats.tool_records} records; {stats.tool_turns} tool results; {len(stats.tools_offered)} distinct tools offered")
+        )
     dropped = " (dropped)" if stats.dropped_duplicates else " (kept; --dedupe drops them)" if stats.duplicates else ""
     rows.append(("exact duplicates", f"{stats.duplicates}{dropped}"))
     if stats.token_lengths:
