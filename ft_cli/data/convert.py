@@ -59,6 +59,19 @@ def normalise(record: dict, data_format: str, text_field: str = "text", split_pa
     return [one[data_format](record)]
 
 
+def _check_template_renders_calls(template: Template, examples: list[Example]) -> None:
+    """A prompt template that drops tool calls would train an empty answer where the record calls a tool."""
+    from ft_cli.data.tool_templates import prompt_template_renders_calls
+
+    turns = [m for example in examples for m in example.record.get("messages") or []]
+    if any(m.get("tool_calls") or m.get("role") == "tool" for m in turns) and not prompt_template_renders_calls(template):
+        raise RecordProblem(
+            "messages",
+            f"--template {template.name} does not write tool calls or tool results; train tool-calling data with the model's "
+            "chat template (--template tokenizer, with --chat-template chatml_tools where the model's own cannot render tools)",
+        )
+
+
 def _is_bfcl_answer(source: str, value, data_format: str) -> bool:
     return (
         data_format in ("auto", "bfcl")
@@ -147,6 +160,7 @@ class Converter:
                     examples = normalise(record, data_format, options.text_field, split_pairs=options.unpair)
                 self._check_shape(examples[0], raw.location)
                 if options.template is not None:
+                    _check_template_renders_calls(options.template, examples)
                     examples = [options.template.apply(example) for example in examples]
             except RecordProblem as problem:
                 yield Converted(raw.location, [], self._in_source_terms(problem), value=raw.value)

@@ -162,7 +162,9 @@ def prepare(opts: PrepareOptions) -> PrepareResult:
         if tokenizer is not None:  # a model's own template file may use bos_token / eos_token
             template.special_tokens = template_tokens(tokenizer)
     converter = Converter(ConvertOptions(opts.data_format, template, mapping, opts.text_field, opts.subset, opts.split, opts.unpair, opts.answers))
-    stats = Stats(detected=opts.data_format == "auto", template=opts.template, long_policy=opts.long, max_seq_length=opts.max_seq_length)
+    stats = Stats(
+        detected=opts.data_format == "auto", template=opts.template, chat_template=opts.chat_template, long_policy=opts.long, max_seq_length=opts.max_seq_length
+    )
     staged = AtomicJsonl(opts.output, commit=False)
     rejects = AtomicJsonl(rejects_path(opts.output), commit=False) if opts.skip_invalid else None
     finals: list[AtomicJsonl] = []

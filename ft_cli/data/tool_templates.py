@@ -111,6 +111,28 @@ def _probe(tokenizer) -> bool:
     return False
 
 
+def prompt_template_renders_calls(template) -> bool:
+    """Whether an ft prompt template (--template chatml, a .jinja file: ft_cli.data.templates) writes tool calls
+    and results; probed once per template."""
+    cached = getattr(template, "_ft_renders_calls", None)
+    if cached is None:
+        from ft_cli.data.formats import RecordProblem
+
+        messages = [
+            {"role": "user", "content": "probe"},
+            {"role": "assistant", "content": "", "tool_calls": [_PROBE_CALL]},
+            {"role": "tool", "content": "ftprobe_result"},
+            {"role": "assistant", "content": "done"},
+        ]
+        try:
+            text, _ = template.render(messages)
+            cached = all(mark in text for mark in _PROBE_MARKS[1:])
+        except RecordProblem:
+            cached = False
+        template._ft_renders_calls = cached
+    return cached
+
+
 def require_tool_rendering(tokenizer, record: dict, who: str, fix: str) -> None:
     """A one-line refusal when `record` uses tools and the template cannot render them.
     `who`: '--model M' or 'model.path M'; `fix`: how to choose a tool-capable template there."""
