@@ -10,6 +10,7 @@ schema check. Most cases run in-process; the refusals and the run directory go t
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -271,3 +272,38 @@ def test_train_uses_model_chat_template_and_saves_it_with_the_run(tmp_path, ft, 
     for saved in (tmp_path / "run" / "lora_weights", tmp_path / "run" / "checkpoint-1"):
         assert AutoTokenizer.from_pretrained(saved).chat_template == shipped
     assert yaml.safe_load((tmp_path / "run" / "ft_run.yaml").read_text())["model"]["chat_template"] == "chatml_tools"
+
+
+def test_chatml_tools_renders_as_qwen2_5_does_but_for_the_default_system_prompt_and_reasoning():
+    """The referee is Qwen2.5's published template: with a system prompt given, every rendering is the same bytes."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    ours, qwen = ((SHIPPED_DIR / f"{name}.jinja").read_text() for name in ("chatml_tools", "qwen2_5"))
+    two_calls = openai_record({"city": "Paris"})
+    two_calls["messages"][1] = {"role": "assistant", "content": "Checking both.", "tool_calls": [PARIS_CALL, PARIS_CALL]}
+    chats = [openai_record({"city": "Paris"}), two_calls, {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}]
+
+    def render(template: str, record: dict, **kwargs) -> str:
+        return render_jinja_template([record["messages"]], tools=record.get("tools"), chat_template=template, **kwargs)[0][0]
+
+    for record in chats:
+        record = {**record, "messages": [{"role": "system", "content": "Be brief."}, *record["messages"]]}
+        assert render(ours, record) == render(qwen, record)
+        prompt = {**record, "messages": record["messages"][:2]}
+        assert render(ours, prompt, add_generation_prompt=True) == render(qwen, prompt, add_generation_prompt=True)
+    bare = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "42.", "reasoning_content": "6 times 7."}]}
+    assert render(ours, bare) == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n6 times 7.\n</think>\n\n42.<|im_end|>\n"
+
+
+def test_option_mistakes_are_usage_errors(tmp_path):
+    from ft_cli.errors import UsageError
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(jsonl(openai_record({"city": "Paris"})))
+    for options, message in (
+        ({"chat_template": "chatml_tools"}, "--chat-template needs --model"),
+        ({"chat_template": "chatml_tool", "model": "m"}, "--chat-template chatml_tool: unknown chat template (expected one ft ships: chatml_tools"),
+        ({"answers": "a.json", "data_format": "chat"}, "--answers is BFCL's ground truth: it goes with --format bfcl"),
+    ):
+        with pytest.raises(UsageError, match=re.escape(message)):
+            prepare(PrepareOptions(inputs=[str(data)], output=tmp_path / "o.jsonl", **options))
