@@ -127,7 +127,7 @@ def tool_counts(record: dict) -> tuple[int, int, list[str]]:
 SHAREGPT_TOOL_SPEAKERS = ("function_call", "observation")
 
 
-def sharegpt_tool_turns(conversations: Any, path: str = "conversations") -> tuple[list[dict], dict[int, int]]:
+def sharegpt_tool_turns(conversations: Any) -> tuple[list[dict], dict[int, int]]:
     """The conversation with `function_call` turns as assistant tool calls and `observation` turns as tool
     results (LLaMA-Factory's convention: a function_call's value is JSON {"name", "arguments"} or a list of
     them). Returns the ShareGPT turns to read as usual, plus which of them came from a function_call."""
