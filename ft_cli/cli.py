@@ -69,7 +69,7 @@ def _root(
 def prepare(
     inputs: Annotated[list[str], typer.Argument(help="Data files, directories or a Hugging Face dataset name.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output JSONL file.", show_default=False)],
-    data_format: Annotated[str, typer.Option("--format", "-f", help="auto|alpaca|sharegpt|chat|completion|preference|kto|prompt-only (kto = unpaired-preference: prompt, completion, label).")] = "auto",
+    data_format: Annotated[str, typer.Option("--format", "-f", help="auto|alpaca|sharegpt|chat|completion|preference|kto|prompt-only|bfcl (kto = unpaired-preference: prompt, completion, label; bfcl = Berkeley Function Calling Leaderboard questions).")] = "auto",
     template: Annotated[Optional[str], typer.Option(help="Prompt template: alpaca, vicuna_v1.1, chatml, tokenizer, or a .jinja path.")] = None,
     map_: Annotated[Optional[list[str]], typer.Option("--map", help="Column mapping target=source (repeatable).")] = None,
     text_field: Annotated[str, typer.Option(help="Column holding plain text (completion format).")] = "text",
@@ -89,10 +89,15 @@ def prepare(
     as_json: Annotated[
         bool, typer.Option("--json", help="With --preview and --model: one JSON object per record on stdout (ids, tokens, trained).")
     ] = False,
+    chat_template: Annotated[
+        Optional[str], typer.Option("--chat-template", help="Replace --model's chat template: chatml_tools (tool calls in ChatML) or another template ft ships, or a .jinja file.")
+    ] = None,
+    answers: Annotated[Optional[str], typer.Option("--answers", help="BFCL ground truth (default: X.answers.json or possible_answer/X.json beside X.json).")] = None,
 ) -> None:
     """Convert raw data into validated training JSONL.
 
-    Reads Alpaca, ShareGPT, chat messages, plain text, preference, KTO (unpaired preference) and prompt-only data.
+    Reads Alpaca, ShareGPT, chat messages, plain text, preference, KTO (unpaired preference) and prompt-only data,
+    and tool-calling data (OpenAI tool_calls, ShareGPT function_call/observation, BFCL).
     """
     from ft_cli.data.prepare import PrepareOptions
     from ft_cli.data.prepare import prepare as run_prepare
@@ -101,7 +106,7 @@ def prepare(
     options = PrepareOptions(
         inputs=inputs, output=output, data_format=data_format, template=template, mapping=map_ or [], text_field=text_field,
         subset=subset, split=split, skip_invalid=skip_invalid, model=model, max_seq_length=max_seq_length, long=long,
-        eval_split=eval_split, seed=seed, dedupe=dedupe, preview=preview, unpair=unpair,
+        eval_split=eval_split, seed=seed, dedupe=dedupe, preview=preview, unpair=unpair, chat_template=chat_template, answers=answers,
     )  # fmt: skip
     if as_json and not (preview and model):
         from ft_cli.errors import UsageError

@@ -98,6 +98,10 @@ class ModelSection(Section):
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"] = Field(
         "auto", description="Attention kernel; auto lets transformers choose."
     )
+    chat_template: str | None = Field(
+        None,
+        description="Replace the tokenizer's chat template (saved with the run): chatml_tools (ChatML with tool calls, for models whose template drops them), another template ft ships, or a .jinja path.",
+    )
 
     @field_validator("dtype", mode="before")
     @classmethod
@@ -123,7 +127,7 @@ class DataSection(Section):
     train: str | None = Field(None, description="Training data: a JSONL from `ft prepare` or any format it reads.")
     eval: str | None = Field(None, description="Evaluation data file.")
     eval_split: Fraction = Field(0.0, description="Fraction of the training data held out for evaluation.")
-    format: Literal["auto", "alpaca", "sharegpt", "chat", "completion", "preference", "kto", "prompt-only"] = Field(
+    format: Literal["auto", "alpaca", "sharegpt", "chat", "completion", "preference", "kto", "prompt-only", "bfcl"] = Field(
         "auto", description="Input data format; auto detects it."
     )
     template: str = Field("tokenizer", description="Prompt template: tokenizer (the model's chat template), a name in ft_cli/templates/ (alpaca, vicuna_v1.1, chatml), or a .jinja path.")

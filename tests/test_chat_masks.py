@@ -134,15 +134,17 @@ def test_llama3_without_a_pad_token_still_trains_its_end_of_turn(tmp_path, famil
 def test_a_template_that_refuses_a_record_is_a_path_line_error_in_prepare_and_train(tmp_path, family_model_dir, ft, write_yaml):
     model = family_model_dir("mistral")
     data = tmp_path / "chat.jsonl"
-    # Valid for ft (a tool result between assistant turns), refused by Mistral v0.3's template.
-    bad = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-                        {"role": "tool", "content": "r"}, {"role": "assistant", "content": "c"}]}  # fmt: skip
+    # Valid for ft (a tool call and its result), refused by Mistral v0.3's template (it wants 9-character call ids).
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": {}}}
+    bad = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": None, "tool_calls": [call]},
+                        {"role": "tool", "content": "r", "tool_call_id": "call_1"}, {"role": "assistant", "content": "c"}],
+           "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]}  # fmt: skip
     good = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "c"}]}
     data.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
 
     result = ft("prepare", data, "-o", tmp_path / "out.jsonl", "--model", model)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"{data}:2" in result.stderr and "roles must alternate" in result.stderr
+    assert f"{data}:2" in result.stderr and "Tool call IDs should be alphanumeric strings with length 9" in result.stderr
     assert not (tmp_path / "out.jsonl").exists()
 
     config = write_yaml(yaml.safe_dump({"model": {"path": str(model)}, "data": {"train": str(data)}, "lora": {"r": 4},
@@ -150,7 +152,7 @@ def test_a_template_that_refuses_a_record_is_a_path_line_error_in_prepare_and_tr
     for dry_run in (["--dry-run"], []):  # the dry run finds it before any weight loads; the run, before training
         result = ft("train", config, *dry_run)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-        assert f"{data}:2: messages: the chat template refuses it" in result.stderr and "alternate" in result.stderr
+        assert f"{data}:2: messages: the chat template refuses it" in result.stderr and "length 9" in result.stderr
     assert not (tmp_path / "run" / "lora_weights").exists()
 
 

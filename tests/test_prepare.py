@@ -264,7 +264,7 @@ BAD_INPUTS = [
     ("starts-with-assistant", "x.jsonl", jsonl(chat(("system", "s"), ("assistant", "b"))), "chat",
      "1: messages[1].role: conversation starts with 'assistant' (the first turn must be a user turn)"),
     ("sharegpt-unknown-speaker", "x.json", json.dumps([{"conversations": [{"from": "human", "value": "a"}, {"from": "wizard", "value": "b"}]}], indent=1), "auto",
-     "2: conversations[1].from: unknown speaker 'wizard' (expected human, gpt, system)"),
+     "2: conversations[1].from: unknown speaker 'wizard' (expected human, gpt, system, function_call, observation)"),
     ("sharegpt-missing-value", "x.jsonl", jsonl({"conversations": [{"from": "human"}]}), "sharegpt", "1: conversations[0].value: missing field"),
     ("sharegpt-not-alternating", "x.jsonl", jsonl({"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}, {"from": "gpt", "value": "c"}]}), "sharegpt",
      "1: conversations[2].from: 'gpt' after 'gpt' (turns must alternate human/gpt)"),
@@ -314,7 +314,7 @@ def test_bad_corpus_has_at_least_twenty_distinct_defects():
         ("x.json", json.dumps({"a": [], "b": []}), {}, "{path}: expected a JSON array of records, or an object holding one list of records; it holds 2 lists (a, b)"),
         ("x.jsonl", jsonl({"question": "q", "answer": "a"}), {},
          ("{path}:1: cannot detect the format from the columns (question, answer): expected messages (chat), conversations (sharegpt), "
-          "instruction+output (alpaca), text or prompt+completion (completion), chosen+rejected (preference), prompt+completion+label (kto) or prompt (prompt-only); "
+          "instruction+output (alpaca), text or prompt+completion (completion), chosen+rejected (preference), prompt+completion+label (kto), prompt (prompt-only) or question+function (bfcl); "
           "pass --format, or --map to rename columns (e.g. --map prompt=question)")),
         ("x.jsonl.gz", b"not gzip", {}, "{path}: not a valid gzip file (Not a gzipped file (b'no'))"),
     ],
@@ -356,7 +356,7 @@ def test_error_listing_is_capped_with_a_count(tmp_path):
 @pytest.mark.parametrize(
     "options,expected",
     [
-        ({"data_format": "alpacca"}, "--format alpacca: expected one of auto, alpaca, sharegpt, chat, completion, preference, kto, prompt-only, messages, text, unpaired-preference; did you mean alpaca?"),
+        ({"data_format": "alpacca"}, "--format alpacca: expected one of auto, alpaca, sharegpt, chat, completion, preference, kto, prompt-only, bfcl, messages, text, unpaired-preference; did you mean alpaca?"),
         ({"template": "vicuna"}, "--template vicuna: unknown template (expected tokenizer, alpaca, chatml, vicuna_v1.1, or a .jinja file); did you mean vicuna_v1.1?"),
         ({"template": "missing.jinja"}, "--template missing.jinja: no such file"),
         ({"eval_split": 1.5}, "--eval-split 1.5: expected a fraction >= 0 and < 1"),

@@ -29,6 +29,7 @@ from ft_cli.data.formats import (
 )
 from ft_cli.data.preference_formats import UNPAIR_ADVICE, normalise_kto, normalise_preference, unpair
 from ft_cli.data.readers import Location, json_type, read_input
+from ft_cli.data.tool_formats import bfcl_answers_path, load_bfcl_answers, normalise_bfcl
 from ft_cli.data.templates import Template, load_template
 from ft_cli.errors import DataError
 
@@ -36,7 +37,7 @@ MAX_LISTED = 20  # problems listed in an error; the count says how many there we
 
 DETECTABLE = (
     "messages (chat), conversations (sharegpt), instruction+output (alpaca), text or prompt+completion (completion), "
-    "chosen+rejected (preference), prompt+completion+label (kto) or prompt (prompt-only)"
+    "chosen+rejected (preference), prompt+completion+label (kto), prompt (prompt-only) or question+function (bfcl)"
 )
 # Formats --unpair reads: preference pairs are split, KTO records pass as they are.
 UNPAIR_FORMATS = ("preference", "kto")
@@ -56,6 +57,29 @@ def normalise(record: dict, data_format: str, text_field: str = "text", split_pa
     if data_format not in one:
         raise ValueError(f"unknown format {data_format!r}")
     return [one[data_format](record)]
+
+
+def _check_template_renders_calls(template: Template, examples: list[Example]) -> None:
+    """A prompt template that drops tool calls would train an empty answer where the record calls a tool."""
+    from ft_cli.data.tool_templates import prompt_template_renders_calls
+
+    turns = [m for example in examples for m in example.record.get("messages") or []]
+    if any(m.get("tool_calls") or m.get("role") == "tool" for m in turns) and not prompt_template_renders_calls(template):
+        raise RecordProblem(
+            "messages",
+            f"--template {template.name} does not write tool calls or tool results; train tool-calling data with the model's "
+            "chat template (--template tokenizer, with --chat-template chatml_tools where the model's own cannot render tools)",
+        )
+
+
+def _is_bfcl_answer(source: str, value, data_format: str) -> bool:
+    return (
+        data_format in ("auto", "bfcl")
+        and source.endswith(".answers.json")
+        and isinstance(value, dict)
+        and "ground_truth" in value
+        and "question" not in value
+    )
 
 
 class FormatNotDetected(DataError):
@@ -80,6 +104,7 @@ class ConvertOptions:
     subset: str | None = None
     split: str = "train"
     unpair: bool = False  # preference pairs become two KTO records each
+    answers: str | None = None  # BFCL ground truth (--answers); by default found beside each question file
 
 
 @dataclass
@@ -104,6 +129,7 @@ class Converter:
         self._sources: dict[str, str] = {source: target for target, source in options.mapping.items()}
         self.mapped_columns_seen: set[str] = set()  # --map sources some record has: a typo'd one is an error
         self.first_columns: list[str] | None = None
+        self._answers: dict[str, dict] = {}  # answers file -> {question id: ground truth}
 
     def convert(self, inputs: list[str]) -> Iterator[Converted]:
         for spec in inputs:
@@ -115,6 +141,8 @@ class Converter:
         for raw in read_input(spec, options.subset, options.split):
             if raw.location.source != source:  # a new file (inputs may be directories): detect again
                 source, data_format = raw.location.source, None
+            if _is_bfcl_answer(raw.location.source, raw.value, options.data_format):
+                continue  # a directory of BFCL files holds the answers beside the questions: they are not questions
             if raw.error:
                 yield Converted(raw.location, [], raw.error, raw=raw.raw)
                 continue
@@ -126,15 +154,34 @@ class Converter:
                 data_format = self._format_of(record, raw.location, list(raw.value))
             self.formats.setdefault(source, data_format)
             try:
-                examples = normalise(record, data_format, options.text_field, split_pairs=options.unpair)
+                if data_format == "bfcl":
+                    examples = [Example(normalise_bfcl(record, self._bfcl_answers(source)), "conversational")]
+                else:
+                    examples = normalise(record, data_format, options.text_field, split_pairs=options.unpair)
                 self._check_shape(examples[0], raw.location)
                 if options.template is not None:
+                    _check_template_renders_calls(options.template, examples)
                     examples = [options.template.apply(example) for example in examples]
             except RecordProblem as problem:
                 yield Converted(raw.location, [], self._in_source_terms(problem), value=raw.value)
                 continue
             self.output_shape = self.output_shape or examples[0].shape
             yield Converted(raw.location, examples, value=raw.value)
+
+    def _bfcl_answers(self, source: str) -> dict:
+        """The ground truth for a BFCL question file: --answers, else the file beside it; read once."""
+        path = Path(self.options.answers) if self.options.answers else bfcl_answers_path(Path(source))
+        if path is None:
+            raise DataError(
+                f"{source}: BFCL questions need their ground truth: none beside it ({Path(source).name.removesuffix('.json')}.answers.json "
+                "or possible_answer/ in the same directory); pass --answers FILE"
+            )
+        key = str(path)
+        if key not in self._answers:
+            if not path.is_file():
+                raise DataError(f"--answers {path}: no such file")
+            self._answers[key] = load_bfcl_answers(path, key)
+        return self._answers[key]
 
     def _format_of(self, record: dict, location: Location, columns: list[str]) -> str:
         """An input's format: --format, or detected from its first record; pairs given for KTO need --unpair."""

@@ -14,6 +14,10 @@ the file and line, giving `data/x.jsonl:7: messages[1].role: unknown role 'wizar
 | preference  | prompt? + chosen + rejected                        | preference          |
 | kto         | prompt + completion + label (true/false)           | unpaired-preference |
 | prompt-only | prompt (+ extra columns, kept)                     | prompt-only         |
+| bfcl        | id, question, function (+ ground truth from the answers file) | conversational with tools |
+
+Tool calls (OpenAI `tool_calls`, ShareGPT `function_call`/`observation` turns, BFCL) are read and
+checked against the offered schemas by ft_cli.data.tool_formats.
 
 The preference and kto normalisers live in ft_cli.data.preference_formats; the
 dispatch from a format name to its normaliser is ft_cli.data.convert's.
@@ -28,12 +32,13 @@ from typing import Any
 
 from ft_cli.data.readers import json_type
 
-FORMATS = ("alpaca", "sharegpt", "chat", "completion", "preference", "kto", "prompt-only")
+FORMATS = ("alpaca", "sharegpt", "chat", "completion", "preference", "kto", "prompt-only", "bfcl")
 ALIASES = {"messages": "chat", "text": "completion", "unpaired-preference": "kto"}
 ROLES = ("system", "user", "assistant", "tool")
 # FastChat's speakers; "user"/"assistant" are accepted too because many ShareGPT exports use them.
+# function_call / observation turns (LLaMA-Factory's tool convention) are read by ft_cli.data.tool_formats.
 SHAREGPT_SPEAKERS = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
-SHAREGPT_EXPECTED = "human, gpt, system"
+SHAREGPT_EXPECTED = "human, gpt, system, function_call, observation"
 
 # TRL's dataset shapes and the columns that make them.
 SHAPE_COLUMNS = {
@@ -83,6 +88,8 @@ def detect_format(record: Any, text_field: str = "text") -> str | None:
         return "chat"
     if "conversations" in record:
         return "sharegpt"
+    if "question" in record and "function" in record:
+        return "bfcl"
     if "chosen" in record and "rejected" in record:
         return "preference"
     if "instruction" in record and ("output" in record or "instances" in record):
@@ -230,26 +237,50 @@ def check_order(turns: Turns, path: str, final: str | None = "assistant", check_
 
 
 def normalise_chat(record: dict) -> Example:
+    from ft_cli.data.tool_formats import check_tool_use, normalise_tools
+
     turns = read_turns(required(record, "messages"), "messages")
     check_order(turns, "messages")
     out = {"messages": turns.messages}
     if record.get("tools") is not None:  # TRL passes a "tools" column to the chat template
-        out["tools"] = record["tools"]
+        out["tools"] = normalise_tools(record["tools"])
+    if "tools" in out or _uses_tools(turns.messages):
+        check_tool_use(
+            turns.messages, out.get("tools"), lambda i: f"messages[{i}]", lambda i, j, key: f"messages[{i}].tool_calls[{j}].function.{key}"
+        )
+    if record.get("ground_truth") is not None:  # a record made from BFCL: ft eval scores against it
+        out["ground_truth"] = record["ground_truth"]
     return Example(out, "conversational")
 
 
+def _uses_tools(messages: list[dict]) -> bool:
+    return any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
+
+
 def normalise_sharegpt(record: dict) -> Example:
-    turns = read_turns(
-        required(record, "conversations"), "conversations", role_key="from", content_key="value", speakers=SHAREGPT_SPEAKERS, keep_extras=False
-    )
+    from ft_cli.data.tool_formats import check_tool_use, normalise_tools, sharegpt_calls, sharegpt_tool_turns
+
+    source = required(record, "conversations")
+    conversations, calls = sharegpt_tool_turns(source)
+    turns = read_turns(conversations, "conversations", role_key="from", content_key="value", speakers=SHAREGPT_SPEAKERS, keep_extras=False)
+    for i, turn in enumerate(source):  # a list of objects: read_turns checked it
+        if i in calls:
+            turns.messages[i] = {"role": "assistant", "content": None, "tool_calls": sharegpt_calls(turn, f"conversations[{i}]")}
+            turns.labels[i] = "function_call"
+        elif turn.get("from") == "observation":
+            turns.labels[i] = "observation"
+    tools = normalise_tools(record["tools"]) if record.get("tools") not in (None, "", "[]") else None
     system = optional_string(record, "system")  # LLaMA-Factory's ShareGPT variant keeps the system prompt apart
+    shift = 0
     if system and turns.messages[0]["role"] != "system":
         turns.messages.insert(0, {"role": "system", "content": system})
         turns.labels.insert(0, "system")
-        where = turns.where
+        where, shift = turns.where, 1
         turns.where = lambda i, key: "system" if i == 0 else where(i - 1, key)
     check_order(turns, "conversations")
-    return Example({"messages": turns.messages}, "conversational")
+    if tools or _uses_tools(turns.messages):
+        check_tool_use(turns.messages, tools, lambda i: f"conversations[{i - shift}]", lambda i, j, key: f"conversations[{i - shift}].value")
+    return Example({"messages": turns.messages, **({"tools": tools} if tools else {})}, "conversational")
 
 
 # --- alpaca ---------------------------------------------------------------------

@@ -29,6 +29,7 @@ from ft_cli.data.formats import ALIASES, FORMATS, RecordProblem, canonical_forma
 from ft_cli.data.manifest import manifest_path, write_manifest
 from ft_cli.data.report import Stats, summarize_lengths
 from ft_cli.data.templates import TOKENIZER, load_template, template_tokens
+from ft_cli.data.tool_templates import PREPARE_FIX, chat_template_problem, require_tool_rendering
 from ft_cli.data.writer import AtomicJsonl, encode_json_line, remove_stale_temp_files
 from ft_cli.errors import DataError, UsageError
 from ft_cli.files import same_file
@@ -55,6 +56,8 @@ class PrepareOptions:
     dedupe: bool = False
     preview: int = 0
     unpair: bool = False  # preference pairs → KTO records (prompt, chosen, true) + (prompt, rejected, false)
+    chat_template: str | None = None  # replaces --model's chat template: a name ft ships (chatml_tools) or a .jinja file
+    answers: str | None = None  # BFCL ground truth, when it is not beside the question file
 
 
 @dataclass
@@ -103,6 +106,12 @@ def check_options(opts: PrepareOptions) -> None:
         problems.append(f"--unpair splits preference pairs into KTO records: it goes with --format kto (or auto), not --format {opts.data_format}")
     if opts.template == TOKENIZER and not opts.model:
         problems.append("--template tokenizer needs --model (the model whose chat template renders the messages)")
+    if opts.chat_template and not opts.model:
+        problems.append("--chat-template needs --model (it replaces that model's chat template)")
+    elif opts.chat_template and (problem := chat_template_problem(opts.chat_template)):
+        problems.append(f"--chat-template {problem}")
+    if opts.answers and opts.data_format not in ("auto", "bfcl"):
+        problems.append(f"--answers is BFCL's ground truth: it goes with --format bfcl (or auto), not --format {opts.data_format}")
     if len(problems) == 1:
         raise UsageError(problems[0])
     if problems:
@@ -147,13 +156,15 @@ def prepare(opts: PrepareOptions) -> PrepareResult:
     if opts.model:
         from ft_cli.data.tokens import load_tokenizer
 
-        tokenizer = load_tokenizer(opts.model)
+        tokenizer = load_tokenizer(opts.model, opts.chat_template)
     if template is not None:
         template.check()
         if tokenizer is not None:  # a model's own template file may use bos_token / eos_token
             template.special_tokens = template_tokens(tokenizer)
-    converter = Converter(ConvertOptions(opts.data_format, template, mapping, opts.text_field, opts.subset, opts.split, opts.unpair))
-    stats = Stats(detected=opts.data_format == "auto", template=opts.template, long_policy=opts.long, max_seq_length=opts.max_seq_length)
+    converter = Converter(ConvertOptions(opts.data_format, template, mapping, opts.text_field, opts.subset, opts.split, opts.unpair, opts.answers))
+    stats = Stats(
+        detected=opts.data_format == "auto", template=opts.template, chat_template=opts.chat_template, long_policy=opts.long, max_seq_length=opts.max_seq_length
+    )
     staged = AtomicJsonl(opts.output, commit=False)
     rejects = AtomicJsonl(rejects_path(opts.output), commit=False) if opts.skip_invalid else None
     finals: list[AtomicJsonl] = []
@@ -189,6 +200,7 @@ def _convert_all(opts, converter, tokenizer, stats, staged, rejects) -> _Staging
     from ft_cli.data.tokens import COUNT_LIMIT, capped, loss_sequences
 
     staging, problems = _Staging(), []
+    who = f"--chat-template {opts.chat_template}" if opts.chat_template else f"--model {opts.model}"
     hashes, lengths, previews = staging.hashes, staging.lengths, staging.previews
 
     def refuse(where, reason: str, value) -> None:
@@ -209,6 +221,7 @@ def _convert_all(opts, converter, tokenizer, stats, staged, rejects) -> _Staging
                 for example in item.examples:
                     stats.examples += 1
                     if tokenizer is not None:
+                        require_tool_rendering(tokenizer, example.record, who, PREPARE_FIX)
                         try:
                             sequences = loss_sequences(capped(example.record, opts.max_seq_length or COUNT_LIMIT, tokenizer), tokenizer)
                         except RecordProblem as problem:  # the model's template refuses or rewrites the record
@@ -235,6 +248,7 @@ def _convert_all(opts, converter, tokenizer, stats, staged, rejects) -> _Staging
                         refuse(item.location, f"cannot be written as JSON: {exc}", None)
                         continue
                     staged.write_encoded(line)
+                    stats.count_tools(example.record)
                     hashes.append(int.from_bytes(hashlib.blake2b(line, digest_size=8).digest(), "little"))
                     if example.shape == "unpaired-preference":  # every record has the first one's shape
                         staging.labels.append(int(example.record["label"]))
@@ -376,6 +390,7 @@ def _publish(opts: PrepareOptions, finals: list[AtomicJsonl], rejects: AtomicJso
             "shape": stats.shape,
             "format": sorted(set(stats.formats.values())),
             "template": opts.template,
+            "chat_template": opts.chat_template,
             "inputs": list(opts.inputs),
             "mapping": list(opts.mapping),
             "counts": counts,

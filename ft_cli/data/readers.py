@@ -205,7 +205,8 @@ def _printable(text: str) -> str:
 
 
 def read_json(path: Path, name: str) -> Iterator[RawRecord]:
-    """A JSON array of records, or an object holding one list of records (`{"data": [...]}`).
+    """A JSON array of records, or an object holding one list of records (`{"data": [...]}`), or JSON Lines
+    named .json (one object a line: read as JSONL).
 
     A JSON document cannot be read record by record with the standard library, so it
     is read whole; a problem with it is a problem with the whole file. Records of a
@@ -227,6 +228,10 @@ def read_json(path: Path, name: str) -> Iterator[RawRecord]:
         elements = list(_array_elements(text)) if text.lstrip().startswith("[") else None
         document = None if elements is not None else _DECODER.decode(text)
     except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data" and exc.colno == 1 and text.lstrip().startswith("{"):
+            # One object a line under a .json name (BFCL ships its data so): JSON Lines, read as such.
+            yield from read_jsonl(path, name)
+            return
         raise DataError(f"{name}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
     except RecursionError:
         raise DataError(f"{name}: invalid JSON: nested too deeply (more than about 1,000 levels of brackets)") from None

@@ -18,6 +18,7 @@ class Stats:
     detected: bool = True  # formats were detected (--format auto), not given
     shape: str | None = None
     template: str | None = None
+    chat_template: str | None = None  # --chat-template
     records_in: int = 0
     examples: int = 0  # converted examples (an alpaca seed task may give several)
     rejected: int = 0
@@ -32,6 +33,19 @@ class Stats:
     outputs: dict[str, tuple[Path, int]] = field(default_factory=dict)  # train / eval / rejects -> (path, records)
     labels: dict[str, tuple[int, int]] = field(default_factory=dict)  # KTO: train / eval -> (desirable, undesirable)
     manifests: list[Path] = field(default_factory=list)
+    tool_records: int = 0  # records with at least one tool call
+    tool_calls: int = 0
+    tool_turns: int = 0  # tool results
+    tools_offered: set[str] = field(default_factory=set)  # distinct function names offered
+
+    def count_tools(self, record: dict) -> None:
+        from ft_cli.data.tool_formats import tool_counts
+
+        calls, turns, names = tool_counts(record)
+        self.tool_records += calls > 0
+        self.tool_calls += calls
+        self.tool_turns += turns
+        self.tools_offered.update(names)
 
 
 def summarize_lengths(lengths: Seq[int]) -> dict | None:
@@ -51,9 +65,15 @@ def report_rows(stats: Stats) -> list[tuple[str, str]]:
         rows.append((f"examples ({why})", str(stats.examples)))
     rows.append(("format", ", ".join(formats) + (" (detected)" if stats.detected else "") if formats else "-"))
     rows.append(("template", stats.template or "none (records keep their structure)"))
+    if stats.chat_template:
+        rows.append(("chat template", f"{stats.chat_template} (in place of the model's own)"))
     rows.append(("output shape", stats.shape or "-"))
     rejects = stats.outputs.get("rejects")
     rows.append(("rejected", f"{stats.rejected}" + (f" (in {rejects[0]})" if rejects else "")))
+    if stats.tool_calls or stats.tool_turns or stats.tools_offered:
+        rows.append(
+            ("tool calls", f"{stats.tool_calls} in {stats.tool_records} records; {stats.tool_turns} tool results; {len(stats.tools_offered)} distinct tools offered")
+        )
     dropped = " (dropped)" if stats.dropped_duplicates else " (kept; --dedupe drops them)" if stats.duplicates else ""
     rows.append(("exact duplicates", f"{stats.duplicates}{dropped}"))
     if stats.token_lengths:
@@ -157,6 +177,10 @@ def preview_segments(record: dict, tokenizer=None) -> list[tuple[str | None, lis
 def _character_segments(record: dict) -> list[tuple[str | None, list[tuple[str, bool]]]]:
     """Without a tokenizer: messages rendered with chatml for display, answers marked by character."""
     if "messages" in record:
+        from ft_cli.data.tool_templates import uses_tools
+
+        if uses_tools(record):
+            return [(None, _tool_segments(record))]
         return [(None, _chatml_segments(record["messages"]))]
     if "text" in record:
         return [(None, [(record["text"], True)])]
@@ -172,6 +196,28 @@ def _character_segments(record: dict) -> list[tuple[str | None, list[tuple[str, 
 
         return [(None, [(load_template("chatml").render(prompt, add_generation_prompt=True)[0], False)])]
     return [(None, [(prompt, False)])]
+
+
+def _tool_segments(record: dict) -> list[tuple[str, bool]]:
+    """A tool-calling record rendered with chatml_tools (as transformers renders it), masked as training masks it."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from ft_cli.data.chat_masks import assistant_spans
+    from ft_cli.data.tool_templates import TOOL_TEMPLATE, read_chat_template
+
+    source = read_chat_template(TOOL_TEMPLATE)
+
+    def render(turns: list[dict], prompt: bool) -> str:
+        rendered, _ = render_jinja_template([turns], tools=record.get("tools"), chat_template=source, add_generation_prompt=prompt)
+        return rendered[0]
+
+    text, spans = assistant_spans(record["messages"], render, ["<|im_start|>", "<|im_end|>"])
+    pieces, position = [], 0
+    for start, end in spans:
+        pieces += [(text[position:start], False), (text[start:end], True)]
+        position = end
+    pieces.append((text[position:], False))
+    return [(piece, trained) for piece, trained in pieces if piece]
 
 
 def _pair_segments(prompt, answer) -> list[tuple[str, bool]]:

@@ -47,8 +47,10 @@ class Sequence:
         return [(self.text[a:b], flag) for a, b, flag in zip(cuts, ends, flags) if a < b]
 
 
-def load_tokenizer(model: str):
-    """The tokenizer of `--model` (a local directory, a hub id or a .gguf file), or a one-line error."""
+def load_tokenizer(model: str, chat_template: str | None = None):
+    """The tokenizer of `--model` (a local directory, a hub id or a .gguf file), or a one-line error;
+    `chat_template` (--chat-template: a name ft ships or a .jinja file) replaces its own template."""
+    from ft_cli.data.tool_templates import use_chat_template
     from ft_cli.models.gguf import auto_tokenizer
 
     try:
@@ -58,7 +60,7 @@ def load_tokenizer(model: str):
         raise UsageError(f"--model {model}: cannot load its tokenizer: {reason}") from None
     # Long records are counted here, not truncated: silence the "longer than model_max_length" warning.
     tokenizer.model_max_length = sys.maxsize
-    return tokenizer
+    return use_chat_template(tokenizer, chat_template)
 
 
 def describe_tokenizer(tokenizer) -> dict:

@@ -126,6 +126,7 @@ def load_sft_records(path: str | Path, data_format: str = "auto", template: str 
 
 
 _PROBLEM = "ft_problem"  # a column that carries a record's problem out of datasets.map
+RECORD_JSON = "ft_record_json"  # a whole record as JSON text (tool-calling records: see train.run._as_dataset)
 
 
 def tokenize_sft(dataset, tokenizer, data: TrainingData, max_length: int):
@@ -143,6 +144,8 @@ def tokenize_sft(dataset, tokenizer, data: TrainingData, max_length: int):
     from ft_cli.data.tokens import capped, sft_features
 
     def features(record: dict) -> dict:
+        if RECORD_JSON in record:
+            record = json.loads(record[RECORD_JSON])
         try:
             tokens = sft_features(capped(_without_nulls(record), max_length, tokenizer), tokenizer)
             # Cut to max_length here (keep the start, as TRL does): a padding-free batch is not truncated by TRL.

@@ -43,7 +43,15 @@ def load_tokenizer(model: ModelSection):
         tokenizer = auto_tokenizer(model.path, revision=model.revision, trust_remote_code=model.trust_remote_code)
     if tokenizer.pad_token is None:  # many base models ship without one; padding with eos is the usual fix
         tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return with_chat_template(tokenizer, model)
+
+
+def with_chat_template(tokenizer, model: ModelSection):
+    """model.chat_template in place of the tokenizer's own: the run saves the tokenizer, so everything after
+    training (merge, export, eval, generate) renders with the template it was trained on."""
+    from ft_cli.data.tool_templates import use_chat_template
+
+    return use_chat_template(tokenizer, model.chat_template, "model.chat_template:")
 
 
 def quant_storage_dtype(model: ModelSection, distributed: str, compute_dtype):

@@ -26,9 +26,15 @@ def check_paths(loaded: LoadedConfig, chat_template: bool = False) -> None:
 
     cfg = loaded.config
     problems = []
-    model = model_problem(cfg.model.path, revision=cfg.model.revision, chat_template=chat_template)
+    # model.chat_template replaces the model's own: then the model need not have one.
+    model = model_problem(cfg.model.path, revision=cfg.model.revision, chat_template=chat_template and not cfg.model.chat_template)
     if model:
         problems.append(f"{loaded.source_of('model.path')}: {model}")
+    if cfg.model.chat_template:
+        from ft_cli.data.tool_templates import chat_template_problem
+
+        if (problem := chat_template_problem(cfg.model.chat_template)) is not None:
+            problems.append(f"{loaded.source_of('model.chat_template')}: model.chat_template: {problem}")
     for key, value in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval)):
         if value and not Path(value).exists():
             problems.append(f"{loaded.source_of(key)}: {key}: {value}: no such file or directory")

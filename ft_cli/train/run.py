@@ -153,6 +153,7 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, 
         eval_data = as_prompts(eval_data) if eval_data else None
     records, shape = train_data.records, train_data.shape
     check_paths(loaded, chat_template=needs_chat_template(cfg, records[0]))
+    _check_tool_rendering(cfg, records)
     _check_prepared_against_run(train_data, cfg)
     eval_records = eval_data.records if eval_data else None
     if method.samples:
@@ -241,6 +242,19 @@ def _say_if_prompts_fill_the_window(data: TrainingData, tokenizer, max_length: i
         say(warning)
 
 
+def _check_tool_rendering(cfg, records: list[dict]) -> None:
+    """Tool-calling records need a chat template that writes tools and calls: refused before any weight loads."""
+    from ft_cli.data.tool_templates import TRAIN_FIX, require_tool_rendering, uses_tools
+
+    first = next((record for record in records if uses_tools(record)), None)
+    if first is None or cfg.data.template != "tokenizer":
+        return
+    from ft_cli.train.model import load_tokenizer
+
+    who = f"model.chat_template {cfg.model.chat_template}" if cfg.model.chat_template else f"model.path {cfg.model.path}"
+    require_tool_rendering(load_tokenizer(cfg.model), first, who, TRAIN_FIX)
+
+
 def _check_prepared_against_run(data: TrainingData, cfg) -> None:
     """Data from `ft prepare` was checked against a tokenizer and length; say so when the run uses others."""
     from ft_cli.data.manifest import check_manifest
@@ -267,7 +281,7 @@ def build_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_data: Tra
     from ft_cli.train.checkpoints import with_safe_checkpoints
     from ft_cli.train.methods import with_samples_log
     from ft_cli.train.backends import load_model_and_lora
-    from ft_cli.train.model import load_tokenizer
+    from ft_cli.train.model import load_tokenizer, with_chat_template
 
     cfg = loaded.config
     method = METHODS[cfg.method]
@@ -276,9 +290,10 @@ def build_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_data: Tra
     # the Trainer seeds only once it is built, after the model.
     set_seed(cfg.training.seed)
     model, tokenizer, peft_config = load_model_and_lora(cfg, backend)  # Unsloth returns its own tokenizer and a PeftModel
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
-    train_dataset = _as_dataset(train_data)
-    eval_dataset = _as_dataset(eval_data) if eval_data else None
+    tokenizer = with_chat_template(tokenizer, cfg.model) if tokenizer is not None else load_tokenizer(cfg.model)
+    sft = cfg.method == "sft"
+    train_dataset = _as_dataset(train_data, sft)
+    eval_dataset = _as_dataset(eval_data, sft) if eval_data else None
     if cfg.method == "sft":  # ft's answer masks, the ones `ft prepare --preview` shows, for any chat template
         from ft_cli.train.data import tokenize_sft
 
@@ -329,7 +344,7 @@ def build_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_data: Tra
     return trainer
 
 
-def _as_dataset(data: TrainingData):
+def _as_dataset(data: TrainingData, sft: bool = False):
     """The records as a datasets.Dataset.
 
     A file already in TRL's shape is loaded through `load_dataset("json")` (not
@@ -340,6 +355,17 @@ def _as_dataset(data: TrainingData):
     """
     from datasets import Dataset, load_dataset
 
+    from ft_cli.data.tool_templates import uses_tools
+
+    if sft and any(uses_tools(record) for record in data.records):
+        # Arrow would give every call's arguments (and every tool's schema) the keys of all the others, as
+        # nulls the template then writes, and refuses an argument that is a number here and a string there:
+        # tool-calling records cross datasets as JSON text, decoded again by tokenize_sft.
+        import json
+
+        from ft_cli.train.data import RECORD_JSON
+
+        return Dataset.from_list([{RECORD_JSON: json.dumps(record, ensure_ascii=False)} for record in data.records])
     if not data.converted:
         try:
             return load_dataset("json", data_files=str(data.path), split="train")
