@@ -105,9 +105,9 @@ def check_template_renders_tools(generator, toolbox: Toolbox) -> None:
     tokenizer = generator.tokenizer
     if not generator.has_chat_template:
         raise UsageError(f"--tools {toolbox.path}: {generator.description} has no chat template to offer tools with")
-    messages = [{"role": "user", "content": "hi"}]
-    with_tools = tokenizer.apply_chat_template(messages, tools=toolbox.schemas, add_generation_prompt=True, tokenize=False)
-    if with_tools == tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False):
+    from ft_cli.data.tool_templates import renders_tools
+
+    if not renders_tools(tokenizer):
         raise UsageError(
             f"--tools {toolbox.path}: the chat template of {generator.description} does not render tools, so the model would never see them; "
             "use a model saved with a tool-capable template (model.chat_template: chatml_tools)"

@@ -50,11 +50,10 @@ def _render_with_tools(tokenizer, messages: list, tools: list) -> list[int]:
 
 def _check_renders_tools(tokenizer, messages: list, tools: list, path: str, index: int) -> None:
     """A template that drops `tools` would ask the model for calls to functions it never sees: refuse."""
-    from ft_cli.data.tokens import loss_sequences
+    from ft_cli.data.tool_templates import renders_tools
     from ft_cli.errors import UsageError
 
-    (without,) = loss_sequences({"prompt": messages}, tokenizer)
-    if _render_with_tools(tokenizer, messages, tools) == without.ids:
+    if not renders_tools(tokenizer):
         raise UsageError(
             f"{path}: record {index + 1}: the chat template of {tokenizer.name_or_path} does not render the record's tools, so the model "
             "would be asked for calls it never sees; evaluate a model saved with a tool-capable template (model.chat_template: chatml_tools)"
