@@ -243,3 +243,22 @@ def test_masks_equal_trls_training_templates_up_to_named_policies(name, tmp_path
         pytest.skip(NOT_CAUSAL[name])
     outcomes = compare_with_referee(name, *referee_tokenizers_for(name, tmp_path))
     assert any(outcome.startswith(("agree", "policy")) for outcome in outcomes.values()), outcomes
+
+
+def test_the_cli_preview_json_is_what_the_referee_comparison_checks(tmp_path, ft):
+    """`ft prepare --preview --json`, as a user runs it, gives the flags compared above (Qwen2.5's pair)."""
+    original, untagged, training = referee_tokenizers_for("qwen2_5", tmp_path)
+    from ft_cli.data.tokens import stop_tokens
+
+    chosen = {name: record for name, record in records().items() if "reasoning" not in name}  # Qwen2.5 drops reasoning
+    data = tmp_path / "records.jsonl"
+    data.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in chosen.values()), encoding="utf-8")
+    result = ft("prepare", data, "-o", tmp_path / "out.jsonl", "--model", untagged.name_or_path, "--preview", str(len(chosen)), "--json")
+    assert result.returncode == 0, result.stderr
+    previews = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(previews) == len(chosen)
+    stop_ids = {untagged.convert_tokens_to_ids(token) for token in stop_tokens(untagged)}
+    for preview, record in zip(previews, chosen.values()):
+        ids, mask = referee_mask(untagged, training, record)
+        expected, _ = with_policies(untagged, record, ids, mask, stop_ids)
+        assert preview["ids"] == ids and preview["trained"] == expected
