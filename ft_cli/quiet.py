@@ -23,6 +23,9 @@ _HARMLESS_LOG_LINES = (
     # TRL's experimental ORPO and CPO trainers set remove_unused_columns=False themselves, then say users should.
     ("trl.experimental.orpo.orpo_trainer", "When using DPODataCollatorWithPadding"),
     ("trl.experimental.cpo.cpo_trainer", "When using DPODataCollatorWithPadding"),
+    # ...and warn once that a prompt fills max_length; ft drops those pairs after TRL tokenizes them and says how many.
+    ("trl.experimental.orpo.orpo_trainer", "The prompt alone fills `max_length`"),
+    ("trl.experimental.cpo.cpo_trainer", "The prompt alone fills `max_length`"),
 )
 # (category, message regex): deprecations raised inside libraries, not by ft's own calls.
 _HARMLESS_WARNINGS = (

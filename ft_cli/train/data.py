@@ -186,7 +186,7 @@ def prompts_that_fill_the_window(data: TrainingData, tokenizer, max_length: int)
     where = f"{full} of the first {len(checked)}" if len(checked) < len(data.records) else f"{full} of {len(checked)}"
     message = (
         f"{data.path}: {where} records have a prompt of model.max_seq_length={max_length} tokens or more (chat template "
-        f"included; the longest has {longest}), which leaves no answer to train on: raise model.max_seq_length"
+        f"included; the longest has {longest}), which leaves no answer to train on: they are dropped; raise model.max_seq_length to keep them"
     )
     if full == len(checked):
         raise DataError(message)
