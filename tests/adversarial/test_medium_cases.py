@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import yaml
 
-from tests.adversarial.helpers import assert_refused, snapshot
+from tests.adversarial.helpers import CASES, assert_refused, snapshot
+from tests.conftest import OFFLINE_ENV, ft_executable
 
 HH = Path(__file__).resolve().parents[1] / "data" / "real" / "hh_harmless_test.jsonl.gz"
 
@@ -63,3 +68,62 @@ def test_orpo_on_prompts_that_fill_the_window_drops_them_instead_of_training_nan
     assert "The prompt alone fills" not in result.stderr  # TRL's own line: ft says it, once
     losses = [json.loads(line).get("loss") for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any(loss is not None and loss == loss for loss in losses)
+
+
+def _started(tmp_path, *args):
+    return subprocess.Popen([*ft_executable(), *args], cwd=tmp_path, env={**os.environ, **OFFLINE_ENV}, stderr=subprocess.PIPE, text=True)
+
+
+def _stop_after_first_line(tmp_path, sig, *args) -> tuple[int, str]:
+    """Start ft, wait for its first status line (the model is loading), send `sig`; its exit code and stderr."""
+    process = _started(tmp_path, *args)
+    first = process.stderr.readline()
+    process.send_signal(sig)
+    rest = process.stderr.read()
+    return process.wait(timeout=180), first + rest
+
+
+def test_sigterm_and_ctrl_c_stop_merge_and_export_with_one_line_and_leftovers_of_killed_runs_go(ft, tmp_path, tiny_model_dir):
+    """SIGTERM killed merge and export with no message and no exit 75, and left a hidden `.merged.*` directory or a
+    `.partial.gguf` that was never cleaned."""
+    (tmp_path / "data.jsonl").write_text((CASES / "system_turn.jsonl").read_text() * 8)
+    config = {"model": {"path": str(tiny_model_dir)}, "data": {"train": "data.jsonl"}, "lora": {"r": 4}, "training": {"output_dir": "run", "max_steps": 1}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    assert ft("train", "run.yaml", cwd=tmp_path).returncode == 0
+    run = tmp_path / "run"
+    before = snapshot(tmp_path)
+
+    code, stderr = _stop_after_first_line(tmp_path, signal.SIGTERM, "merge", "run")
+    assert code == 75 and "ft merge stopped by SIGTERM: nothing was written" in stderr and "Traceback" not in stderr, stderr[-2000:]
+    code, stderr = _stop_after_first_line(tmp_path, signal.SIGINT, "export", "run", "-o", "m.gguf")
+    assert code == 130 and "ft: interrupted: ft export stopped; nothing was written" in stderr and "Traceback" not in stderr, stderr[-2000:]
+    assert snapshot(tmp_path) == before  # no partial output anywhere
+
+    # what a SIGKILLed merge and export leave: removed by the next run; a live writer's partial output is left alone
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (run / f".merged.ft{dead.pid}.x1").mkdir()
+    (run / f".merged.ft{dead.pid}.x1" / "model.safetensors").write_bytes(b"\0" * 64)
+    (tmp_path / f".m.gguf.ft{dead.pid}.x2.partial.gguf").write_bytes(b"GGUF")
+    live = tmp_path / f".m.gguf.ft{os.getpid()}.x3.partial.gguf"
+    live.write_bytes(b"GGUF")
+    merged = ft("merge", "run", cwd=tmp_path)
+    assert merged.returncode == 0 and f"removed run/.merged.ft{dead.pid}.x1" in merged.stderr, merged.stderr[-2000:]
+    exported = ft("export", "run/merged", "-o", "m.gguf", "--no-verify", cwd=tmp_path)
+    assert exported.returncode == 0 and f".m.gguf.ft{dead.pid}.x2.partial.gguf, the partial output" in exported.stderr, exported.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".m")) == [live.name]
+    assert not [p for p in run.iterdir() if p.name.startswith(".merged")]
+
+
+def test_ctrl_c_in_prepare_says_so_and_leaves_no_temp_file(tmp_path, tiny_model_dir):
+    records = (json.dumps({"messages": [{"role": "user", "content": f"q {i}"}, {"role": "assistant", "content": f"a {i}"}]}) for i in range(60000))
+    (tmp_path / "big.jsonl").write_text("\n".join(records) + "\n")
+    before = snapshot(tmp_path)
+    process = _started(tmp_path, "prepare", "big.jsonl", "-o", "out.jsonl", "--model", str(tiny_model_dir))
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".out.jsonl.ft*.tmp")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 130 and "ft: interrupted: ft prepare stopped; nothing was written" in stderr, stderr[-2000:]
+    assert "Traceback" not in stderr and snapshot(tmp_path) == before
