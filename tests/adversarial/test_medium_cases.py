@@ -127,3 +127,28 @@ def test_ctrl_c_in_prepare_says_so_and_leaves_no_temp_file(tmp_path, tiny_model_
     stderr = process.communicate(timeout=120)[1]
     assert process.returncode == 130 and "ft: interrupted: ft prepare stopped; nothing was written" in stderr, stderr[-2000:]
     assert "Traceback" not in stderr and snapshot(tmp_path) == before
+
+
+def _limited(tmp_path, limit: int, *args):
+    """ft under a file size limit (RLIMIT_FSIZE, as `ulimit -f`): every write past it fails as a full disk does."""
+    import resource
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run(
+        [*ft_executable(), *args], cwd=tmp_path, env={**os.environ, **OFFLINE_ENV}, capture_output=True, text=True, preexec_fn=limit_file_size, timeout=300
+    )
+
+
+def test_a_full_disk_while_torch_saves_the_optimizer_is_one_line_and_the_checkpoint_goes(tmp_path, tiny_model_dir):
+    """At 50 kB the adapter fits and torch.save of optimizer.pt is cut short: a RuntimeError ("unexpected pos")
+    traceback left checkpoint-1/ without its manifest."""
+    (tmp_path / "data.jsonl").write_text((CASES / "system_turn.jsonl").read_text() * 8)
+    settings = {"output_dir": "run", "max_steps": 2, "save_steps": 1, "per_device_train_batch_size": 2}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump({"model": {"path": str(tiny_model_dir)}, "data": {"train": "data.jsonl"}, "lora": {"r": 4}, "training": settings}))
+    result = _limited(tmp_path, 50_000, "train", "run.yaml")
+    assert_refused(result, "cannot write run/checkpoint-1: the write was cut short (the disk is full, or a quota or file size limit was reached)")
+    run = tmp_path / "run"
+    assert not (run / "checkpoint-1").exists()
+    assert yaml.safe_load((run / "ft_run.yaml").read_text())["run"]["status"] == "failed"
