@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -152,3 +153,62 @@ def test_a_full_disk_while_torch_saves_the_optimizer_is_one_line_and_the_checkpo
     run = tmp_path / "run"
     assert not (run / "checkpoint-1").exists()
     assert yaml.safe_load((run / "ft_run.yaml").read_text())["run"]["status"] == "failed"
+
+
+def _trained_run(ft, tmp_path, model) -> Path:
+    (tmp_path / "data.jsonl").write_text((CASES / "system_turn.jsonl").read_text() * 8)
+    config = {"model": {"path": str(model)}, "data": {"train": "data.jsonl"}, "lora": {"r": 4}, "training": {"output_dir": "run", "max_steps": 1}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    assert ft("train", "run.yaml", cwd=tmp_path).returncode == 0
+    return tmp_path / "run"
+
+
+def test_a_truncated_adapter_is_one_line_in_eval_generate_merge_and_export(ft, tmp_path, tiny_model_dir):
+    run = _trained_run(ft, tmp_path, tiny_model_dir)
+    weights = run / "lora_weights" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    (tmp_path / "ev.jsonl").write_bytes((CASES / "system_turn.jsonl").read_bytes())
+    before = snapshot(tmp_path)
+    message = "run/lora_weights/adapter_model.safetensors: truncated"
+    for command in (["eval", "run", "--data", "ev.jsonl"], ["generate", "run", "-p", "Hi"], ["merge", "run"], ["export", "run", "-o", "m.gguf"]):
+        assert_refused(ft(*command, cwd=tmp_path), message)
+    assert snapshot(tmp_path) == before
+
+
+def test_broken_gguf_files_are_one_line_and_config_validate_finds_them(ft, tmp_path, tiny_model_dir):
+    """A truncated GGUF was a numpy traceback in convert-gguf, train, estimate and as distill.teacher (and `config
+    validate` said valid); a GGUF of an architecture transformers cannot read was a ValueError traceback."""
+    assert ft("export", tiny_model_dir, "-o", "whole.gguf", "--no-verify", cwd=tmp_path).returncode == 0
+    whole = (tmp_path / "whole.gguf").read_bytes()
+    (tmp_path / "cut.gguf").write_bytes(whole[:20000])
+    at = whole.index(b"general.architecture") + len(b"general.architecture") + 12  # after the value's type and length
+    assert whole[at : at + 5] == b"llama"
+    (tmp_path / "alien.gguf").write_bytes(whole[:at] + b"xyzzy" + whole[at + 5 :])
+    (tmp_path / "data.jsonl").write_bytes((CASES / "system_turn.jsonl").read_bytes())
+    (tmp_path / "cut.yaml").write_text("model: {path: cut.gguf}\ndata: {train: data.jsonl}\ntraining: {output_dir: run, max_steps: 1}\n")
+    teacher = f"method: distill\nmodel: {{path: {tiny_model_dir}}}\ndata: {{train: data.jsonl}}\ndistill: {{teacher: cut.gguf}}\ntraining: {{output_dir: run}}\n"
+    (tmp_path / "teacher.yaml").write_text(teacher)
+    before = snapshot(tmp_path)
+    truncated = "cut.gguf: truncated or damaged GGUF (20,000 bytes)"
+    assert_refused(ft("models", "convert-gguf", "cut.gguf", "out", cwd=tmp_path), truncated)
+    for command in (["config", "validate", "cut.yaml"], ["train", "cut.yaml"], ["estimate", "cut.yaml"]):
+        assert_refused(ft(*command, cwd=tmp_path), truncated)
+    assert_refused(ft("config", "validate", "teacher.yaml", cwd=tmp_path), f"distill.teacher: {truncated}")
+    assert_refused(ft("models", "convert-gguf", "alien.gguf", "out", cwd=tmp_path), "alien.gguf: a GGUF of architecture 'xyzzy', which transformers cannot read (it reads ")
+    assert snapshot(tmp_path) == before and not (tmp_path / "run").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_config_that_contradicts_the_weights_or_names_an_unknown_model_type_is_found_without_loading(ft, tmp_path, tiny_model_dir):
+    (tmp_path / "data.jsonl").write_bytes((CASES / "system_turn.jsonl").read_bytes())
+    for name, edit, message in (
+        ("sizes", {"intermediate_size": 256}, "sizes/config.json: does not match the weights: model.layers.0.mlp.down_proj.weight is [64, 128], but config.json's sizes (hidden_size 64, intermediate_size 256) make it [64, 256]"),
+        ("typo", {"model_type": "llamax"}, "typo/config.json: model_type 'llamax' is not a model type transformers knows; did you mean 'llama'?"),
+    ):  # fmt: skip
+        model = tmp_path / name
+        shutil.copytree(tiny_model_dir, model)
+        config = json.loads((model / "config.json").read_text())
+        (model / "config.json").write_text(json.dumps({**config, **edit}))
+        (tmp_path / f"{name}.yaml").write_text(f"model: {{path: {name}}}\ndata: {{train: data.jsonl}}\nlora: {{r: 4}}\ntraining: {{output_dir: run, max_steps: 1}}\n")
+        for command in (["config", "validate", f"{name}.yaml"], ["train", f"{name}.yaml"], ["eval", name, "--data", "data.jsonl"]):
+            assert_refused(ft(*command, cwd=tmp_path), message)
+    assert not (tmp_path / "run").exists()
