@@ -212,3 +212,50 @@ def test_a_config_that_contradicts_the_weights_or_names_an_unknown_model_type_is
         for command in (["config", "validate", f"{name}.yaml"], ["train", f"{name}.yaml"], ["eval", name, "--data", "data.jsonl"]):
             assert_refused(ft(*command, cwd=tmp_path), message)
     assert not (tmp_path / "run").exists()
+
+
+_TASK = """task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: {output_type}
+doc_to_text: "{text}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: {target}
+metric_list:
+  - metric: acc
+"""
+
+
+def test_broken_lm_eval_task_files_are_one_line_before_the_model_loads(ft, tmp_path, tiny_model_dir):
+    """Bad Jinja and a misspelt output_type were lm-eval tracebacks, unparsable YAML an "unknown task", and a
+    doc_to_target naming no field scored acc 0.000 with exit 0; a good task no longer lets git print
+    "fatal: not a git repository" outside a repository."""
+    import pytest
+
+    pytest.importorskip("lm_eval")
+    rows = [{"country": country, "choices": [city, "Oslo"], "label": 0} for country, city in (("France", "Paris"), ("Italy", "Rome"))]
+    (tmp_path / "cap.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    good = {"name": "cap", "data": tmp_path / "cap.jsonl", "output_type": "multiple_choice", "text": "Q: {{country}}?", "target": "label"}
+    cases = {
+        "jinja": ({"text": "Q: {{country ?"}, "--tasks jinja/t.yaml: doc_to_text: not a valid Jinja template"),
+        "output": ({"output_type": "multiple_choise"}, "--tasks output/t.yaml: output_type: 'multiple_choise' is not one of loglikelihood, multiple_choice"),
+        "target": ({"target": "answer"}, "--tasks target/t.yaml: doc_to_target: 'answer' names no field of the task's data (its fields: country, choices, label)"),
+    }
+    for folder, (change, message) in cases.items():
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "t.yaml").write_text(_TASK.format(**{**good, **change}))
+    (tmp_path / "yaml").mkdir()
+    (tmp_path / "yaml" / "t.yaml").write_text("task: broken\ndataset_path: json\n  bad: [indent\n")
+    cases["yaml"] = ({}, "--tasks yaml/t.yaml: not valid YAML at line 3")
+    before = snapshot(tmp_path)
+    for folder, (_, message) in cases.items():
+        assert_refused(ft("eval", tiny_model_dir, "--tasks", f"{folder}/t.yaml", "--limit", "2", cwd=tmp_path), message)
+    assert snapshot(tmp_path) == before
+    (tmp_path / "good").mkdir()
+    (tmp_path / "good" / "t.yaml").write_text(_TASK.format(**good))
+    result = ft("eval", tiny_model_dir, "--tasks", "good/t.yaml", "--limit", "2", cwd=tmp_path)
+    assert result.returncode == 0 and "lm-eval cap" in result.stdout, result.stderr[-2000:]
+    assert "fatal:" not in result.stderr and "not a git repository" not in result.stderr
