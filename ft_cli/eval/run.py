@@ -246,8 +246,14 @@ def _score(model, tokenizer, plan: Plan, request: EvalRequest, name: str) -> tup
     if generation:
         items = [item for item in data.items if item.prompt is not None]
         ids = prompt_ids([item.prompt for item in items], tokenizer, data.path)
-        progress = Progress(f"{label}: generating (greedy, up to {request.max_new_tokens} tokens)", len(items))
-        answers = generate_answers(model, tokenizer, ids, request.max_new_tokens, request.batch_size, progress.tick)
+        from ft_cli.eval.generation import context_length
+
+        context, longest = context_length(model), request.max_new_tokens
+        if context and request.max_new_tokens >= context:  # an answer cannot outgrow the context
+            longest = context
+            say(f"--max-new-tokens {request.max_new_tokens}: more than {name}'s context of {context} tokens; each answer stops where prompt + answer fill it")
+        progress = Progress(f"{label}: generating (greedy, up to {longest} tokens)", len(items))
+        answers = generate_answers(model, tokenizer, ids, request.max_new_tokens, request.batch_size, progress.tick, progress.token)
         timing["generation_s"], timing["generations"] = progress.finish(), len(items)
         per_item: dict[str, list[float | None]] = {}
         for metric in generation:

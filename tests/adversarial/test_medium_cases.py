@@ -259,3 +259,17 @@ def test_broken_lm_eval_task_files_are_one_line_before_the_model_loads(ft, tmp_p
     result = ft("eval", tiny_model_dir, "--tasks", "good/t.yaml", "--limit", "2", cwd=tmp_path)
     assert result.returncode == 0 and "lm-eval cap" in result.stdout, result.stderr[-2000:]
     assert "fatal:" not in result.stderr and "not a git repository" not in result.stderr
+
+
+def test_eval_max_new_tokens_beyond_the_context_is_capped_and_says_so(ft, tmp_path, tiny_model_dir):
+    """--max-new-tokens 1000000000 generated past the model's positions with no progress shown."""
+    model = tmp_path / "short"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 64}))
+    (tmp_path / "ev.jsonl").write_bytes((CASES / "system_turn.jsonl").read_bytes())
+    result = ft("eval", "short", "--data", "ev.jsonl", "--max-new-tokens", "1000000000", "--no-base", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--max-new-tokens 1000000000: more than short's context of 64 tokens; each answer stops where prompt + answer fill it" in result.stderr
+    assert "generating (greedy, up to 64 tokens)" in result.stderr
+    assert len(result.stderr.splitlines()) < 20
