@@ -222,6 +222,11 @@ def _score(model, tokenizer, plan: Plan, request: EvalRequest, name: str) -> tup
     torch.manual_seed(request.seed)
     data, wanted, scores, timing, rows = plan.data, set(plan.metrics), {}, {}, []
     label = f"{name} on {data.name}"
+    if data.chat and not isinstance(getattr(tokenizer, "chat_template", None), str):  # ft eval has no --template to offer
+        raise UsageError(
+            f"{name}: its tokenizer has no chat template, so the conversations in {data.name} cannot be rendered; "
+            "evaluate a model that has one (an instruct model, or a run trained with data.template), or give prompt/completion data"
+        )
     reward_model = type(model).__name__.endswith("ForSequenceClassification")  # checked against the data in _plan
     if data.shape == "preference":
         pairs = sequences_of([item.record for item in data.items], tokenizer, data.path)

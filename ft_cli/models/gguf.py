@@ -137,7 +137,16 @@ def auto_tokenizer(path: str | Path, **kwargs):
     source, extra = pretrained_source(path)
     from transformers import AutoTokenizer
 
-    tokenizer = _from_pretrained(path, AutoTokenizer.from_pretrained, source, **kwargs, **extra)
+    try:
+        tokenizer = _from_pretrained(path, AutoTokenizer.from_pretrained, source, **kwargs, **extra)
+    except ValueError as exc:
+        # transformers' message is a five-line list whose first line ends in "from one of:": callers show one line
+        if "Couldn't instantiate the backend tokenizer" not in str(exc):
+            raise
+        raise UsageError(
+            f"{path}: no usable tokenizer: tokenizer.json is missing or unreadable, and building one from the slow "
+            "tokenizer's files needs sentencepiece or tiktoken; copy tokenizer.json from the model's source"
+        ) from None
     if extra:
         _restore_pre_tokenizer(tokenizer, _metadata_string(Path(path).expanduser(), "tokenizer.ggml.pre"))
     return tokenizer
