@@ -160,7 +160,9 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, 
         from ft_cli.train.preference_checks import check_preference_data
 
         tokenizer = load_tokenizer(cfg.model)
-        _say_if_prompts_fill_the_window(train_data, tokenizer, cfg.model.max_seq_length)
+        # DPO (keep_start), KTO, ORPO and CPO drop such records (TRL or ft); a reward model and DPO's keep_end cut them instead
+        dropped = cfg.method != "reward" and not (cfg.method == "dpo" and cfg.dpo.truncation_mode == "keep_end")
+        _say_if_prompts_fill_the_window(train_data, tokenizer, cfg.model.max_seq_length, dropped)
         check_preference_data(train_data, tokenizer, cfg.model.max_seq_length, cfg.method)
         if eval_data is not None:
             check_preference_data(eval_data, tokenizer, cfg.model.max_seq_length, cfg.method)
@@ -236,10 +238,10 @@ def as_prompts(data: TrainingData) -> TrainingData:
     return TrainingData(data.path, prompts_of_chats(data.records), "prompt-only", converted=True, manifest=data.manifest)
 
 
-def _say_if_prompts_fill_the_window(data: TrainingData, tokenizer, max_length: int) -> None:
+def _say_if_prompts_fill_the_window(data: TrainingData, tokenizer, max_length: int, dropped: bool) -> None:
     from ft_cli.train.data import prompts_that_fill_the_window
 
-    warning = prompts_that_fill_the_window(data, tokenizer, max_length)
+    warning = prompts_that_fill_the_window(data, tokenizer, max_length, dropped)
     if warning:
         say(warning)
 
