@@ -1,7 +1,7 @@
 """Partial outputs of the commands that write models (merge, export), and the signals that stop them.
 
-A partial output is named `.NAME.ftPID.…` beside the output NAME it becomes: the pid tells a later run
-whether its writer is gone (then the leftover is removed) or still at work (then it is left alone).
+A partial output is named `.NAME.ftPID.HOST.…` beside the output NAME it becomes: the pid tells a later run
+on the same host whether its writer is gone (then the leftover is removed) or still at work (then it is left alone).
 SIGTERM and Ctrl-C stop a command with its partial output removed and one line: exit 75 and 130,
 the codes a cluster script or a shell already branches on. (prepare's temp files follow the same
 naming, in ft_cli.data.writer.)
@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import shutil
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -22,18 +24,23 @@ from ft_cli.errors import Preempted
 
 
 def partial_prefix(name: str) -> str:
-    """The start of a partial output's name for the output `name`, with this process's pid in it."""
-    return f".{name}.ft{os.getpid()}."
+    """The start of a partial output's name for the output `name`: this process's pid and host in it."""
+    return f".{name}.ft{os.getpid()}.{_host()}."
+
+
+def _host() -> str:
+    # On a shared filesystem a pid means something only on its own host: another node's leftovers are left alone.
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]) or "host"
 
 
 def remove_stale_partials(directory: Path, name: str) -> list[Path]:
-    """Remove the partial outputs for `name` in `directory` whose writer is gone; the ones removed."""
+    """Remove the partial outputs for `name` in `directory` whose writer (on this host) is gone; the ones removed."""
     removed = []
     if not directory.is_dir():
         return removed
     for leftover in directory.glob(f".{glob.escape(name)}.ft*"):
-        pid = leftover.name[len(name) + 4 :].split(".", 1)[0]
-        if not pid.isdigit() or _alive(int(pid)):
+        pid, _, rest = leftover.name[len(name) + 4 :].partition(".")
+        if not pid.isdigit() or rest.split(".", 1)[0] != _host() or _alive(int(pid)):
             continue
         if leftover.is_dir() and not leftover.is_symlink():
             shutil.rmtree(leftover, ignore_errors=True)

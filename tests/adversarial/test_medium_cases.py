@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.adversarial.helpers import CASES, assert_refused, snapshot
@@ -84,6 +85,7 @@ def _stop_after_first_line(tmp_path, sig, *args) -> tuple[int, str]:
     return process.wait(timeout=180), first + rest
 
 
+@pytest.mark.slow  # three model loads and a training run: ~35 s
 def test_sigterm_and_ctrl_c_stop_merge_and_export_with_one_line_and_leftovers_of_killed_runs_go(ft, tmp_path, tiny_model_dir):
     """SIGTERM killed merge and export with no message and no exit 75, and left a hidden `.merged.*` directory or a
     `.partial.gguf` that was never cleaned."""
@@ -101,18 +103,23 @@ def test_sigterm_and_ctrl_c_stop_merge_and_export_with_one_line_and_leftovers_of
     assert snapshot(tmp_path) == before  # no partial output anywhere
 
     # what a SIGKILLed merge and export leave: removed by the next run; a live writer's partial output is left alone
+    from ft_cli.partial import partial_prefix
+
     dead = subprocess.Popen(["true"])
     dead.wait()
-    (run / f".merged.ft{dead.pid}.x1").mkdir()
-    (run / f".merged.ft{dead.pid}.x1" / "model.safetensors").write_bytes(b"\0" * 64)
-    (tmp_path / f".m.gguf.ft{dead.pid}.x2.partial.gguf").write_bytes(b"GGUF")
-    live = tmp_path / f".m.gguf.ft{os.getpid()}.x3.partial.gguf"
+    gone = partial_prefix("merged").replace(f".ft{os.getpid()}.", f".ft{dead.pid}.")  # as a process that is gone named it
+    (run / f"{gone}x1").mkdir()
+    (run / f"{gone}x1" / "model.safetensors").write_bytes(b"\0" * 64)
+    (tmp_path / f"{gone.replace('.merged.', '.m.gguf.')}x2.partial.gguf").write_bytes(b"GGUF")
+    live = tmp_path / f"{partial_prefix('m.gguf')}x3.partial.gguf"  # a writer still at work
+    other_host = tmp_path / f".m.gguf.ft{dead.pid}.othernode.x4.partial.gguf"  # a pid of another node means nothing here
     live.write_bytes(b"GGUF")
+    other_host.write_bytes(b"GGUF")
     merged = ft("merge", "run", cwd=tmp_path)
-    assert merged.returncode == 0 and f"removed run/.merged.ft{dead.pid}.x1" in merged.stderr, merged.stderr[-2000:]
+    assert merged.returncode == 0 and f"removed run/{gone}x1" in merged.stderr, merged.stderr[-2000:]
     exported = ft("export", "run/merged", "-o", "m.gguf", "--no-verify", cwd=tmp_path)
-    assert exported.returncode == 0 and f".m.gguf.ft{dead.pid}.x2.partial.gguf, the partial output" in exported.stderr, exported.stderr[-2000:]
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".m")) == [live.name]
+    assert exported.returncode == 0 and "x2.partial.gguf, the partial output of an earlier ft export" in exported.stderr, exported.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".m")) == sorted([live.name, other_host.name])
     assert not [p for p in run.iterdir() if p.name.startswith(".merged")]
 
 
@@ -233,8 +240,6 @@ def test_broken_lm_eval_task_files_are_one_line_before_the_model_loads(ft, tmp_p
     """Bad Jinja and a misspelt output_type were lm-eval tracebacks, unparsable YAML an "unknown task", and a
     doc_to_target naming no field scored acc 0.000 with exit 0; a good task no longer lets git print
     "fatal: not a git repository" outside a repository."""
-    import pytest
-
     pytest.importorskip("lm_eval")
     rows = [{"country": country, "choices": [city, "Oslo"], "label": 0} for country, city in (("France", "Paris"), ("Italy", "Rome"))]
     (tmp_path / "cap.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
