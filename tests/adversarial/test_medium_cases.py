@@ -278,3 +278,20 @@ def test_eval_max_new_tokens_beyond_the_context_is_capped_and_says_so(ft, tmp_pa
     assert "--max-new-tokens 1000000000: more than short's context of 64 tokens; each answer stops where prompt + answer fill it" in result.stderr
     assert "generating (greedy, up to 64 tokens)" in result.stderr
     assert len(result.stderr.splitlines()) < 20
+
+
+def test_a_nan_loss_at_the_first_step_does_not_blame_the_learning_rate(ft, tmp_path, tiny_model_dir):
+    """Step 1's loss comes from the untouched weights: "lower training.learning_rate" sent users the wrong way."""
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    weights = load_file(model / "model.safetensors")
+    weights["lm_head.weight"][0, 0] = float("nan")
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    (tmp_path / "data.jsonl").write_text((CASES / "system_turn.jsonl").read_text() * 4)
+    config = {"model": {"path": str(model)}, "data": {"train": "data.jsonl"}, "lora": {"r": 4}, "training": {"output_dir": "run", "max_steps": 2, "logging_steps": 1}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    result = ft("train", "run.yaml", cwd=tmp_path)
+    assert_refused(result, "loss became nan at step 1, before any update, so the learning rate is not the cause")
+    assert "lower training.learning_rate" not in result.stderr
