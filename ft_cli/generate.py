@@ -71,8 +71,6 @@ def load_generator(path: str | Path, base: str | None = None) -> Generator:
     if (path / "config.json").exists():
         if base:
             raise UsageError(f"--base: {path} is a full model, not an adapter; leave --base out")
-        from ft_cli.models.gguf import auto_tokenizer
-
         if (path / FAILED_MARKER).exists():
             say(f"warning: {path} failed ft merge's verification ({FAILED_MARKER}): it may not answer like base + adapter")
         model = load_base(BaseModel(str(path), "MODEL_OR_ADAPTER"), dtype=None).eval()

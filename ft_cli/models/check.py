@@ -50,23 +50,80 @@ def model_problem(
 
 def gguf_problem(file: Path) -> str | None:
     """Why a .gguf file cannot be read, from its header and tensor table (no weights are decoded): not a GGUF,
-    or cut short. The gguf package (transformers' GGUF reader) maps the file; without it, only the magic is checked."""
+    or cut short. The table's offsets and types say how long the file must be; the sizes of the types come from
+    the gguf package (transformers' GGUF reader), so without it only the magic is checked."""
     with file.open("rb") as handle:
         if handle.read(4) != GGUF_MAGIC:
             return "not a GGUF file (it does not start with the GGUF magic bytes)"
     try:
-        from gguf import GGUFReader
+        from gguf.constants import GGML_QUANT_SIZES
     except ImportError:
         return None
     size = file.stat().st_size
     try:
-        reader = GGUFReader(str(file))
-    except Exception:  # noqa: BLE001 - struct.error, ValueError (a short tensor), IndexError: all mean cut short here
-        return f"truncated or damaged GGUF ({size:,} bytes): its header, tensor table or tensor data is incomplete"
-    end = max((tensor.data_offset + tensor.n_bytes for tensor in reader.tensors), default=0)
+        end = _gguf_data_end(file, {int(kind): sizes for kind, sizes in GGML_QUANT_SIZES.items()})
+    except (struct.error, ValueError, KeyError, UnicodeDecodeError):
+        return f"truncated or damaged GGUF ({size:,} bytes): its header or tensor table is incomplete"
     if end > size:
         return f"truncated GGUF ({size:,} bytes, its tensor table says {end:,})"
     return None
+
+
+# GGUF value types: fixed sizes by type id (8 = string, 9 = array are read as they come).
+_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+def _gguf_data_end(file: Path, quant_sizes: dict[int, tuple[int, int]]) -> int:
+    """Where the last tensor's data ends, from the header (version 2+): a short read raises struct.error."""
+    import mmap
+
+    with file.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        position = 8  # magic + version
+        tensors, fields = struct.unpack_from("<QQ", data, position)
+        position += 16
+        alignment = 32
+
+        def string(at: int) -> tuple[str, int]:
+            (length,) = struct.unpack_from("<Q", data, at)
+            if at + 8 + length > len(data):
+                raise ValueError("string past the end")
+            return bytes(data[at + 8 : at + 8 + length]).decode("utf-8"), at + 8 + length
+
+        def skip(kind: int, at: int) -> int:
+            if kind in _GGUF_SIZES:
+                return at + _GGUF_SIZES[kind]
+            if kind == 8:
+                return string(at)[1]
+            if kind == 9:
+                inner, count = struct.unpack_from("<IQ", data, at)
+                at += 12
+                if inner in _GGUF_SIZES:
+                    return at + count * _GGUF_SIZES[inner]
+                for _ in range(count):
+                    at = skip(inner, at)
+                return at
+            raise ValueError(f"unknown value type {kind}")
+
+        for _ in range(fields):
+            key, position = string(position)
+            (kind,) = struct.unpack_from("<I", data, position)
+            if key == "general.alignment" and kind == 4:
+                (alignment,) = struct.unpack_from("<I", data, position + 4)
+            position = skip(kind, position + 4)
+        ends = []
+        for _ in range(tensors):
+            _, position = string(position)
+            (dims,) = struct.unpack_from("<I", data, position)
+            shape = struct.unpack_from(f"<{dims}Q", data, position + 4)
+            kind, offset = struct.unpack_from("<IQ", data, position + 4 + 8 * dims)
+            position += 4 + 8 * dims + 12
+            block, type_size = quant_sizes[kind]
+            elements = 1
+            for dim in shape:
+                elements *= dim
+            ends.append(offset + elements // block * type_size)
+        start = position + (-position % alignment)
+        return start + max(ends, default=0)
 
 
 def _cached(repo: str, revision: str | None) -> bool:

@@ -188,6 +188,7 @@ def test_broken_gguf_files_are_one_line_and_config_validate_finds_them(ft, tmp_p
     assert ft("export", tiny_model_dir, "-o", "whole.gguf", "--no-verify", cwd=tmp_path).returncode == 0
     whole = (tmp_path / "whole.gguf").read_bytes()
     (tmp_path / "cut.gguf").write_bytes(whole[:20000])
+    (tmp_path / "header.gguf").write_bytes(whole[:100])  # cut inside the header's key/value table
     at = whole.index(b"general.architecture") + len(b"general.architecture") + 12  # after the value's type and length
     assert whole[at : at + 5] == b"llama"
     (tmp_path / "alien.gguf").write_bytes(whole[:at] + b"xyzzy" + whole[at + 5 :])
@@ -196,11 +197,12 @@ def test_broken_gguf_files_are_one_line_and_config_validate_finds_them(ft, tmp_p
     teacher = f"method: distill\nmodel: {{path: {tiny_model_dir}}}\ndata: {{train: data.jsonl}}\ndistill: {{teacher: cut.gguf}}\ntraining: {{output_dir: run}}\n"
     (tmp_path / "teacher.yaml").write_text(teacher)
     before = snapshot(tmp_path)
-    truncated = "cut.gguf: truncated or damaged GGUF (20,000 bytes)"
+    truncated = "cut.gguf: truncated GGUF (20,000 bytes, its tensor table says "
     assert_refused(ft("models", "convert-gguf", "cut.gguf", "out", cwd=tmp_path), truncated)
     for command in (["config", "validate", "cut.yaml"], ["train", "cut.yaml"], ["estimate", "cut.yaml"]):
         assert_refused(ft(*command, cwd=tmp_path), truncated)
     assert_refused(ft("config", "validate", "teacher.yaml", cwd=tmp_path), f"distill.teacher: {truncated}")
+    assert_refused(ft("models", "convert-gguf", "header.gguf", "out", cwd=tmp_path), "header.gguf: truncated or damaged GGUF (100 bytes): its header or tensor table is incomplete")
     assert_refused(ft("models", "convert-gguf", "alien.gguf", "out", cwd=tmp_path), "alien.gguf: a GGUF of architecture 'xyzzy', which transformers cannot read (it reads ")
     assert snapshot(tmp_path) == before and not (tmp_path / "run").exists() and not (tmp_path / "out").exists()
 
