@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ft_cli.errors import UsageError
-from ft_cli.models.check import ARCHITECTURE_KEYS, architecture_of
+from ft_cli.models.check import ARCHITECTURE_KEYS, architecture_of, safetensors_problem
 from ft_cli.models.gguf import is_gguf
 from ft_cli.run_dir import ADAPTER_DIR, RUN_FILE  # what `ft train` writes (no training stack import)
 
@@ -67,6 +67,10 @@ def find_adapter(path: str | Path) -> Adapter:
         config = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise UsageError(f"{path / ADAPTER_CONFIG}: unreadable ({exc})") from None
+    weights = path / ADAPTER_WEIGHTS[0]
+    problem = safetensors_problem(weights) if weights.is_file() else None
+    if problem:  # a save cut short (killed, full disk): the loaders' own error is a traceback
+        raise UsageError(f"{weights}: {problem}; the adapter was not saved completely: train it again or use a checkpoint-N/ of its run")
     return Adapter(path=path, config=config, run=_read_run_record(path.parent / RUN_FILE))
 
 

@@ -112,7 +112,10 @@ def prepare(
         from ft_cli.errors import UsageError
 
         raise UsageError("--json: needs --preview N and --model (the JSON lists the model's token ids)")
-    result = run_prepare(options)
+    from ft_cli.partial import stopped_cleanly
+
+    with stopped_cleanly("ft prepare"):  # Ctrl-C: its temp files go, and it says so
+        result = run_prepare(options)
     if as_json:
         import json
 

@@ -89,6 +89,9 @@ def _key_lines(node: yaml.Node, prefix: str, lines: dict[str, int], problems: li
     seen: dict[str, int] = {}
     for key_node, value_node in node.value:
         line = key_node.start_mark.line + 1
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: the loader would not merge it either
+            problems.append(f"{line}: {prefix[:-1] or 'top level'}: YAML merge keys (<<) are not supported; write the keys out in full")
+            continue
         if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != "tag:yaml.org,2002:str":
             where = prefix[:-1] or "top level"
             problems.append(f"{line}: {where}: keys must be names, got {one_line(str(key_node.value))[:40]!r}")

@@ -145,6 +145,10 @@ def _unknown_key_message(shown: str, schema: str) -> str:
     if schema in RENAMED_KEYS:
         return f"unknown key; use {RENAMED_KEYS[schema]}"
     parent, _, name = schema.rpartition(".")
+    # peft/TRL-style flat names (training.lora_alpha, lora_r): the section's own key, not a near spelling here
+    section, _, rest = name.partition("_")
+    if rest and f"{section}.{rest}" in _LEAF_KEYS and section != parent:
+        return f"unknown key; did you mean {section}.{rest}?"
     siblings = [k.rpartition(".")[2] for k in SCHEMA_KEYS if k.rpartition(".")[0] == parent]
     hint = suggest(name, siblings)
     if hint:

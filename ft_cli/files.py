@@ -60,7 +60,14 @@ def storage_problem(exc: BaseException) -> str | None:
         return None
     if type(exc).__name__ == "SafetensorError" and "I/O error" in str(exc):
         return str(exc).split("I/O error: ", 1)[-1]
+    if isinstance(exc, RuntimeError) and any(sign in str(exc) for sign in _TORCH_SHORT_WRITE):
+        return "the write was cut short (the disk is full, or a quota or file size limit was reached)"
     return None
+
+
+# torch.save's zip writer turns a failed write into a RuntimeError without the errno: "[enforce fail at
+# inline_container.cc:672] . unexpected pos 40384 vs 40272", or "PytorchStreamWriter failed writing file ...".
+_TORCH_SHORT_WRITE = ("inline_container.cc", "PytorchStreamWriter failed writing file")
 
 
 def same_file(a: Path, b: Path) -> bool:

@@ -72,12 +72,10 @@ def load_generator(path: str | Path, base: str | None = None) -> Generator:
     if (path / "config.json").exists():
         if base:
             raise UsageError(f"--base: {path} is a full model, not an adapter; leave --base out")
-        from transformers import AutoTokenizer
-
         if (path / FAILED_MARKER).exists():
             say(f"warning: {path} failed ft merge's verification ({FAILED_MARKER}): it may not answer like base + adapter")
         model = load_base(BaseModel(str(path), "MODEL_OR_ADAPTER"), dtype=None).eval()
-        return Generator(model, AutoTokenizer.from_pretrained(path), str(path))
+        return Generator(model, auto_tokenizer(path), str(path))
     raise UsageError(f"{path}: neither a model directory (config.json) nor a LoRA adapter directory ({ADAPTER_CONFIG})")
 
 

@@ -38,6 +38,7 @@ from ft_cli.adapters import (
 )
 from ft_cli.errors import EXIT_VERIFY_FAILED, FtError, UsageError
 from ft_cli.files import storage_problem
+from ft_cli.partial import partial_prefix, remove_stale_partials
 from ft_cli.run_dir import ADAPTER_DIR
 MERGE_RECORD = "ft_merge.json"  # what was merged, how, and the verification result
 FAILED_MARKER = "MERGE_FAILED_VERIFICATION"  # present only in an output that failed verification
@@ -167,7 +168,7 @@ def _replace(staging: Path, output: Path) -> None:
     """Move the finished staging dir to `output`; an old output is moved aside first, then deleted."""
     old = None
     if output.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old.", dir=output.parent))
+        old = Path(tempfile.mkdtemp(prefix=partial_prefix(output.name) + "old.", dir=output.parent))
         output.rename(old / output.name)
     staging.rename(output)
     if old is not None:
@@ -258,6 +259,23 @@ def merge_adapter(
     push_to_hub_repo: str | None = None,
     max_shard_size: str | int = DEFAULT_SHARD_SIZE,
 ) -> MergeResult:
+    """`ft merge`: SIGTERM and Ctrl-C remove the partial merge and exit 75 / 130 with one line."""
+    from ft_cli.partial import stopped_cleanly
+
+    with stopped_cleanly("ft merge"):
+        return _merge_adapter(adapter_path, output, base, dtype, verify, overwrite, push_to_hub_repo, max_shard_size)
+
+
+def _merge_adapter(
+    adapter_path: str | Path,
+    output: str | Path | None,
+    base: str | None,
+    dtype: str,
+    verify: bool,
+    overwrite: bool,
+    push_to_hub_repo: str | None,
+    max_shard_size: str | int,
+) -> MergeResult:
     if dtype != "auto" and dtype not in DTYPES:
         raise UsageError(f"--dtype: expected one of auto, {', '.join(DTYPES)}, got '{dtype}'")
     adapter = find_adapter(adapter_path)
@@ -285,7 +303,9 @@ def merge_adapter(
 
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+        for leftover in remove_stale_partials(output.parent, output.name):  # a merge killed with SIGKILL left it
+            say(f"removed {leftover}, the partial output of an earlier ft merge that did not finish")
+        staging = Path(tempfile.mkdtemp(prefix=partial_prefix(output.name), dir=output.parent))
     except OSError as exc:
         raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
     staging.chmod(0o755)  # mkdtemp makes it private; a model dir is meant to be shared

@@ -23,6 +23,9 @@ _HARMLESS_LOG_LINES = (
     # TRL's experimental ORPO and CPO trainers set remove_unused_columns=False themselves, then say users should.
     ("trl.experimental.orpo.orpo_trainer", "When using DPODataCollatorWithPadding"),
     ("trl.experimental.cpo.cpo_trainer", "When using DPODataCollatorWithPadding"),
+    # ...and warn once that a prompt fills max_length; ft drops those pairs after TRL tokenizes them and says how many.
+    ("trl.experimental.orpo.orpo_trainer", "The prompt alone fills `max_length`"),
+    ("trl.experimental.cpo.cpo_trainer", "The prompt alone fills `max_length`"),
 )
 # (category, message regex): deprecations raised inside libraries, not by ft's own calls.
 _HARMLESS_WARNINGS = (
@@ -62,10 +65,26 @@ def quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     for category, message in _HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
+    if getattr(warnings.showwarning, "__name__", "") != _one_line_warning.__name__:
+        _one_line_warning.previous = warnings.showwarning  # type: ignore[attr-defined]
+        warnings.showwarning = _one_line_warning
     if not sys.stderr.isatty():
         # Library progress bars (transformers' GGUF dequantization uses tqdm directly) are carriage-return
         # noise in a job log; ft draws its own progress lines.
         os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+# Packages whose UserWarnings reach the user as one line: `warning: peft: MESSAGE`, not a path, a line
+# number and the source line of their `warnings.warn(` call (the message is what the user can act on).
+_ONE_LINE_PACKAGES = ("peft", "trl", "accelerate")
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    parts = re.split(r"[\\/]", str(filename))
+    package = next((name for name in _ONE_LINE_PACKAGES if name in parts[:-1] and "site-packages" in parts), None)
+    if package is None:
+        return _one_line_warning.previous(message, category, filename, lineno, file, line)  # type: ignore[attr-defined]
+    print(f"warning: {package}: {' '.join(str(message).split())}", file=file or sys.stderr, flush=True)
 
 
 class _NewScoreHead(logging.Filter):

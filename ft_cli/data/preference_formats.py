@@ -114,6 +114,10 @@ def _common_prefix_preference(chosen: str, rejected: str) -> Example:
     return Example({"prompt": chosen[:index], "chosen": chosen[index:], "rejected": rejected[index:]}, "preference")
 
 
+# A pair whose answers differ only by whitespace the chat template trims: identical tokens, zero gradient, loss log 2.
+RENDERED_IDENTICAL = "rejected: the same as chosen once the chat template renders them (they differ only by whitespace it trims), so the pair teaches nothing"
+
+
 def _check_answers(chosen: Any, rejected: Any) -> None:
     for name, answer in (("chosen", chosen), ("rejected", rejected)):
         non_blank(string(answer, name), name, "answer")

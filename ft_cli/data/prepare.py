@@ -197,6 +197,7 @@ class _Staging:
 
 def _convert_all(opts, converter, tokenizer, stats, staged, rejects) -> _Staging:
     """First pass: every record converted and checked, good ones staged, bad ones counted (and set aside)."""
+    from ft_cli.data.preference_formats import RENDERED_IDENTICAL
     from ft_cli.data.tokens import COUNT_LIMIT, capped, loss_sequences
 
     staging, problems = _Staging(), []
@@ -226,6 +227,9 @@ def _convert_all(opts, converter, tokenizer, stats, staged, rejects) -> _Staging
                             sequences = loss_sequences(capped(example.record, opts.max_seq_length or COUNT_LIMIT, tokenizer), tokenizer)
                         except RecordProblem as problem:  # the model's template refuses or rewrites the record
                             refuse(item.location, str(problem), item.value)
+                            continue
+                        if example.shape == "preference" and sequences[0].ids == sequences[1].ids:
+                            refuse(item.location, RENDERED_IDENTICAL, item.value)
                             continue
                         length = max(len(s) for s in sequences)
                         if opts.max_seq_length and length > opts.max_seq_length:

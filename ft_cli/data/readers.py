@@ -15,6 +15,7 @@ import gzip
 import json
 import os
 import re
+import sys
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -74,6 +75,11 @@ def read_input(spec: str, subset: str | None = None, split: str = "train") -> It
         files = [p for p in sorted(path.iterdir()) if p.is_file() and not p.name.startswith(".") and has_suffix(p.name, DATA_SUFFIXES)]
         if not files:
             raise DataError(f"{spec}: no data files in this directory (expected {', '.join(DATA_SUFFIXES)})")
+        skipped = [p.name for p in sorted(path.iterdir()) if p.is_file() and not p.name.startswith(".") and p not in files]
+        if skipped:  # a data file with an unexpected extension would otherwise be missing from the result unnoticed
+            shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+            print(f"warning: {spec}: skipped {len(skipped)} file(s) that are not data files by their extension: {shown} "
+                  f"(read: {', '.join(DATA_SUFFIXES)})", file=sys.stderr, flush=True)  # fmt: skip
         for file in files:
             yield from read_file(file, os.path.join(spec, file.name))
     elif path.is_file():
@@ -144,15 +150,45 @@ def decode_json(text: str) -> Any:
     goes to json, whose messages (and column numbers) the error lines and tests know."""
     if _orjson is not None and not _may_hold_long_number(text):
         try:
-            return _orjson.loads(text)
+            value = _orjson.loads(text)
         except _orjson.JSONDecodeError:
             pass
+        else:
+            _refuse_duplicate_keys(text, value)
+            return value
     try:
         value = _DECODER.decode(text)
     except RecursionError:
         raise ValueError("nested too deeply (more than about 1,000 levels of brackets)") from None
     if "\\u" in text:
         _check_unicode(value)
+    _refuse_duplicate_keys(text, value)
+    return value
+
+
+class DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(f"duplicate key {key!r} in one object (JSON keeps only the last value, so the first would be lost silently); remove one")
+        self.key = key
+
+
+def _refuse_duplicate_keys(text: str, value: Any) -> None:
+    """Every decoder keeps the last of two equal keys without a word. The decoded value, written back compactly,
+    has as many `":` as the text had (a quote inside a string is `\\"` in both) unless a key was lost; only a line
+    where the counts differ (a duplicate, or odd spacing and escapes) is decoded again, pair by pair."""
+    try:
+        written = _orjson.dumps(value).count(b'":') if _orjson is not None else None
+    except (TypeError, ValueError):  # an integer past 64 bits: json's path, checked pair by pair
+        written = None
+    if written is None or text.count('":') + text.count('" :') != written:
+        json.JSONDecoder(object_pairs_hook=_unique_pairs).decode(text)
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        raise DuplicateKey(next(key for key, _ in pairs if key in seen or seen.add(key)))
     return value
 
 
@@ -243,11 +279,16 @@ def read_json(path: Path, name: str) -> Iterator[RawRecord]:
         except ValueError as exc:
             raise DataError(f"{name}: {exc}") from None
     if elements is not None:
-        lines = [line for line, _ in elements]
+        lines = [line for line, _, _ in elements]
         by_line = len(set(lines)) == len(lines)  # one record per line or more: lines locate them
-        for index, (line, value) in enumerate(elements, start=1):
-            yield RawRecord(Location(name, line=line) if by_line else Location(name, index=index), value=value)
+        for index, (line, value, duplicate) in enumerate(elements, start=1):
+            where = Location(name, line=line) if by_line else Location(name, index=index)
+            yield RawRecord(where, value=value) if duplicate is None else RawRecord(where, error=duplicate, raw=_printable(json.dumps(value)))
         return
+    try:
+        _refuse_duplicate_keys(text, document)
+    except DuplicateKey as exc:
+        raise DataError(f"{name}: {exc}") from None
     for index, value in enumerate(_records_of_object(document, name), start=1):
         yield RawRecord(Location(name, index=index), value=value)
 
@@ -255,8 +296,8 @@ def read_json(path: Path, name: str) -> Iterator[RawRecord]:
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 
-def _array_elements(text: str) -> Iterator[tuple[int, Any]]:
-    """(line, value) for each element of the top-level JSON array in `text`, with the stdlib decoder."""
+def _array_elements(text: str) -> Iterator[tuple[int, Any, str | None]]:
+    """(line, value, duplicate-key problem or None) for each element of the top-level JSON array in `text`, with the stdlib decoder."""
     decoder = _DECODER
     position = _WHITESPACE.match(text, 0).end() + 1  # past "["
     line, counted_to = 1, 0
@@ -273,7 +314,12 @@ def _array_elements(text: str) -> Iterator[tuple[int, Any]]:
         return
     while True:
         value, end = decoder.raw_decode(text, position)
-        yield line_at(position), value
+        try:
+            _refuse_duplicate_keys(text[position:end], value)
+            duplicate = None
+        except DuplicateKey as exc:
+            duplicate = str(exc)
+        yield line_at(position), value, duplicate
         position = _WHITESPACE.match(text, end).end()
         if text.startswith(",", position):
             position = _WHITESPACE.match(text, position + 1).end()

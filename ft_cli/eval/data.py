@@ -93,6 +93,12 @@ def load_eval_data(
     if not records:
         raise DataError(f"{path}: no records")
     shape = converter.output_shape
+    if shape == "unpaired-preference":  # not prompt-only: the completions are there, but half of them are the ones not wanted
+        raise DataError(
+            f"{path}: unpaired-preference (KTO) data (prompt, completion, label): ft eval scores chats, prompt+completion, "
+            "preference pairs (prompt, chosen, rejected) or prompts with a reference; to score the wanted answers, "
+            "keep the label: true records without their label as prompt+completion data"
+        )
     chosen = records if limit is None else records[:limit]
     return EvalData(path, shape, [split_record(record, shape) for record in chosen], len(records))
 

@@ -78,25 +78,46 @@ def pad_id(tokenizer) -> int:
     return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
 
 
+def context_length(model) -> int | None:
+    return getattr(model.config.get_text_config(), "max_position_embeddings", None)
+
+
 def generate_answers(
-    model, tokenizer, ids: list[list[int]], max_new_tokens: int, batch_size: int, tick: Callable[[int], None] | None = None
+    model,
+    tokenizer,
+    ids: list[list[int]],
+    max_new_tokens: int,
+    batch_size: int,
+    tick: Callable[[int], None] | None = None,
+    token: Callable[[], None] | None = None,
 ) -> list[str]:
     """The model's greedy answer to each prompt (decoded, special tokens dropped, stripped), in input order."""
-    outputs = generate_ids(model, tokenizer, ids, max_new_tokens, batch_size, tick)
+    outputs = generate_ids(model, tokenizer, ids, max_new_tokens, batch_size, tick, token)
     return [tokenizer.decode(output, skip_special_tokens=True).strip() for output in outputs]
 
 
 def generate_ids(
-    model, tokenizer, ids: list[list[int]], max_new_tokens: int, batch_size: int, tick: Callable[[int], None] | None = None
+    model,
+    tokenizer,
+    ids: list[list[int]],
+    max_new_tokens: int,
+    batch_size: int,
+    tick: Callable[[int], None] | None = None,
+    token: Callable[[], None] | None = None,
 ) -> list[list[int]]:
     """The token ids the model generates greedily after each prompt, up to and including the first
-    end-of-sequence id (the padding after it dropped), in input order."""
+    end-of-sequence id (the padding after it dropped), in input order.
+
+    Prompt + answer never pass the model's context: a --max-new-tokens beyond it (1000000000) stops each
+    answer where the context is full instead of generating past the positions the model was trained on.
+    `token` is called at every generated token (progress inside a long batch)."""
     import torch
 
     config = greedy_config(model, tokenizer, max_new_tokens)
     stops = set(config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id])
-    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
-    keep = (limit - max_new_tokens) if limit and limit > max_new_tokens else None
+    limit = context_length(model)
+    keep = (limit - max_new_tokens) if limit and limit > max_new_tokens else (limit // 2 if limit else None)
+    criteria = [_EveryToken(token)] if token is not None else None
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # similar lengths together: less padding
     outputs: list[list[int]] = [[] for _ in ids]
     pad = pad_id(tokenizer)
@@ -109,8 +130,12 @@ def generate_ids(
         for row, row_ids in enumerate(rows):  # left padding: every prompt ends where generation starts
             input_ids[row, width - len(row_ids) :] = torch.tensor(row_ids, dtype=torch.long)
             attention[row, width - len(row_ids) :] = 1
+        if limit:
+            config.max_new_tokens = max(1, min(max_new_tokens, limit - width))
         with torch.inference_mode():
-            output = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device), generation_config=config)
+            output = model.generate(
+                input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device), generation_config=config, stopping_criteria=criteria
+            )
         for row, index in enumerate(chosen):
             generated = output[row, width:].tolist()
             end = next((at for at, token in enumerate(generated) if token in stops), None)
@@ -118,3 +143,16 @@ def generate_ids(
         if tick is not None:
             tick(len(chosen))
     return outputs
+
+
+def _EveryToken(callback: Callable[[], None]):
+    """A StoppingCriteria that never stops and calls `callback` once per generated token."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class EveryToken(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            callback()
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return EveryToken()

@@ -47,6 +47,9 @@ def plan_tasks(tasks: list[str]) -> TaskPlan:
             path = Path(spec).expanduser()
             if not path.is_file():
                 raise UsageError(f"--tasks {spec}: task file not found")
+            from ft_cli.eval.task_files import check_task_file
+
+            check_task_file(spec, path)
             found = _TASK_LINE.search(path.read_text(encoding="utf-8"))
             if not found:
                 raise UsageError(f"--tasks {spec}: no `task:` name in the file (an lm-eval task YAML starts with task: NAME)")
@@ -91,6 +94,7 @@ def run_tasks(model, tokenizer, plan: TaskPlan, manager, batch_size: int, limit:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=_context_length(model))
+    _quiet_git_hash()
     try:
         with _quiet_progress_bars():
             output = simple_evaluate(
@@ -103,6 +107,22 @@ def run_tasks(model, tokenizer, plan: TaskPlan, manager, batch_size: int, limit:
     scores = {task: _numbers(values) for task, values in output["results"].items()}
     shown = {task: rows[:samples] for task, rows in (output.get("samples") or {}).items()}
     return {"scores": scores, "samples": shown, "n_samples": output.get("n-samples", {}), "versions": output.get("versions", {})}
+
+
+def _quiet_git_hash() -> None:
+    """lm-eval records `git describe` of the working directory in its results, and git prints "fatal: not a
+    git repository" straight to the terminal outside one; ft does not use that hash: asked quietly."""
+    import subprocess
+
+    import lm_eval.evaluator as evaluator
+
+    def quiet() -> str | None:
+        try:
+            return subprocess.check_output(["git", "describe", "--always"], stderr=subprocess.DEVNULL).strip().decode()
+        except (subprocess.CalledProcessError, OSError):
+            return None
+
+    evaluator.get_git_commit_hash = quiet
 
 
 @contextlib.contextmanager

@@ -56,6 +56,14 @@ def resolve_model(spec: str) -> ModelSpec:
         if (inner / "config.json").exists():
             run_base = ((run or {}).get("model") or {}).get("path")
             return ModelSpec(spec, "full", str(inner), run_base, run_dir, run, reward_model=is_reward_model(inner))
+        if run_dir is not None:  # a run that never saved its weights (failed, killed, still running)
+            status = ((run or {}).get("run") or {}).get("status", "unknown")
+            checkpoints = sorted(path.glob("checkpoint-*/" + ADAPTER_CONFIG), key=lambda found: int(found.parent.name.rsplit("-", 1)[1]) if found.parent.name.rsplit("-", 1)[1].isdigit() else -1)
+            hint = f"evaluate {checkpoints[-1].parent} or " if checkpoints else ""
+            raise UsageError(
+                f"{spec}: a run directory (status: {status}) without its trained weights: no {ADAPTER_DIR}/ or {FULL_MODEL_DIR}/ "
+                f"in it; {hint}finish the run with `ft resume {spec}`"
+            )
         raise UsageError(f"{spec}: neither a model directory (config.json), a LoRA adapter ({ADAPTER_CONFIG}) nor a run directory ({RUN_FILE})")
     if path.exists():
         raise UsageError(f"{spec}: is a file; expected a model or run directory, a LoRA adapter directory or a .gguf file")

@@ -15,18 +15,36 @@ from ft_cli.eval.metrics import LOWER_IS_BETTER
 class Progress:
     """`label: done/total, elapsed, ETA` redrawn in place on a terminal; one line at the end otherwise."""
 
+    LOG_EVERY_S = 30.0  # off a terminal: a line this often, so a long generation is seen to be moving
+
     def __init__(self, label: str, total: int, stream=None):
         self.label, self.total, self.done = label, total, 0
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
-        self.start = time.monotonic()
+        self.start = self.logged = time.monotonic()
+        self.tokens = 0  # tokens generated so far in the batch under way
 
     def tick(self, count: int = 1) -> None:
         self.done += count
+        self.tokens = 0
+        self._show()
+
+    def token(self) -> None:
+        """One more generated token in the batch under way (a long answer moves the line too)."""
+        self.tokens += 1
+        if self.tty or time.monotonic() - self.logged >= self.LOG_EVERY_S:
+            self._show()
+
+    def _show(self) -> None:
+        now = time.monotonic()
+        elapsed = now - self.start
+        eta = f", ETA {elapsed / self.done * (self.total - self.done):.0f} s" if self.done else ""
+        batch = f", {self.tokens} tokens into the batch under way" if self.tokens else ""
         if self.tty:
-            elapsed = time.monotonic() - self.start
-            eta = elapsed / self.done * (self.total - self.done) if self.done else 0.0
-            print(f"\r{self.label}: {self.done}/{self.total}, {elapsed:.0f} s, ETA {eta:.0f} s   ", end="", file=self.stream, flush=True)
+            print(f"\r{self.label}: {self.done}/{self.total}, {elapsed:.0f} s{eta}{batch}   ", end="", file=self.stream, flush=True)
+        elif now - self.logged >= self.LOG_EVERY_S:
+            self.logged = now
+            print(f"{self.label}: {self.done}/{self.total}, {elapsed:.0f} s{eta}{batch}", file=self.stream, flush=True)
 
     def finish(self) -> float:
         elapsed = time.monotonic() - self.start

@@ -263,6 +263,11 @@ def _score(model, tokenizer, plan: Plan, request: EvalRequest, name: str) -> tup
     torch.manual_seed(request.seed)
     data, wanted, scores, timing, rows = plan.data, set(plan.metrics), {}, {}, []
     label = f"{name} on {data.name}"
+    if data.chat and not isinstance(getattr(tokenizer, "chat_template", None), str):  # ft eval has no --template to offer
+        raise UsageError(
+            f"{name}: its tokenizer has no chat template, so the conversations in {data.name} cannot be rendered; "
+            "evaluate a model that has one (an instruct model, or a run trained with data.template), or give prompt/completion data"
+        )
     reward_model = type(model).__name__.endswith("ForSequenceClassification")  # checked against the data in _plan
     if data.shape == "preference":
         pairs = sequences_of([item.record for item in data.items], tokenizer, data.path)
@@ -287,8 +292,14 @@ def _score(model, tokenizer, plan: Plan, request: EvalRequest, name: str) -> tup
     if generation:
         items = [item for item in data.items if item.prompt is not None]
         ids = prompt_ids([item.prompt for item in items], tokenizer, data.path, [item.tools for item in items])
-        progress = Progress(f"{label}: generating (greedy, up to {request.max_new_tokens} tokens)", len(items))
-        outputs = generate_ids(model, tokenizer, ids, request.max_new_tokens, request.batch_size, progress.tick)
+        from ft_cli.eval.generation import context_length
+
+        context, longest = context_length(model), request.max_new_tokens
+        if context and request.max_new_tokens >= context:  # an answer cannot outgrow the context
+            longest = context
+            say(f"--max-new-tokens {request.max_new_tokens}: more than {name}'s context of {context} tokens; each answer stops where prompt + answer fill it")
+        progress = Progress(f"{label}: generating (greedy, up to {longest} tokens)", len(items))
+        outputs = generate_ids(model, tokenizer, ids, request.max_new_tokens, request.batch_size, progress.tick, progress.token)
         answers = [tokenizer.decode(output, skip_special_tokens=True).strip() for output in outputs]
         timing["generation_s"], timing["generations"] = progress.finish(), len(items)
         per_item: dict[str, list[float | None]] = {}

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ft_cli.errors import EXIT_VERIFY_FAILED, FtError, UsageError
+from ft_cli.partial import partial_prefix, remove_stale_partials
 from ft_cli.export.arch import plan_for, text_config
 from ft_cli.export.verify import Verification, verify_gguf
 from ft_cli.export.vocab import plan_vocab, turn_end_id
@@ -186,6 +187,16 @@ def export_model(
     system: str | None = None,
     base: str | None = None,
 ) -> ExportResult:
+    """`ft export`: SIGTERM and Ctrl-C remove the partial GGUF (and a merge made for it) and exit 75 / 130 with one line."""
+    from ft_cli.partial import stopped_cleanly
+
+    with stopped_cleanly("ft export"):
+        return _export_model(model_path, output, quant, verify, overwrite, ollama, system, base)
+
+
+def _export_model(
+    model_path: str | Path, output: str | Path, quant: str, verify: bool, overwrite: bool, ollama: bool, system: str | None, base: str | None
+) -> ExportResult:
     quant = check_quant(quant)
     output = Path(output)
     check_output_name(output)
@@ -193,8 +204,10 @@ def export_model(
     kind = classify_source(source)
     check_output(output, overwrite, export_inputs(source, kind, base), ollama)  # before anything is written
     _quiet()
+    for leftover in remove_stale_partials(output.parent, output.name) + remove_stale_partials(output.parent, "ft-export"):
+        say(f"removed {leftover}, the partial output of an earlier ft export that did not finish")  # killed with SIGKILL
     try:
-        workdir = Path(tempfile.mkdtemp(prefix=".ft-export.", dir=output.parent if output.parent.exists() else None))
+        workdir = Path(tempfile.mkdtemp(prefix=partial_prefix("ft-export"), dir=output.parent if output.parent.exists() else None))
     except OSError as exc:  # /proc, a read-only mount: the place, not a bug
         raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
     try:
@@ -240,7 +253,7 @@ def _export_directory(model_dir: Path, source: Path, output: Path, quant: str, v
             say(f"note: {note}")
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd, staging_name = tempfile.mkstemp(prefix=f".{output.stem}.", suffix=".partial.gguf", dir=output.parent)
+    fd, staging_name = tempfile.mkstemp(prefix=partial_prefix(output.name), suffix=".partial.gguf", dir=output.parent)
     os.close(fd)
     staging = Path(staging_name)
     try:

@@ -33,8 +33,8 @@ def model_problem(
     local = Path(path).expanduser()
     if local.is_file():
         if local.suffix.lower() == ".gguf":
-            with local.open("rb") as handle:
-                return None if handle.read(4) == GGUF_MAGIC else f"{key}: {path}: not a GGUF file (it does not start with the GGUF magic bytes)"
+            problem = gguf_problem(local)
+            return f"{key}: {path}: {problem}" if problem else None
         return f"{key}: {path}: is a file; expected a model directory, a .gguf file or a hub id"
     if local.is_dir():
         return _directory_problem(local, key, chat_template, tokenizer)
@@ -46,6 +46,84 @@ def model_problem(
             f"download it where there is network (hf download {path}) or point {key} at a local copy"
         )
     return None
+
+
+def gguf_problem(file: Path) -> str | None:
+    """Why a .gguf file cannot be read, from its header and tensor table (no weights are decoded): not a GGUF,
+    or cut short. The table's offsets and types say how long the file must be; the sizes of the types come from
+    the gguf package (transformers' GGUF reader), so without it only the magic is checked."""
+    with file.open("rb") as handle:
+        if handle.read(4) != GGUF_MAGIC:
+            return "not a GGUF file (it does not start with the GGUF magic bytes)"
+    try:
+        from gguf.constants import GGML_QUANT_SIZES
+    except ImportError:
+        return None
+    size = file.stat().st_size
+    try:
+        end = _gguf_data_end(file, {int(kind): sizes for kind, sizes in GGML_QUANT_SIZES.items()})
+    except (struct.error, ValueError, KeyError, UnicodeDecodeError):
+        return f"truncated or damaged GGUF ({size:,} bytes): its header or tensor table is incomplete"
+    if end > size:
+        return f"truncated GGUF ({size:,} bytes, its tensor table says {end:,})"
+    return None
+
+
+# GGUF value types: fixed sizes by type id (8 = string, 9 = array are read as they come).
+_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+def _gguf_data_end(file: Path, quant_sizes: dict[int, tuple[int, int]]) -> int:
+    """Where the last tensor's data ends, from the header (version 2+): a short read raises struct.error."""
+    import mmap
+
+    with file.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        position = 8  # magic + version
+        tensors, fields = struct.unpack_from("<QQ", data, position)
+        position += 16
+        alignment = 32
+
+        def string(at: int) -> tuple[str, int]:
+            (length,) = struct.unpack_from("<Q", data, at)
+            if at + 8 + length > len(data):
+                raise ValueError("string past the end")
+            return bytes(data[at + 8 : at + 8 + length]).decode("utf-8"), at + 8 + length
+
+        def skip(kind: int, at: int) -> int:
+            if kind in _GGUF_SIZES:
+                return at + _GGUF_SIZES[kind]
+            if kind == 8:
+                return string(at)[1]
+            if kind == 9:
+                inner, count = struct.unpack_from("<IQ", data, at)
+                at += 12
+                if inner in _GGUF_SIZES:
+                    return at + count * _GGUF_SIZES[inner]
+                for _ in range(count):
+                    at = skip(inner, at)
+                return at
+            raise ValueError(f"unknown value type {kind}")
+
+        for _ in range(fields):
+            key, position = string(position)
+            (kind,) = struct.unpack_from("<I", data, position)
+            if key == "general.alignment" and kind == 4:
+                (alignment,) = struct.unpack_from("<I", data, position + 4)
+            position = skip(kind, position + 4)
+        ends = []
+        for _ in range(tensors):
+            _, position = string(position)
+            (dims,) = struct.unpack_from("<I", data, position)
+            shape = struct.unpack_from(f"<{dims}Q", data, position + 4)
+            kind, offset = struct.unpack_from("<IQ", data, position + 4 + 8 * dims)
+            position += 4 + 8 * dims + 12
+            block, type_size = quant_sizes[kind]
+            elements = 1
+            for dim in shape:
+                elements *= dim
+            ends.append(offset + elements // block * type_size)
+        start = position + (-position % alignment)
+        return start + max(ends, default=0)
 
 
 def _cached(repo: str, revision: str | None) -> bool:
@@ -67,9 +145,17 @@ def _directory_problem(directory: Path, key: str, chat_template: bool, tokenizer
         return f"{where}/config.json: not valid JSON ({str(exc).splitlines()[0]}); restore it from the model's source"
     if not isinstance(config, dict) or not (config.get("model_type") or config.get("architectures")):
         return f"{where}/config.json: has no model_type; restore it from the model's source"
+    unknown = _unknown_model_type(config)
+    if unknown:
+        return f"{where}/config.json: {unknown}"
     weights = _weight_problem(directory, where)
     if weights:
         return weights
+    from ft_cli.models.shapes import config_mismatch, header_shapes
+
+    mismatch = config_mismatch(config, header_shapes(directory))
+    if mismatch:
+        return f"{where}/config.json: does not match the weights: {mismatch}; restore config.json from the model's source"
     if tokenizer and not any((directory / name).is_file() for name in TOKENIZER_FILES):
         return f"{where}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); copy them from the base model"
     if chat_template and not has_chat_template(directory):
@@ -78,6 +164,30 @@ def _directory_problem(directory: Path, key: str, chat_template: bool, tokenizer
             "use an instruct model, or set data.template (alpaca, chatml, vicuna_v1.1 or a .jinja file)"
         )
     return None
+
+
+def _unknown_model_type(config: dict) -> str | None:
+    """A model_type that the installed transformers does not know (a typo, or a model newer than it), found from
+    its package files without importing it (the import costs seconds); None for custom code (auto_map)."""
+    import difflib
+    import importlib.util
+
+    model_type = config.get("model_type")
+    spec = importlib.util.find_spec("transformers")
+    if not isinstance(model_type, str) or config.get("auto_map") or spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(next(iter(spec.submodule_search_locations)))
+    if (root / "models" / model_type.replace("-", "_")).is_dir():
+        return None
+    # CONFIG_MAPPING_NAMES lives in configuration_auto.py, or (transformers 5.x) in auto_mappings.py beside it
+    sources = [root / "models" / "auto" / name for name in ("configuration_auto.py", "auto_mappings.py")]
+    text = "".join(source.read_text(encoding="utf-8") for source in sources if source.is_file())
+    known = re.findall(r'^\s*\("([\w-]+)", "\w+Config"\)', text, flags=re.M)
+    if not known or model_type in known:
+        return None
+    close = difflib.get_close_matches(model_type, known, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return f"model_type '{model_type}' is not a model type transformers knows; {hint}restore config.json from the model's source, or upgrade transformers for a newer model"
 
 
 def _weight_problem(directory: Path, where: str) -> str | None:

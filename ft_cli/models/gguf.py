@@ -46,12 +46,51 @@ def pretrained_source(path: str | Path) -> tuple[str, dict]:
     file = Path(path).expanduser()
     if not file.is_file():
         raise UsageError(f"{path}: GGUF file not found")
-    with open(file, "rb") as handle:  # transformers' own error for a wrong file is a traceback deep in its reader
-        if handle.read(4) != b"GGUF":
-            raise UsageError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")
     if importlib.util.find_spec("gguf") is None:
         raise UsageError(f"{path}: reading GGUF files needs the gguf package (pip install gguf)")
+    identity = _identity(file)
+    problem = _checked[identity] if identity in _checked else _check(file)
+    if problem:  # transformers' own error for a wrong or cut-short file is a traceback deep in its reader
+        raise UsageError(f"{path}: {problem}")
     return str(file.parent), {"gguf_file": file.name}
+
+
+_checked: dict[tuple, str | None] = {}  # a file is checked once, though its model, tokenizer and config each load it
+
+
+def _identity(file: Path) -> tuple:
+    stat = file.stat()
+    return (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def _check(file: Path) -> str | None:
+    from ft_cli.models.check import gguf_problem
+
+    _checked[_identity(file)] = problem = gguf_problem(file)
+    return problem
+
+
+def _unsupported_architecture(path, exc: ValueError):
+    """transformers' "GGUF model with architecture X is not supported yet." as one line naming the file, else None."""
+    text = str(exc)
+    if "is not supported yet" not in text or "architecture" not in text:
+        return None
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    architecture = text.split("architecture", 1)[1].split("is not supported", 1)[0].strip()
+    readable = sorted(set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer", "tokenizer_config"})  # config sections, not models
+    return UsageError(f"{path}: a GGUF of architecture '{architecture}', which transformers cannot read (it reads {', '.join(readable)})")
+
+
+def _from_pretrained(path, load, source: str, **kwargs):
+    """`load(source, **kwargs)`, with an unsupported GGUF architecture as one line."""
+    try:
+        return load(source, **kwargs)
+    except ValueError as exc:
+        refusal = _unsupported_architecture(path, exc) if kwargs.get("gguf_file") else None
+        if refusal is None:
+            raise
+        raise refusal from None
 
 
 def smollm2_gguf() -> Path:
@@ -83,9 +122,9 @@ def auto_model(path: str | Path, sequence_classification: bool = False, **kwargs
 
         hide_new_score_head_report()
         kwargs = {"num_labels": 1, **kwargs}
-        model = AutoModelForSequenceClassification.from_pretrained(source, **kwargs, **extra)
+        model = _from_pretrained(path, AutoModelForSequenceClassification.from_pretrained, source, **kwargs, **extra)
     else:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **extra)
+        model = _from_pretrained(path, AutoModelForCausalLM.from_pretrained, source, **kwargs, **extra)
     if extra:
         forget_gguf_quantizer(model)
         # Recorded by PEFT as the adapter's base_model_name_or_path: the file, so `ft merge` finds it.
@@ -98,7 +137,16 @@ def auto_tokenizer(path: str | Path, **kwargs):
     source, extra = pretrained_source(path)
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs, **extra)
+    try:
+        tokenizer = _from_pretrained(path, AutoTokenizer.from_pretrained, source, **kwargs, **extra)
+    except ValueError as exc:
+        # transformers' message is a five-line list whose first line ends in "from one of:": callers show one line
+        if "Couldn't instantiate the backend tokenizer" not in str(exc):
+            raise
+        raise UsageError(
+            f"{path}: no usable tokenizer: tokenizer.json is missing or unreadable, and building one from the slow "
+            "tokenizer's files needs sentencepiece or tiktoken; copy tokenizer.json from the model's source"
+        ) from None
     if extra:
         _restore_pre_tokenizer(tokenizer, _metadata_string(Path(path).expanduser(), "tokenizer.ggml.pre"))
     return tokenizer
@@ -108,7 +156,7 @@ def auto_config(path: str | Path, **kwargs):
     source, extra = pretrained_source(path)
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(source, **kwargs, **extra)
+    return _from_pretrained(path, AutoConfig.from_pretrained, source, **kwargs, **extra)
 
 
 def forget_gguf_quantizer(model) -> None:

@@ -50,10 +50,7 @@ class MetricsCallback(TrainerCallback):
         for key in ("loss", "eval_loss"):
             value = logs.get(key)
             if value is not None and not math.isfinite(value):
-                raise NonFiniteLoss(
-                    f"{key} became {value} at step {state.global_step}; lower training.learning_rate, "
-                    "keep training.max_grad_norm > 0, or use model.dtype: bf16 instead of fp16"
-                )
+                raise NonFiniteLoss(_non_finite_message(key, value, state.global_step))
         if not state.is_world_process_zero:
             return
         record = {"step": state.global_step, **logs}
@@ -82,6 +79,21 @@ class MetricsCallback(TrainerCallback):
                 self._drawing.join()
             _fsync(self.metrics_path)
             plot_loss(self.metrics_path, self.output_dir / "loss.png")
+
+
+def _non_finite_message(key: str, value: float, step: int) -> str:
+    """Why a loss is NaN or infinite, as far as ft can tell from when it happened."""
+    if step <= 1 and key == "loss":
+        # Step 1's loss comes from the untouched weights: no learning rate has acted on it yet.
+        return (
+            f"{key} became {value} at step 1, before any update, so the learning rate is not the cause: the model's first "
+            "forward pass gives it. Check model.dtype (fp16 overflows: use bf16 or fp32), the model's weights, and records "
+            "with nothing to train (an empty answer, a prompt that fills model.max_seq_length)"
+        )
+    return (
+        f"{key} became {value} at step {step}; lower training.learning_rate, "
+        "keep training.max_grad_norm > 0, or use model.dtype: bf16 instead of fp16"
+    )
 
 
 def _fsync(path: Path) -> None:

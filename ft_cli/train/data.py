@@ -165,7 +165,7 @@ def tokenize_sft(dataset, tokenizer, data: TrainingData, max_length: int):
 PROMPT_CHECK_LIMIT = 2000
 
 
-def prompts_that_fill_the_window(data: TrainingData, tokenizer, max_length: int) -> str | None:
+def prompts_that_fill_the_window(data: TrainingData, tokenizer, max_length: int, dropped: bool = True) -> str | None:
     """Preference and KTO records are tokenized by TRL, which keeps the prompt and cuts the answers: a
     prompt of max_length tokens or more leaves nothing to train on (TRL then drops the record, or trains
     on an empty answer and its loss turns NaN). Every record like that is an error; some, a warning line."""
@@ -189,11 +189,11 @@ def prompts_that_fill_the_window(data: TrainingData, tokenizer, max_length: int)
     where = f"{full} of the first {len(checked)}" if len(checked) < len(data.records) else f"{full} of {len(checked)}"
     message = (
         f"{data.path}: {where} records have a prompt of model.max_seq_length={max_length} tokens or more (chat template "
-        f"included; the longest has {longest}), which leaves no answer to train on: raise model.max_seq_length"
+        f"included; the longest has {longest}), which leaves no answer to train on: "
     )
     if full == len(checked):
-        raise DataError(message)
-    return f"warning: {message}"
+        raise DataError(message + "raise model.max_seq_length")
+    return "warning: " + message + ("they are dropped; raise model.max_seq_length to keep them" if dropped else "raise model.max_seq_length")
 
 
 def template_problems_error(data: TrainingData, problems: list[tuple[int, str]]) -> DataError:

@@ -161,7 +161,15 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, 
     if shape in ("preference", "unpaired-preference"):  # before the model loads: TRL would drop or NaN on them
         from ft_cli.train.model import load_tokenizer
 
-        _say_if_prompts_fill_the_window(train_data, load_tokenizer(cfg.model), cfg.model.max_seq_length)
+        from ft_cli.train.preference_checks import check_preference_data
+
+        tokenizer = load_tokenizer(cfg.model)
+        # DPO (keep_start), KTO, ORPO and CPO drop such records (TRL or ft); a reward model and DPO's keep_end cut them instead
+        dropped = cfg.method != "reward" and not (cfg.method == "dpo" and cfg.dpo.truncation_mode == "keep_end")
+        _say_if_prompts_fill_the_window(train_data, tokenizer, cfg.model.max_seq_length, dropped)
+        check_preference_data(train_data, tokenizer, cfg.model.max_seq_length, cfg.method)
+        if eval_data is not None:
+            check_preference_data(eval_data, tokenizer, cfg.model.max_seq_length, cfg.method)
     token_lengths = None
     if dry_run:
         from ft_cli.train.data import template_problems_error
@@ -234,10 +242,10 @@ def as_prompts(data: TrainingData) -> TrainingData:
     return TrainingData(data.path, prompts_of_chats(data.records), "prompt-only", converted=True, manifest=data.manifest)
 
 
-def _say_if_prompts_fill_the_window(data: TrainingData, tokenizer, max_length: int) -> None:
+def _say_if_prompts_fill_the_window(data: TrainingData, tokenizer, max_length: int, dropped: bool) -> None:
     from ft_cli.train.data import prompts_that_fill_the_window
 
-    warning = prompts_that_fill_the_window(data, tokenizer, max_length)
+    warning = prompts_that_fill_the_window(data, tokenizer, max_length, dropped)
     if warning:
         say(warning)
 
@@ -329,6 +337,12 @@ def build_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_data: Tra
         callbacks=[MetricsCallback(output_dir), ProgressCallback(method.extra_metrics), PreemptionCallback(), ScheduleOnResume()],
         **extra,
     )
+    if cfg.method in ("orpo", "cpo"):  # their trainers keep a prompt that fills the window and train its empty answer (NaN)
+        from ft_cli.train.preference_checks import drop_answerless_pairs
+
+        trainer.train_dataset, _ = drop_answerless_pairs(trainer.train_dataset, str(train_data.path), cfg.model.max_seq_length)
+        if trainer.eval_dataset is not None and eval_data is not None:
+            trainer.eval_dataset, _ = drop_answerless_pairs(trainer.eval_dataset, str(eval_data.path), cfg.model.max_seq_length)
     trainer.ft_keep_checkpoints = cfg.training.save_total_limit
     trainer.ft_config_hash = config_hash(cfg)
     trainer.remove_callback(PrinterCallback)  # our progress lines replace its raw dicts
