@@ -40,7 +40,7 @@ def remove_stale_partials(directory: Path, name: str) -> list[Path]:
         return removed
     for leftover in directory.glob(f".{glob.escape(name)}.ft*"):
         pid, _, rest = leftover.name[len(name) + 4 :].partition(".")
-        if not pid.isdigit() or rest.split(".", 1)[0] != _host() or _alive(int(pid)):
+        if not pid.isdigit() or rest.split(".", 1)[0] != _host() or process_alive(int(pid)):
             continue
         if leftover.is_dir() and not leftover.is_symlink():
             shutil.rmtree(leftover, ignore_errors=True)
@@ -50,7 +50,8 @@ def remove_stale_partials(directory: Path, name: str) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this host (a pid we may not signal is someone's: alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

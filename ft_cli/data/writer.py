@@ -16,6 +16,7 @@ from types import TracebackType
 
 from ft_cli.errors import UsageError
 from ft_cli.files import make_readable
+from ft_cli.partial import process_alive
 
 # One encoder for every record: json.dumps with options builds a new one per call. NaN is not JSON.
 encode_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
@@ -54,18 +55,9 @@ def remove_stale_temp_files(paths) -> None:
     for path in paths:
         for leftover in path.parent.glob(f".{glob.escape(path.name)}.ft*.tmp") if path.parent.is_dir() else []:
             pid = leftover.name[len(path.name) + 4 :].split(".", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not process_alive(int(pid)):
                 leftover.unlink(missing_ok=True)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class AtomicJsonl:
