@@ -147,11 +147,6 @@ def content_text(message: dict) -> str:
     return ""
 
 
-def message_text(message: dict) -> str:
-    """The first piece of a message's text (before any <think> marker), stripped; '' when it has none."""
-    return next((part.strip() for part in _THINK.split(content_text(message)) if part.strip()), "")
-
-
 def _pieces(message: dict) -> list[_Piece]:
     """What the assistant writes in this turn, in the order templates render it: reasoning, text, calls."""
     pieces = []
