@@ -55,7 +55,7 @@ bench: $(STAMP)
 
 # Regenerate the config reference table in README.md from the schema.
 readme-reference: $(STAMP)
-	$(PY) -c "import re, pathlib; from ft_cli.config import reference_table as t; p = pathlib.Path('README.md'); \
+	$(PY) -c "import re, pathlib; from ft_cli.config.loading import reference_table as t; p = pathlib.Path('README.md'); \
 	p.write_text(re.sub(r'(<!-- config-reference:start -->\n).*?(\n<!-- config-reference:end -->)', lambda m: m[1] + t() + m[2], p.read_text(), flags=re.S))"
 
 clean:

@@ -111,7 +111,7 @@ def worker(spec: dict) -> dict:
 
 
 def predict(model_dir: Path, lora: bool, gc: bool, batch: int, seq: int, dtype: str) -> tuple[float, int]:
-    from ft_cli.config import Config
+    from ft_cli.config.loading import Config
     from ft_cli.estimate import estimate, model_facts, read_model_config
 
     config = Config.model_validate({

@@ -63,7 +63,7 @@ def build_model(out: Path, layers: int) -> tuple[Path, int]:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ft_cli.tiny import build_tokenizer
+    from ft_cli.models.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}

@@ -76,7 +76,7 @@ def batch_shapes(model: Path, data: Path) -> list[str]:
 def main() -> str:
     import os
 
-    from ft_cli.tiny import build_tiny_model
+    from ft_cli.models.tiny import build_tiny_model
 
     # One thread per run: a 140k-parameter model's ops are microseconds, and with two OpenMP threads on
     # a shared 2-core machine their spin-waits, not the model, decided the step time (10-30x swings).

@@ -68,7 +68,7 @@ def _report():
             json.dump({"allocated": torch.cuda.max_memory_allocated(), "reserved": torch.cuda.max_memory_reserved()}, handle)
 
 atexit.register(_report)
-from ft_cli.cli import main
+from ft_cli.cli.app import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -90,7 +90,7 @@ def build_model(out: Path) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ft_cli.tiny import build_tokenizer
+    from ft_cli.models.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}

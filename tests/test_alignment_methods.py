@@ -21,7 +21,7 @@ from conftest import REPO, run_ft
 from test_methods import metrics, preference_records, prompt_records, run_config, write_jsonl
 from test_train import arithmetic_chats
 
-from ft_cli.errors import EXIT_USAGE
+from ft_cli.core.errors import EXIT_USAGE
 
 
 def kto_records(pairs: list[dict]) -> list[dict]:
@@ -175,7 +175,7 @@ def test_rloo_raises_a_reward_the_tiny_model_can_learn(config, tmp_path):
 def teacher_dir(tmp_path, tiny_model_dir) -> Path:
     """A teacher with the student's tokenizer and other weights: `ft tiny-model --seed 1`'s weights
     (its vocabulary has the same size but other tokens) under the student's tokenizer files."""
-    from ft_cli.tiny import build_tiny_model
+    from ft_cli.models.tiny import build_tiny_model
 
     other = build_tiny_model(tmp_path / "seed1", seed=1)
     teacher = tmp_path / "teacher"
@@ -212,7 +212,7 @@ def test_distillation_trains_on_chats_from_their_prompts(config, tmp_path, teach
 def test_a_teacher_with_another_vocabulary_is_refused(config, tmp_path):
     """`ft tiny-model --seed 1` trains its tokenizer on another corpus: same vocabulary size, 223 of its
     512 tokens at other ids. Comparing its logits token by token with the student's is meaningless."""
-    from ft_cli.tiny import build_tiny_model
+    from ft_cli.models.tiny import build_tiny_model
 
     other = build_tiny_model(tmp_path / "seed1", seed=1)
     data = write_jsonl(tmp_path / "prompts.jsonl", prompt_records(4))

@@ -25,8 +25,8 @@ import torch
 import yaml
 from conftest import OFFLINE_ENV, REPO
 
-from ft_cli.config import Config
-from ft_cli.errors import EXIT_USAGE, ConfigError
+from ft_cli.config.loading import Config
+from ft_cli.core.errors import EXIT_USAGE, ConfigError
 from ft_cli.train import backends
 from ft_cli.train.backends import ACCELERATE, choose_backend, load_model_and_lora, unsloth_target_modules
 
@@ -263,7 +263,7 @@ def run_cli_with_a_gpu(args: list[str], env: dict) -> subprocess.CompletedProces
         "import sys\n"
         "import ft_cli.train.backends as backends\n"
         "backends.cuda_available = lambda: True  # the only stand-in: there is no GPU here\n"
-        "from ft_cli.cli import main\n"
+        "from ft_cli.cli.app import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
     return subprocess.run(
@@ -306,8 +306,8 @@ def test_when_unsloth_fails_to_import_auto_falls_back_and_explicit_is_one_line(f
     code = (
         "import json\n"
         "import ft_cli.train.backends as backends\n"
-        "from ft_cli.config import Config\n"
-        "from ft_cli.errors import ConfigError\n"
+        "from ft_cli.config.loading import Config\n"
+        "from ft_cli.core.errors import ConfigError\n"
         "backends.cuda_available = lambda: True  # the only stand-in: there is no GPU here\n"
         "out = {'auto': backends.choose_backend(Config(model={'path': 'm'}))}\n"
         "try:\n"

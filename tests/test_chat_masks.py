@@ -74,7 +74,7 @@ def test_qwen3_and_r1_reasoning_is_trained_where_the_template_shows_it_and_refus
 def test_preview_json_and_the_trainers_collated_labels_agree_on_every_family(tmp_path, family_model_dir, ft):
     """`ft prepare --preview --json` (the CLI, as a user runs it) against the labels of the first batch
     that the real TRL collator builds, token by token, for each family."""
-    from ft_cli.config import load_config
+    from ft_cli.config.loading import load_config
     from ft_cli.train.data import load_training_records
     from ft_cli.train.run import build_trainer
 
@@ -109,7 +109,7 @@ def test_llama3_without_a_pad_token_still_trains_its_end_of_turn(tmp_path, famil
     """Llama 3 ships no pad token; ft pads with eos, and the padding must not mask the real <|eot_id|>."""
     from transformers import AutoTokenizer
 
-    from ft_cli.config import load_config
+    from ft_cli.config.loading import load_config
     from ft_cli.train.data import load_training_records
     from ft_cli.train.run import build_trainer
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ft_cli.config import (
+from ft_cli.config.loading import (
     OPTIMIZERS,
     REDACTED,
     SCHEDULERS,
@@ -18,7 +18,7 @@ from ft_cli.config import (
     parse_overrides,
     reference_table,
 )
-from ft_cli.errors import EXIT_USAGE, ConfigError
+from ft_cli.core.errors import EXIT_USAGE, ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 

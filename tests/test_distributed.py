@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from conftest import OFFLINE_ENV, REPO, ft_executable, run_ft
-from ft_cli.errors import EXIT_PREEMPTED, EXIT_USAGE
+from ft_cli.core.errors import EXIT_PREEMPTED, EXIT_USAGE
 from test_resume import final_weights, losses
 from test_train import arithmetic_chats, write_jsonl
 
@@ -198,7 +198,7 @@ def test_fsdp_and_deepspeed_settings_reach_the_trainer_arguments(workdir):
     import torch
     from trl import SFTConfig
 
-    from ft_cli.config import load_config
+    from ft_cli.config.loading import load_config
     from ft_cli.train.model import quantization_config
     from ft_cli.train.distributed import strategy_options
 
@@ -218,7 +218,7 @@ def test_fsdp_and_deepspeed_settings_reach_the_trainer_arguments(workdir):
 
 def test_accelerate_launcher_configs_match_the_strategies():
     expected = {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED", "deepspeed_zero3": "DEEPSPEED"}
-    from ft_cli.launch import ACCELERATE_CONFIGS
+    from ft_cli.train.launch import ACCELERATE_CONFIGS
 
     found = {path.stem: yaml.safe_load(path.read_text()) for path in ACCELERATE_CONFIGS.glob("*.yaml")}
     assert {name: config["distributed_type"] for name, config in found.items()} == expected

@@ -11,8 +11,8 @@ import shutil
 
 import pytest
 
-from ft_cli.config import Config
-from ft_cli.errors import ConfigError, UsageError
+from ft_cli.config.loading import Config
+from ft_cli.core.errors import ConfigError, UsageError
 from ft_cli.estimate import (
     GiB,
     _with,

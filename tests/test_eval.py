@@ -14,7 +14,7 @@ import pytest
 import yaml
 from conftest import OFFLINE_ENV, REAL_DATA, run_ft
 
-from ft_cli.errors import EXIT_OOM, EXIT_USAGE, OutOfMemory, UsageError
+from ft_cli.core.errors import EXIT_OOM, EXIT_USAGE, OutOfMemory, UsageError
 from ft_cli.eval import metrics as M
 
 pytestmark = pytest.mark.xdist_group("eval")  # one worker: the trained run (module fixture) is built once
@@ -110,7 +110,7 @@ def test_rewards_are_called_as_trl_calls_them(tmp_path):
 def tiny(tmp_path_factory):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ft_cli.tiny import build_tiny_model
+    from ft_cli.models.tiny import build_tiny_model
 
     path = build_tiny_model(tmp_path_factory.mktemp("eval-tiny") / "tiny", arch="llama")
     return path, AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
@@ -246,7 +246,7 @@ def offline_module():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny, offline_module):
     """A short LoRA SFT run on the tiny model with data.eval, through ft's own training line."""
-    from ft_cli.config import load_config
+    from ft_cli.config.loading import load_config
     from ft_cli.train.run import train
 
     root = tmp_path_factory.mktemp("eval-run")
@@ -399,6 +399,6 @@ def test_eval_help_is_instant_and_imports_none_of_the_ml_stack():
     import subprocess
 
     heavy = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "lm_eval")
-    code = f"import sys\nfrom ft_cli.cli import main\nrc = main(['eval', '--help'])\nprint('LOADED', [m for m in {heavy!r} if m in sys.modules], rc)\n"
+    code = f"import sys\nfrom ft_cli.cli.app import main\nrc = main(['eval', '--help'])\nprint('LOADED', [m for m in {heavy!r} if m in sys.modules], rc)\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "LOADED [] 0" in out and "Usage: ft eval" in out and "--tasks" in out

@@ -16,7 +16,7 @@ import shutil
 import pytest
 from conftest import run_ft
 
-from ft_cli.errors import EXIT_USAGE, EXIT_VERIFY_FAILED
+from ft_cli.core.errors import EXIT_USAGE, EXIT_VERIFY_FAILED
 
 FAMILIES = ["llama3.1", "llama3.2", "qwen2.5", "qwen3", "mistral", "gemma3", "phi3", "smollm2", "deepseek-r1-distill"]
 pytestmark = pytest.mark.xdist_group("export")
@@ -149,7 +149,7 @@ def test_failed_verification_exits_5_through_the_cli(sharp, tmp_path):
 
     out = tmp_path / "bad.gguf"
     code = (
-        "import sys; from ft_cli.export import arch; arch.PERMUTED.clear(); from ft_cli.cli import main; "
+        "import sys; from ft_cli.export import arch; arch.PERMUTED.clear(); from ft_cli.cli.app import main; "
         f"sys.exit(main(['export', {str(sharp('llama3.2'))!r}, '-o', {str(out)!r}, '--quant', 'f32']))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **OFFLINE_ENV}, timeout=300)

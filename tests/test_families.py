@@ -53,7 +53,7 @@ def load(path):
 
 @pytest.fixture(scope="module")
 def tiny_arch_dir(tmp_path_factory):
-    from ft_cli.tiny import build_tiny_model
+    from ft_cli.models.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("archs")
     return {arch: build_tiny_model(root / arch, arch=arch) for arch in ("llama", "qwen2")}
@@ -239,7 +239,7 @@ def test_phi3_role_tokens_swallow_the_newline_after_them(family_model_dir):
 
 
 def test_builds_are_deterministic_and_unknown_families_get_a_did_you_mean(tmp_path, ft):
-    from ft_cli.errors import UsageError
+    from ft_cli.core.errors import UsageError
 
     def digests(path):
         return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(path.iterdir())}

@@ -40,7 +40,7 @@ def write_jsonl(path, records):
 
 
 def run_method(tmp_path, model, method: str, data, extra: dict | None = None):
-    from ft_cli.config import load_config
+    from ft_cli.config.loading import load_config
     from ft_cli.train.run import train
 
     config = {
@@ -66,9 +66,9 @@ def run_method(tmp_path, model, method: str, data, extra: dict | None = None):
 def test_family_goes_through_the_whole_pipeline(family, family_model_dir, tmp_path, ft):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ft_cli.generate import generate_reply, load_generator
-    from ft_cli.adapters import eos_token_ids
-    from ft_cli.merge import merge_adapter
+    from ft_cli.merge.generate import generate_reply, load_generator
+    from ft_cli.merge.adapters import eos_token_ids
+    from ft_cli.merge.run import merge_adapter
 
     model = family_model_dir(family)
     spec = FAMILIES[family]

@@ -13,8 +13,8 @@ import json
 import pytest
 from conftest import run_ft
 
-from ft_cli.errors import UsageError
-from ft_cli.tool_use import load_tools
+from ft_cli.core.errors import UsageError
+from ft_cli.merge.tool_use import load_tools
 
 TOOLS_PY = '''
 import os
@@ -95,8 +95,8 @@ def test_ft_generate_offers_the_tools_through_the_template(family_model_dir, too
 
 
 def test_a_template_that_drops_tools_is_refused(tiny_model_dir, tools_py):
-    from ft_cli.generate import load_generator
-    from ft_cli.tool_use import check_template_renders_tools
+    from ft_cli.merge.generate import load_generator
+    from ft_cli.merge.tool_use import check_template_renders_tools
 
     with pytest.raises(UsageError, match=r"does not render tools, so the model would never see them; .*chatml_tools"):
         check_template_renders_tools(load_generator(tiny_model_dir), load_tools(tools_py))  # the toy template has no tools
@@ -104,14 +104,14 @@ def test_a_template_that_drops_tools_is_refused(tiny_model_dir, tools_py):
 
 @pytest.fixture(scope="module")
 def qwen_generator(family_model_dir):
-    from ft_cli.generate import load_generator
+    from ft_cli.merge.generate import load_generator
 
     return load_generator(family_model_dir("qwen2.5"))
 
 
 def _scripted(first_reply: str, seen: list):
     """The turn generator with the model's first reply written out; every later turn is the model's own."""
-    from ft_cli.generate import Turn, generate_turn
+    from ft_cli.merge.generate import Turn, generate_turn
 
     def generate(generator, messages, max_new_tokens, temperature, tools=None):
         seen.append([dict(m) for m in messages])
@@ -127,7 +127,7 @@ def _scripted(first_reply: str, seen: list):
 
 @pytest.mark.parametrize("answer", ["y", "n"])
 def test_chat_runs_a_confirmed_call_and_feeds_the_result_back(qwen_generator, tools_py, tmp_path, answer):
-    from ft_cli.generate import chat_loop
+    from ft_cli.merge.generate import chat_loop
 
     marker = tmp_path / "made.txt"
     reply = ('Let me do both.\n<tool_call>\n{"name": "triangle_area", "arguments": {"base": 3, "height": 4}}\n</tool_call>\n'
@@ -151,7 +151,7 @@ def test_chat_runs_a_confirmed_call_and_feeds_the_result_back(qwen_generator, to
 
 
 def test_chat_with_yes_runs_without_asking_and_json_tools_only_show(qwen_generator, tools_py, tmp_path):
-    from ft_cli.generate import chat_loop
+    from ft_cli.merge.generate import chat_loop
 
     reply = '<tool_call>\n{"name": "triangle_area", "arguments": {"base": 2, "height": 5}}\n</tool_call>'
     stdout = io.StringIO()

@@ -17,8 +17,8 @@ import pytest
 import yaml
 from conftest import OFFLINE_ENV, run_ft
 
-from ft_cli.errors import EXIT_USAGE, EXIT_VERIFY_FAILED, UsageError
-from ft_cli.merge import FAILED_MARKER, MERGE_RECORD, VerificationFailed, merge_adapter
+from ft_cli.core.errors import EXIT_USAGE, EXIT_VERIFY_FAILED, UsageError
+from ft_cli.merge.run import FAILED_MARKER, MERGE_RECORD, VerificationFailed, merge_adapter
 
 PROMPTS = ["What is 2 + 3?", "Write a short poem about the sea.", "The quick brown fox"]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
@@ -39,7 +39,7 @@ def offline_module():
 
 def _train(tmp_path, base, *overrides: str):
     """One short SFT run through ft's own training line (the same code `ft train` runs)."""
-    from ft_cli.config import load_config
+    from ft_cli.config.loading import load_config
     from ft_cli.train.run import train
 
     rng = random.Random(0)
@@ -67,7 +67,7 @@ def _train(tmp_path, base, *overrides: str):
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
-    from ft_cli.tiny import build_tiny_model
+    from ft_cli.models.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("merge-base") / "tiny", arch="llama")
 
@@ -92,7 +92,7 @@ def merged_cli(tmp_path_factory, lora_run):
 
 @pytest.fixture(scope="module")
 def tied_base(tmp_path_factory):
-    from ft_cli.tiny import build_tiny_model
+    from ft_cli.models.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tied") / "tiny-tied", arch="llama", tie_word_embeddings=True)
 
@@ -195,7 +195,7 @@ def test_both_loading_recipes_agree_within_fp32_tolerance(merged_cli, lora_run, 
 
 def test_in_memory_merge_matches_before_saving(lora_run, base_dir):
     """peft's merge in memory reproduces base + adapter; ft's own measurement agrees."""
-    from ft_cli.adapters import find_adapter, load_adapted_model, resolve_base
+    from ft_cli.merge.adapters import find_adapter, load_adapted_model, resolve_base
 
     adapter = find_adapter(lora_run / "lora_weights")
     model = load_adapted_model(adapter, resolve_base(adapter), "fp32")
@@ -273,7 +273,7 @@ def test_bf16_merge_and_sharded_output(lora_run, tmp_path):
 
 def test_failed_verification_exits_nonzero_and_marks_the_output(lora_run, tmp_path, monkeypatch):
     """A tolerance no bf16 merge can meet: the output stays for inspection, marked as failed."""
-    from ft_cli import merge
+    from ft_cli.merge import run as merge
 
     monkeypatch.setitem(merge.RELATIVE_TOLERANCE, "bf16", 1e-12)
     out = tmp_path / "merged"
@@ -320,8 +320,8 @@ def test_missing_or_non_adapter_paths_are_clear_errors(ft, tmp_path, base_dir):
 
 
 def test_base_is_found_through_the_run_record_and_missing_bases_are_listed(lora_run, base_dir, tmp_path):
-    from ft_cli.adapters import find_adapter, resolve_base
-    from ft_cli.merge import default_output
+    from ft_cli.merge.adapters import find_adapter, resolve_base
+    from ft_cli.merge.run import default_output
 
     run = tmp_path / "moved-run"
     shutil.copytree(lora_run / "lora_weights", run / "lora_weights")
@@ -377,7 +377,7 @@ def test_push_to_hub_without_network_fails_clearly_and_never_shows_the_token(mer
     token = "hf_" + "k7" * 17
     env = {**OFFLINE_ENV, "HF_HUB_OFFLINE": "0", "HF_TOKEN": token, "HF_ENDPOINT": "http://127.0.0.1:9", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     probe = (
-        "import sys\nfrom ft_cli.errors import FtError\nfrom ft_cli.merge import check_hub_ready, push_to_hub\n"
+        "import sys\nfrom ft_cli.core.errors import FtError\nfrom ft_cli.merge.run import check_hub_ready, push_to_hub\n"
         "try:\n    check_hub_ready('me/tiny-merged'); push_to_hub(__import__('pathlib').Path(sys.argv[1]), 'me/tiny-merged')\n"
         "except FtError as exc:\n    print('error:', exc); sys.exit(exc.exit_code)\n"
     )
@@ -403,7 +403,7 @@ def test_generate_and_chat_give_the_same_greedy_text_before_and_after_merging(ti
     """`ft generate ADAPTER` (base + adapter) and piped `ft chat MERGED` answer alike; /reset starts over."""
     from io import StringIO
 
-    from ft_cli.generate import chat_loop, conversation, generate_reply, load_generator
+    from ft_cli.merge.generate import chat_loop, conversation, generate_reply, load_generator
 
     adapter, merged = tied_merged
     question = "What is 2 + 3?"

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from conftest import REAL_DATA, REPO, run_ft
-from ft_cli.config import load_config
-from ft_cli.errors import EXIT_USAGE, ConfigError
+from ft_cli.config.loading import load_config
+from ft_cli.core.errors import EXIT_USAGE, ConfigError
 from ft_cli.train.rewards import dry_run_rewards, extract_answer, load_rewards
 
 
@@ -186,7 +186,7 @@ def test_vllm_generation_without_vllm_installed_is_a_clear_error(config, tmp_pat
 
 
 def grpo_section(rewards):
-    from ft_cli.config import GrpoSection
+    from ft_cli.config.loading import GrpoSection
 
     return GrpoSection(num_generations=4, rewards=rewards)
 

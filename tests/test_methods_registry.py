@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from conftest import run_ft
-from ft_cli.config import load_config
-from ft_cli.config_schema import CPO_LOSSES, DPO_LOSSES, GRPO_LOSSES, KTO_LOSSES, METHOD_NAMES
-from ft_cli.errors import EXIT_USAGE
+from ft_cli.config.loading import load_config
+from ft_cli.config.schema import CPO_LOSSES, DPO_LOSSES, GRPO_LOSSES, KTO_LOSSES, METHOD_NAMES
+from ft_cli.core.errors import EXIT_USAGE
 from ft_cli.train.data import SHAPES
 from ft_cli.train.methods import METHODS
 

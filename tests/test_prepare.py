@@ -19,7 +19,7 @@ import pytest
 from conftest import OFFLINE_ENV, REAL_DATA, REPO, ft_executable
 
 from ft_cli.data.prepare import PrepareOptions, eval_path, prepare
-from ft_cli.errors import EXIT_USAGE, DataError, UsageError
+from ft_cli.core.errors import EXIT_USAGE, DataError, UsageError
 
 ALPACA_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import REAL_DATA, REPO, trained_runs
 
-from ft_cli.errors import EXIT_USAGE, DataError
+from ft_cli.core.errors import EXIT_USAGE, DataError
 
 KTO_DATA = REPO / "tests" / "data" / "kto"
 STRINGS = KTO_DATA / "feedback.jsonl"

@@ -21,7 +21,7 @@ from ft_cli.data.convert import Converter, ConvertOptions
 from ft_cli.data.formats import normalise_chat
 from ft_cli.data.prepare import PrepareOptions, prepare
 from ft_cli.data.tool_templates import SHIPPED_DIR, renders_tools
-from ft_cli.errors import DataError
+from ft_cli.core.errors import DataError
 
 BFCL = REAL_DATA / "bfcl"
 WEATHER = {
@@ -296,7 +296,7 @@ def test_chatml_tools_renders_as_qwen2_5_does_but_for_the_default_system_prompt_
 
 
 def test_option_mistakes_are_usage_errors(tmp_path):
-    from ft_cli.errors import UsageError
+    from ft_cli.core.errors import UsageError
 
     data = tmp_path / "d.jsonl"
     data.write_text(jsonl(openai_record({"city": "Paris"})))

@@ -29,7 +29,7 @@ def record(country: str, capital: str) -> dict:
 
 @pytest.mark.slow
 def test_lora_sft_on_smollm2_lowers_held_out_loss_merges_and_answers_in_the_new_format(real_model_dir, tmp_path, ft):
-    from ft_cli.config import load_config
+    from ft_cli.config.loading import load_config
     from ft_cli.train.data import load_training_records
     from ft_cli.train.run import build_trainer, save_final
 

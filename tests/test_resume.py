@@ -20,7 +20,7 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import OFFLINE_ENV, REPO, ft_executable, run_ft
-from ft_cli.errors import EXIT_PREEMPTED, EXIT_USAGE
+from ft_cli.core.errors import EXIT_PREEMPTED, EXIT_USAGE
 from ft_cli.train.checkpoints import MANIFEST, apply_retention, discover, is_complete, verify, write_manifest
 from test_train import arithmetic_chats, write_jsonl
 

@@ -8,7 +8,7 @@ import random
 import yaml
 
 from conftest import run_ft
-from ft_cli.errors import EXIT_USAGE
+from ft_cli.core.errors import EXIT_USAGE
 
 
 def test_a_reward_model_is_evaluated_by_its_scores_before_and_after_merging(tiny_model_dir, tmp_path):

@@ -9,8 +9,8 @@ import random
 import pytest
 import yaml
 
-from ft_cli.config import load_config
-from ft_cli.errors import EXIT_USAGE
+from ft_cli.config.loading import load_config
+from ft_cli.core.errors import EXIT_USAGE
 from ft_cli.train.accel import accelerator_problems
 
 MINIMAL = "model: {path: some/model}\ndata: {train: t.jsonl}\n"

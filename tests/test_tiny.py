@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from ft_cli.errors import EXIT_USAGE
-from ft_cli.tiny import EOS, build_tiny_model
+from ft_cli.core.errors import EXIT_USAGE
+from ft_cli.models.tiny import EOS, build_tiny_model
 
 CHAT = [
     {"role": "system", "content": "You add numbers."},

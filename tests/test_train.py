@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import trained_runs
-from ft_cli.errors import EXIT_USAGE
+from ft_cli.core.errors import EXIT_USAGE
 
 
 def arithmetic_chats(n: int = 60, seed: int = 0) -> list[dict]:
@@ -195,7 +195,7 @@ def test_qlora_trains_on_cpu_with_bitsandbytes(ft, run_config, tmp_path):
 )
 def test_loss_covers_exactly_the_answer_tokens(tmp_path, tiny_model_dir, records, trained):
     """Token by token: what ft hands to the trainer trains on the answers, never on the prompt."""
-    from ft_cli.config import load_config
+    from ft_cli.config.loading import load_config
     from ft_cli.train.data import TrainingData, detect_shape
     from ft_cli.train.run import build_trainer
 

@@ -31,7 +31,7 @@ from ft_cli.data.preference_formats import UNPAIR_ADVICE, normalise_kto, normali
 from ft_cli.data.readers import Location, json_type, read_input
 from ft_cli.data.tool_formats import bfcl_answers_path, load_bfcl_answers, normalise_bfcl
 from ft_cli.data.templates import Template, load_template
-from ft_cli.errors import DataError
+from ft_cli.core.errors import DataError
 
 MAX_LISTED = 20  # problems listed in an error; the count says how many there were in all
 
@@ -237,7 +237,7 @@ def unused_mapping_error(converter: Converter) -> DataError | None:
 
 def parse_mapping(pairs: list[str] | None) -> dict[str, str]:
     """`--map target=source` options as {target: source}."""
-    from ft_cli.errors import UsageError
+    from ft_cli.core.errors import UsageError
 
     mapping: dict[str, str] = {}
     for pair in pairs or []:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ft_cli.files import file_sha256, write_text_atomically
+from ft_cli.core.files import file_sha256, write_text_atomically
 
 MANIFEST_VERSION = 1
 

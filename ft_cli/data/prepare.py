@@ -31,8 +31,8 @@ from ft_cli.data.report import Stats, summarize_lengths
 from ft_cli.data.templates import TOKENIZER, load_template, template_tokens
 from ft_cli.data.tool_templates import PREPARE_FIX, chat_template_problem, require_tool_rendering
 from ft_cli.data.writer import AtomicJsonl, encode_json_line, remove_stale_temp_files
-from ft_cli.errors import DataError, UsageError
-from ft_cli.files import same_file
+from ft_cli.core.errors import DataError, UsageError
+from ft_cli.core.files import same_file
 
 LONG_POLICIES = ("truncate", "drop", "error")
 

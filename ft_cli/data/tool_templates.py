@@ -17,7 +17,7 @@ import difflib
 import hashlib
 from pathlib import Path
 
-from ft_cli.errors import UsageError
+from ft_cli.core.errors import UsageError
 
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "models" / "chat_templates"
 TOOL_TEMPLATE = "chatml_tools"  # the tool-capable template ft ships and names in its advice

@@ -14,9 +14,9 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-from ft_cli.errors import UsageError
-from ft_cli.files import make_readable
-from ft_cli.partial import process_alive
+from ft_cli.core.errors import UsageError
+from ft_cli.core.files import make_readable
+from ft_cli.core.partial import process_alive
 
 # One encoder for every record: json.dumps with options builds a new one per call. NaN is not JSON.
 encode_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ft_cli.config import Config, check_combinations
+from ft_cli.config.loading import Config, check_combinations
 
 from ft_cli.estimate.memory import Estimate, estimate
 from ft_cli.estimate.model import ModelFacts

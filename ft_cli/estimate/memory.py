@@ -32,8 +32,8 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from ft_cli.config import Config
-from ft_cli.errors import ConfigError
+from ft_cli.config.loading import Config
+from ft_cli.core.errors import ConfigError
 
 from ft_cli.estimate.model import ModelFacts, lora_param_count, lora_targets, modules_to_save_params
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ft_cli.errors import ConfigError
+from ft_cli.core.errors import ConfigError
 
 
 

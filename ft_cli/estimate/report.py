@@ -5,8 +5,8 @@ import math
 import re
 from pathlib import Path
 
-from ft_cli.config import Config
-from ft_cli.errors import UsageError
+from ft_cli.config.loading import Config
+from ft_cli.core.errors import UsageError
 
 from ft_cli.estimate.fixes import Suggestion, suggestions
 from ft_cli.estimate.memory import DEFAULT_MFU, DEFAULT_TFLOPS, GiB, Estimate, estimate

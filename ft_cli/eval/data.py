@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ft_cli.errors import DataError, UsageError
+from ft_cli.core.errors import DataError, UsageError
 
 # Columns of prompt-only data that hold the reference answer, in the order they are looked for.
 REFERENCE_COLUMNS = ("answer", "reference", "solution", "target", "output")

@@ -14,7 +14,7 @@ def prompt_ids(prompts: list, tokenizer, path: str, tools: list | None = None) -
     a prompt with `tools[i]` is rendered with them, as training renders its record."""
     from ft_cli.data.formats import RecordProblem
     from ft_cli.data.tokens import loss_sequences
-    from ft_cli.errors import DataError
+    from ft_cli.core.errors import DataError
 
     out = []
     checked = False
@@ -51,7 +51,7 @@ def _render_with_tools(tokenizer, messages: list, tools: list) -> list[int]:
 def _check_renders_tools(tokenizer, messages: list, tools: list, path: str, index: int) -> None:
     """A template that drops `tools` would ask the model for calls to functions it never sees: refuse."""
     from ft_cli.data.tool_templates import renders_tools
-    from ft_cli.errors import UsageError
+    from ft_cli.core.errors import UsageError
 
     if not renders_tools(tokenizer):
         raise UsageError(
@@ -62,7 +62,7 @@ def _check_renders_tools(tokenizer, messages: list, tools: list, path: str, inde
 
 def greedy_config(model, tokenizer, max_new_tokens: int):
     """The model's generation config, greedy, stopping at every end-of-sequence id it and the tokenizer know."""
-    from ft_cli.adapters import eos_token_ids
+    from ft_cli.merge.adapters import eos_token_ids
 
     config = copy.deepcopy(model.generation_config)
     config.update(max_new_tokens=max_new_tokens, eos_token_id=eos_token_ids(tokenizer, model.generation_config))

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ft_cli.errors import UsageError
+from ft_cli.core.errors import UsageError
 
 LM_EVAL_VERSION = "0.4.13"
 INSTALL = f'pip install "lm-eval=={LM_EVAL_VERSION}"  (or pip install -e ".[eval]" in a clone of ft)'
@@ -73,7 +73,7 @@ def task_manager(plan: TaskPlan):
     known = set(manager.all_tasks)
     for name in plan.names:
         if name not in known:
-            from ft_cli.config_messages import suggest
+            from ft_cli.config.messages import suggest
 
             close = suggest(name, sorted(known))
             hint = f" (did you mean '{close}'?)" if close else ""
@@ -87,7 +87,7 @@ def run_tasks(model, tokenizer, plan: TaskPlan, manager, batch_size: int, limit:
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    from ft_cli.quiet import is_verbose
+    from ft_cli.core.quiet import is_verbose
 
     if not is_verbose():
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
@@ -129,7 +129,7 @@ def _quiet_git_hash() -> None:
 def _quiet_progress_bars():
     """lm-eval draws its tqdm bars with an explicit `disable=`, past TQDM_DISABLE: in a log file (not a
     terminal, not --verbose) they are carriage-return noise, so its stderr is dropped while it runs."""
-    from ft_cli.quiet import is_verbose
+    from ft_cli.core.quiet import is_verbose
 
     if is_verbose() or sys.stderr.isatty():
         yield

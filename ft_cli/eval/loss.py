@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ft_cli.errors import DataError
+from ft_cli.core.errors import DataError
 
 
 @dataclass

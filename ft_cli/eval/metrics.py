@@ -14,7 +14,7 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ft_cli.errors import UsageError
+from ft_cli.core.errors import UsageError
 
 # name -> (what it needs, what it says)
 METRICS = {
@@ -39,7 +39,7 @@ def kind_of(name: str) -> str:
 
 def check_metric_names(names: list[str]) -> None:
     """Every `--metric` is a known metric, a built-in reward, or a `module:function` reward."""
-    from ft_cli.config import suggest
+    from ft_cli.config.loading import suggest
     from ft_cli.train.rewards import BUILTIN_REWARDS
 
     known = [*METRICS, *BUILTIN_REWARDS]
@@ -147,8 +147,8 @@ class Reward:
 
 def load_reward_metrics(names: list[str], grpo_section=None) -> list[Reward]:
     """The reward functions among `names`, loaded with `grpo_section` (the run's, else the defaults)."""
-    from ft_cli.config_schema import GrpoSection, RewardSpec
-    from ft_cli.errors import ConfigError
+    from ft_cli.config.schema import GrpoSection, RewardSpec
+    from ft_cli.core.errors import ConfigError
     from ft_cli.train.rewards import load_rewards
 
     base = grpo_section or GrpoSection()

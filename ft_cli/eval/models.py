@@ -8,10 +8,10 @@ import gc
 from dataclasses import dataclass
 from pathlib import Path
 
-from ft_cli.errors import UsageError
+from ft_cli.core.errors import UsageError
 from ft_cli.models.check import is_reward_model
 from ft_cli.models.gguf import is_gguf
-from ft_cli.run_dir import ADAPTER_DIR, FULL_MODEL_DIR, RUN_FILE, read_run_record
+from ft_cli.runs.directory import ADAPTER_DIR, FULL_MODEL_DIR, RUN_FILE, read_run_record
 
 
 @dataclass
@@ -33,7 +33,7 @@ class ModelSpec:
 
 def resolve_model(spec: str) -> ModelSpec:
     """What a MODEL argument is: a run directory, an adapter, a model directory, a .gguf file or a hub id."""
-    from ft_cli.adapters import ADAPTER_CONFIG, find_adapter, resolve_base
+    from ft_cli.merge.adapters import ADAPTER_CONFIG, find_adapter, resolve_base
 
     path = Path(spec).expanduser()
     if is_gguf(spec):
@@ -47,7 +47,7 @@ def resolve_model(spec: str) -> ModelSpec:
             if not (path / "config.json").exists() and not (path / ADAPTER_CONFIG).exists() and (path / name).is_dir():
                 inner = path / name
         if (inner / ADAPTER_CONFIG).exists():
-            from ft_cli.adapters import is_reward_adapter
+            from ft_cli.merge.adapters import is_reward_adapter
 
             adapter = find_adapter(inner)
             base = resolve_base(adapter)
@@ -67,7 +67,7 @@ def resolve_model(spec: str) -> ModelSpec:
         raise UsageError(f"{spec}: neither a model directory (config.json), a LoRA adapter ({ADAPTER_CONFIG}) nor a run directory ({RUN_FILE})")
     if path.exists():
         raise UsageError(f"{spec}: is a file; expected a model or run directory, a LoRA adapter directory or a .gguf file")
-    from ft_cli.adapters import _HUB_ID
+    from ft_cli.merge.adapters import _HUB_ID
 
     if _HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
         return ModelSpec(spec, "hub", spec)
@@ -115,7 +115,7 @@ def base_of(model: ModelSpec, models: list[ModelSpec]) -> ModelSpec | None:
 
 def load_model(spec: ModelSpec):
     """(model, tokenizer) in eval mode, loaded as ft merge/generate load them; the stored dtype is kept."""
-    from ft_cli.adapters import (
+    from ft_cli.merge.adapters import (
         BaseModel,
         find_adapter,
         load_adapted_model,

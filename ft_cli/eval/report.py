@@ -115,7 +115,7 @@ def samples_path(results_path: Path) -> Path:
 
 def write_outputs(results: dict, samples: list[dict], results_path: Path) -> tuple[Path, Path]:
     """results.json and samples.jsonl, each written atomically."""
-    from ft_cli.files import write_text_atomically
+    from ft_cli.core.files import write_text_atomically
 
     results_path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomically(results_path, json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n")
@@ -125,6 +125,6 @@ def write_outputs(results: dict, samples: list[dict], results_path: Path) -> tup
 
 
 def versions() -> dict[str, str | None]:
-    from ft_cli.env_report import PACKAGES, package_version
+    from ft_cli.core.env_report import PACKAGES, package_version
 
     return {name: package_version(name) for name in (*PACKAGES, "lm-eval")}

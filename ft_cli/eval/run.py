@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ft_cli.errors import OutOfMemory, UsageError
+from ft_cli.core.errors import OutOfMemory, UsageError
 from ft_cli.eval import metrics as M
 from ft_cli.eval.data import REFERENCE_COLUMNS, EvalData, load_eval_data, run_eval_data
 from ft_cli.eval.models import ModelSpec, base_of, load_model, release, resolve_models
@@ -108,10 +108,10 @@ def _check_numbers(request: EvalRequest) -> None:
 
 
 def _check_outputs(request: EvalRequest, inputs: list[tuple[str, object]]) -> None:
-    """results.json and its samples file land only where they may (ft_cli/outputs.py): never on, in or
+    """results.json and its samples file land only where they may (ft_cli/core/outputs.py): never on, in or
     around an input, never on a link or a device, and over an existing file only with --overwrite and
     only when ft wrote it."""
-    from ft_cli.outputs import check_not_an_input, check_replaceable_file, as_inputs
+    from ft_cli.core.outputs import check_not_an_input, check_replaceable_file, as_inputs
 
     if request.output.suffix != ".json":
         raise UsageError(f"-o {request.output}: the results are JSON; name the file *.json")
@@ -152,7 +152,7 @@ def _inputs(request: EvalRequest, models: list[ModelSpec], plans: list[Plan]) ->
     """Everything the evaluation reads: the MODEL arguments as given, what they resolve to (adapter, base), data,
     tasks. A run directory counts by its parts (lora_weights/ or model/, ft_run.yaml), as for ft export:
     results may go beside them, never into them."""
-    from ft_cli.run_dir import RUN_FILE
+    from ft_cli.runs.directory import RUN_FILE
 
     named: list[tuple[str, object]] = [("MODEL", Path(spec) / RUN_FILE if (Path(spec) / RUN_FILE).is_file() else spec) for spec in request.models]
     named += [(f"the model {m.name}", m.path) for m in models] + [(f"the base of {m.name}", m.base) for m in models]
@@ -222,7 +222,7 @@ def _grpo_section(raw: dict | None):
         return None
     from pydantic import ValidationError
 
-    from ft_cli.config_schema import GrpoSection
+    from ft_cli.config.schema import GrpoSection
 
     try:
         return GrpoSection.model_validate(raw)

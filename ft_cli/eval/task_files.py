@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ft_cli.errors import UsageError
+from ft_cli.core.errors import UsageError
 
 OUTPUT_TYPES = ("loglikelihood", "multiple_choice", "loglikelihood_rolling", "generate_until")
 TEMPLATE_KEYS = ("doc_to_text", "doc_to_target", "doc_to_choice", "doc_to_decontamination_query", "process_results")
@@ -35,7 +35,7 @@ def check_task_file(spec: str, path: Path) -> dict:
         raise UsageError(f"--tasks {spec}: expected a task YAML (a mapping with task:, dataset_path:, output_type:, ...)")
     output_type = settings.get("output_type")
     if output_type is not None and output_type not in OUTPUT_TYPES:
-        from ft_cli.config_messages import suggest
+        from ft_cli.config.messages import suggest
 
         close = suggest(str(output_type), list(OUTPUT_TYPES))
         hint = f" (did you mean '{close}'?)" if close else ""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ft_cli.errors import UsageError
+from ft_cli.core.errors import UsageError
 
 # Hugging Face model_type -> llama.cpp architecture name.
 GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3_text": "gemma3", "gemma3": "gemma3", "phi3": "phi3"}

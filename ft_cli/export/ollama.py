@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ft_cli.errors import UsageError
+from ft_cli.core.errors import UsageError
 
 MODELFILE = "Modelfile"
 _SYSTEM, _USER, _ANSWER = "\x00SYSTEM\x00", "\x00USER\x00", "\x00ANSWER\x00"
@@ -94,7 +94,7 @@ def checked_template(tokenizer, add_bos: bool) -> str | None:
 
 def write_modelfile(gguf_path: Path, template: str | None, tokenizer, stop_ids: list[int], system: str | None) -> tuple[Path, str]:
     """Write OUT_DIR/Modelfile (atomically); return it and the `ollama create` command."""
-    from ft_cli.files import write_text_atomically
+    from ft_cli.core.files import write_text_atomically
 
     path = gguf_path.parent / MODELFILE
     write_text_atomically(path, modelfile_text(gguf_path.name, template, stop_strings(tokenizer, stop_ids), system))

@@ -16,8 +16,8 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ft_cli.errors import EXIT_VERIFY_FAILED, FtError, UsageError
-from ft_cli.partial import partial_prefix, remove_stale_partials
+from ft_cli.core.errors import EXIT_VERIFY_FAILED, FtError, UsageError
+from ft_cli.core.partial import partial_prefix, remove_stale_partials
 from ft_cli.export.arch import plan_for, text_config
 from ft_cli.export.verify import Verification, verify_gguf
 from ft_cli.export.vocab import plan_vocab, turn_end_id
@@ -51,7 +51,7 @@ class ExportResult:
 
 
 def say(line: str) -> None:
-    from ft_cli.adapters import say as _say
+    from ft_cli.merge.adapters import say as _say
 
     _say(line)
 
@@ -65,9 +65,9 @@ def check_output_name(output: Path) -> None:
 
 def check_output(output: Path, overwrite: bool, inputs: list[tuple[str, object]] = (), ollama: bool = False) -> Path:
     """Every file export writes (the GGUF, its record, the Modelfile) apart from the inputs, and over an
-    existing one only with --overwrite and only when ft's own record names it (ft_cli/outputs.py)."""
+    existing one only with --overwrite and only when ft's own record names it (ft_cli/core/outputs.py)."""
     from ft_cli.export.ollama import MODELFILE
-    from ft_cli.outputs import check_not_an_input, check_replaceable_file, as_inputs
+    from ft_cli.core.outputs import check_not_an_input, check_replaceable_file, as_inputs
 
     check_output_name(output)
     record = output.with_name(output.name + RECORD_SUFFIX)
@@ -109,8 +109,8 @@ def export_inputs(source: Path, kind: str, base: str | None) -> list[tuple[str, 
     directory itself is not one: OUT.gguf may go beside lora_weights/, never into it."""
     if kind != "adapter":
         return [("the model", source)]
-    from ft_cli.adapters import find_adapter, resolve_base
-    from ft_cli.run_dir import RUN_FILE
+    from ft_cli.merge.adapters import find_adapter, resolve_base
+    from ft_cli.runs.directory import RUN_FILE
 
     adapter = find_adapter(source)
     return [("the adapter", adapter.path), ("the base model", resolve_base(adapter, base).path), ("the run record", source / RUN_FILE)]
@@ -118,8 +118,8 @@ def export_inputs(source: Path, kind: str, base: str | None) -> list[tuple[str, 
 
 def classify_source(path: Path) -> str:
     """'model' (a full model directory) or 'adapter' (an adapter or a run directory with lora_weights/)."""
-    from ft_cli.adapters import ADAPTER_CONFIG
-    from ft_cli.run_dir import ADAPTER_DIR
+    from ft_cli.merge.adapters import ADAPTER_CONFIG
+    from ft_cli.runs.directory import ADAPTER_DIR
 
     if not path.exists():
         raise UsageError(f"{path}: not found; expected a model directory, a LoRA adapter or a run directory")
@@ -168,7 +168,7 @@ def model_name(source: Path, model_type: str) -> str:
 def _quiet() -> None:
     import sys
 
-    from ft_cli.adapters import quiet_library_noise
+    from ft_cli.merge.adapters import quiet_library_noise
 
     quiet_library_noise()
     if not sys.stderr.isatty():
@@ -188,7 +188,7 @@ def export_model(
     base: str | None = None,
 ) -> ExportResult:
     """`ft export`: SIGTERM and Ctrl-C remove the partial GGUF (and a merge made for it) and exit 75 / 130 with one line."""
-    from ft_cli.partial import stopped_cleanly
+    from ft_cli.core.partial import stopped_cleanly
 
     with stopped_cleanly("ft export"):
         return _export_model(model_path, output, quant, verify, overwrite, ollama, system, base)
@@ -212,7 +212,7 @@ def _export_model(
         raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
     try:
         if kind == "adapter":
-            from ft_cli.merge import VerificationFailed, merge_adapter
+            from ft_cli.merge.run import VerificationFailed, merge_adapter
 
             say(f"{source}: an adapter; merging it first (ft merge, verified)")
             try:
@@ -271,7 +271,7 @@ def _export_directory(model_dir: Path, source: Path, output: Path, quant: str, v
         if verify:
             say("verify: reading the GGUF back with transformers and comparing with the source")
             check = verify_gguf(staging, arch, quant, model, tokenizer)
-        from ft_cli.files import make_readable
+        from ft_cli.core.files import make_readable
 
         make_readable(staging)
         os.replace(staging, output)
@@ -297,8 +297,8 @@ def _export_directory(model_dir: Path, source: Path, output: Path, quant: str, v
 
 def _write_record(output: Path, result: ExportResult) -> None:
     from ft_cli import __version__
-    from ft_cli.env_report import package_version
-    from ft_cli.files import write_text_atomically
+    from ft_cli.core.env_report import package_version
+    from ft_cli.core.files import write_text_atomically
 
     check = result.verification
     record = {

@@ -69,7 +69,7 @@ def tolerance_for(quant: str, max_logit: float) -> float:
 
 
 def probe_texts(tokenizer) -> list[str]:
-    from ft_cli.merge import VERIFY_CHATS, VERIFY_TEXT
+    from ft_cli.merge.run import VERIFY_CHATS, VERIFY_TEXT
 
     texts = [VERIFY_TEXT, *TOKENIZER_PROBES]
     if tokenizer.chat_template:
@@ -241,7 +241,7 @@ def greedy(model, inputs: list, count: int = GREEDY_TOKENS) -> list[list[int]]:
 
 
 def verify_gguf(path: Path, plan: ArchPlan, quant: str, source_model, source_tokenizer) -> Verification:
-    from ft_cli.merge import logits_for, max_abs_diff, verification_inputs
+    from ft_cli.merge.run import logits_for, max_abs_diff, verification_inputs
 
     inputs = verification_inputs(source_tokenizer)
     reference = logits_for(source_model, inputs)

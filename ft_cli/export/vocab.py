@@ -17,7 +17,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from ft_cli.errors import UsageError
+from ft_cli.core.errors import UsageError
 
 # Token types (gguf.TokenType), as ints so listing them imports nothing.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ft_cli.errors import UsageError
+from ft_cli.core.errors import UsageError
 from ft_cli.export.arch import ArchPlan, gguf_name, tensor_names, transform
 from ft_cli.export.vocab import VocabPlan, write_vocab
 

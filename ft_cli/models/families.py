@@ -36,8 +36,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ft_cli.errors import UsageError
-from ft_cli.files import check_model_output_dir
+from ft_cli.core.errors import UsageError
+from ft_cli.core.files import check_model_output_dir
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "chat_templates"
 
@@ -262,7 +262,7 @@ def build_family_tokenizer(family: Family, seed: int = 0):
     from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
 
-    from ft_cli.tiny import training_corpus
+    from ft_cli.models.tiny import training_corpus
 
     corpus = training_corpus(seed)
     build = _byte_level_bpe if family.pipeline in BYTE_LEVEL_PIPELINES else _sentencepiece_bpe
@@ -301,7 +301,7 @@ def build_family_model(out_dir: str | Path, family: str, seed: int = 0, overwrit
     from transformers import AutoModelForCausalLM, GenerationConfig
     from transformers.utils import logging as hf_logging
 
-    from ft_cli.tiny import publish_directory
+    from ft_cli.models.tiny import publish_directory
 
     hf_logging.disable_progress_bar()
     tokenizer = build_family_tokenizer(spec, seed)

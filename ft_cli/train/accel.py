@@ -13,8 +13,8 @@ from __future__ import annotations
 import importlib.util
 import shutil
 
-from ft_cli.config import Config, LoadedConfig
-from ft_cli.errors import ConfigError
+from ft_cli.config.loading import Config, LoadedConfig
+from ft_cli.core.errors import ConfigError
 
 FLASH_PACKAGES = {"flash_attention_2": ("flash_attn",), "flash_attention_3": ("flash_attn_interface", "flash_attn_3")}
 

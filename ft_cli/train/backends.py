@@ -13,8 +13,8 @@ import importlib.util
 import os
 import sys
 
-from ft_cli.config import Config, unsloth_setting_problems
-from ft_cli.errors import ConfigError
+from ft_cli.config.loading import Config, unsloth_setting_problems
+from ft_cli.core.errors import ConfigError
 
 ACCELERATE = "accelerate"
 UNSLOTH = "unsloth"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from ft_cli.errors import EXIT_PREEMPTED, FtError
+from ft_cli.core.errors import EXIT_PREEMPTED, FtError
 from ft_cli.train.faults import fault_point
 
 

@@ -17,8 +17,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ft_cli.errors import DataError, UsageError
-from ft_cli.files import file_sha256, storage_problem
+from ft_cli.core.errors import DataError, UsageError
+from ft_cli.core.files import file_sha256, storage_problem
 from ft_cli.train.faults import checkpoint_fault
 
 MANIFEST = "ft_checkpoint.json"

@@ -1,14 +1,14 @@
 """`distributed:` inside the training processes: who is rank 0, barriers, and the
 Trainer settings for DDP, FSDP and DeepSpeed.
 
-The launcher side (building and running torchrun / accelerate launch) is ft_cli/launch.py.
+The launcher side (building and running torchrun / accelerate launch) is ft_cli/train/launch.py.
 """
 
 from __future__ import annotations
 
 import os
 
-from ft_cli.errors import ConfigError
+from ft_cli.core.errors import ConfigError
 
 SHARDED = ("fsdp", "deepspeed_zero3")  # strategies that split the weights themselves across processes
 

@@ -22,9 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-from ft_cli.config import LoadedConfig
-from ft_cli.errors import Preempted, UsageError
-from ft_cli.run_dir import LOCK_FILE, write_run_file
+from ft_cli.config.loading import LoadedConfig
+from ft_cli.core.errors import Preempted, UsageError
+from ft_cli.runs.directory import LOCK_FILE, write_run_file
 
 _held: dict[Path, int] = {}  # output dir -> lock fd, held until the process exits
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ft_cli.config import Config
+from ft_cli.config.loading import Config
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 
-from ft_cli.config import Config, ModelSection
-from ft_cli.errors import ConfigError
+from ft_cli.config.loading import Config, ModelSection
+from ft_cli.core.errors import ConfigError
 
 _TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 _STORAGE_DTYPES = {**_TORCH_DTYPES, "uint8": "uint8"}

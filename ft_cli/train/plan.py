@@ -14,8 +14,8 @@ import os
 import statistics
 from dataclasses import dataclass
 
-from ft_cli.config import Config, LoadedConfig
-from ft_cli.errors import ConfigError, UsageError
+from ft_cli.config.loading import Config, LoadedConfig
+from ft_cli.core.errors import ConfigError, UsageError
 
 
 def check_paths(loaded: LoadedConfig, chat_template: bool = False) -> None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ft_cli.config import Config, LoadedConfig, config_to_dict, flatten, load_config
-from ft_cli.errors import ConfigError, DataError, UsageError
-from ft_cli.files import file_sha256
-from ft_cli.run_dir import RUN_FILE, SAFE_RESUME_KEYS, config_diff, config_hash
+from ft_cli.config.loading import Config, LoadedConfig, config_to_dict, flatten, load_config
+from ft_cli.core.errors import ConfigError, DataError, UsageError
+from ft_cli.core.files import file_sha256
+from ft_cli.runs.directory import RUN_FILE, SAFE_RESUME_KEYS, config_diff, config_hash
 from ft_cli.train.checkpoints import Checkpoint, checkpoint_step, discover, verify
 from ft_cli.train.run import say, train
 

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ft_cli.errors import ConfigError
+from ft_cli.core.errors import ConfigError
 
 # Built-in rewards by name: import strings of factories that take the `grpo` config section.
 BUILTIN_REWARDS = {
@@ -134,7 +134,7 @@ def load_rewards(grpo, model_section=None, key: str = "grpo.rewards") -> tuple[l
 
     A `model:` reward is loaded (a sequence-classification model, in model_section's dtype) only when
     model_section is given; otherwise its place holds None (the dry run calls functions only)."""
-    from ft_cli.config import suggest
+    from ft_cli.config.loading import suggest
 
     functions, weights = [], []
     for index, spec in enumerate(grpo.rewards):

@@ -1,7 +1,7 @@
 """`ft train` as one straight line: config → data → model → trainer → train → save.
 
 Methods differ only by their spec in methods.py; the line below is the same for all.
-The run directory's files and checks live in ft_cli.run_dir.
+The run directory's files and checks live in ft_cli.runs.directory.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ft_cli.config import LoadedConfig, redact_text
-from ft_cli.errors import ConfigError, DataError, Preempted
-from ft_cli.redaction import declared_secrets
-from ft_cli.run_dir import (
+from ft_cli.config.loading import LoadedConfig, redact_text
+from ft_cli.core.errors import ConfigError, DataError, Preempted
+from ft_cli.core.redaction import declared_secrets
+from ft_cli.runs.directory import (
     ADAPTER_DIR,
     FULL_MODEL_DIR,
     METRICS_FILE,
@@ -389,10 +389,10 @@ def _as_dataset(data: TrainingData, sft: bool = False):
 
 
 def _quiet_library_noise() -> None:
-    """Library progress bars drown our progress lines in job logs (ft_cli.quiet has the rest)."""
+    """Library progress bars drown our progress lines in job logs (ft_cli.core.quiet has the rest)."""
     import datasets
 
-    from ft_cli.quiet import is_verbose, quiet_libraries
+    from ft_cli.core.quiet import is_verbose, quiet_libraries
 
     quiet_libraries()
     if not sys.stderr.isatty() and not is_verbose():

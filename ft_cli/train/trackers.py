@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 
-from ft_cli.config import Config
+from ft_cli.config.loading import Config
 
 PROJECT = "ft"  # trackio's project (its dashboard groups runs by project)
 
@@ -60,7 +60,7 @@ def where_they_write(cfg: Config) -> list[str]:
 def quiet_tracker_prints(trainer) -> None:
     """trackio prints a banner at the start and end of a run (stdout, not a logger); unless verbose,
     those lines go nowhere: where_they_write said where the logs are."""
-    from ft_cli.quiet import is_verbose
+    from ft_cli.core.quiet import is_verbose
 
     if is_verbose():
         return

@@ -83,7 +83,7 @@ def test_library_user_warnings_are_one_line_on_the_quiet_console(monkeypatch):
 
     import peft.tuners.tuners_utils as peft_module
 
-    from ft_cli.quiet import quiet_libraries
+    from ft_cli.core.quiet import quiet_libraries
 
     monkeypatch.delenv("FT_VERBOSE", raising=False)
     for name in ("TQDM_DISABLE", "MLFLOW_LOGGING_LEVEL"):  # quiet_libraries sets them; the test leaves them as they were

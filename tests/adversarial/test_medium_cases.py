@@ -103,7 +103,7 @@ def test_sigterm_and_ctrl_c_stop_merge_and_export_with_one_line_and_leftovers_of
     assert snapshot(tmp_path) == before  # no partial output anywhere
 
     # what a SIGKILLed merge and export leave: removed by the next run; a live writer's partial output is left alone
-    from ft_cli.partial import partial_prefix
+    from ft_cli.core.partial import partial_prefix
 
     dead = subprocess.Popen(["true"])
     dead.wait()

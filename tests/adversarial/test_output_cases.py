@@ -1,4 +1,4 @@
-"""Outputs against inputs, for every command that writes (issue 27, ft_cli/outputs.py).
+"""Outputs against inputs, for every command that writes (issue 27, ft_cli/core/outputs.py).
 
 Each case: an output that is an input, holds one, sits inside one, or reaches one through a
 symlink or a hard link; or an existing output ft cannot prove it wrote. Each must exit 2 with one

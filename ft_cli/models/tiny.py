@@ -14,8 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ft_cli.errors import UsageError
-from ft_cli.outputs import check_model_output_dir, write_model_marker
+from ft_cli.core.errors import UsageError
+from ft_cli.core.outputs import check_model_output_dir, write_model_marker
 
 ARCHITECTURES = ("llama", "qwen2")
 
@@ -159,7 +159,7 @@ def save_tokenizer_as_loaded(directory: Path) -> None:
 def publish_directory(out_dir: Path, write, made_by: str = "ft tiny-model --family") -> Path:
     """Run `write(staging)` in a directory next to `out_dir`, add ft's marker (ft_model.json, what a later
     --overwrite checks for), then rename it into place, so an interrupted build never looks complete.
-    The caller has checked `out_dir` (ft_cli.outputs.check_model_output_dir): only then is an old one removed."""
+    The caller has checked `out_dir` (ft_cli.core.outputs.check_model_output_dir): only then is an old one removed."""
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))

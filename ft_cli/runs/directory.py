@@ -15,11 +15,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ft_cli.config import Config, LoadedConfig, config_to_dict, dump_yaml, flatten
-from ft_cli.errors import ConfigError, UsageError
-from ft_cli.files import file_sha256, write_text_atomically
+from ft_cli.config.loading import Config, LoadedConfig, config_to_dict, dump_yaml, flatten
+from ft_cli.core.errors import ConfigError, UsageError
+from ft_cli.core.files import file_sha256, write_text_atomically
 from ft_cli.models.check import architecture_of
-from ft_cli.outputs import Input, check_not_an_input, as_inputs
+from ft_cli.core.outputs import Input, check_not_an_input, as_inputs
 
 RUN_FILE = "ft_run.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -89,7 +89,7 @@ FREE_TEXT_KEYS = ("training.run_name",)
 def refuse_secrets_in_fields(loaded: LoadedConfig) -> None:
     """A token's value inside a hub id, a path or any other field would reach training_args.bin, the model
     card and the trackers' config tables, and cannot be redacted without changing what the field names."""
-    from ft_cli.redaction import secrets_in_fields
+    from ft_cli.core.redaction import secrets_in_fields
 
     found = secrets_in_fields(loaded.config.model_dump(mode="python"), free_text=FREE_TEXT_KEYS)
     where = loaded.path or "command line"
@@ -164,7 +164,7 @@ def current_launch() -> dict | None:
 
 def run_record(loaded: LoadedConfig) -> dict:
     """The resolved config (secrets redacted) plus what is needed to reproduce the run."""
-    from ft_cli.env_report import PACKAGES, package_version
+    from ft_cli.core.env_report import PACKAGES, package_version
 
     data = loaded.config.data
     files = {name: path for name, path in (("train", data.train), ("eval", data.eval)) if path}

@@ -43,8 +43,8 @@ def write_text_atomically(path: Path, text: str) -> None:
 
 
 def check_model_output_dir(out_dir: Path, overwrite: bool) -> None:
-    """Kept for callers without inputs (ft tiny-model --family): the rule lives in ft_cli/outputs.py."""
-    from ft_cli.outputs import check_model_output_dir as check
+    """Kept for callers without inputs (ft tiny-model --family): the rule lives in ft_cli/core/outputs.py."""
+    from ft_cli.core.outputs import check_model_output_dir as check
 
     check(out_dir, overwrite)
 

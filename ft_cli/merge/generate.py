@@ -3,7 +3,7 @@
 Both load a merged or full model directory, or an adapter directory (base + adapter,
 unmerged), render the conversation with the tokenizer's chat template (the one saved
 with the run) and decode greedily by default, so the same prompt gives the same text
-through base + adapter and through the merged model. With `--tools` (ft_cli.tool_use)
+through base + adapter and through the merged model. With `--tools` (ft_cli.merge.tool_use)
 the tools go to the template and the model's calls are shown parsed (and run, in chat).
 """
 
@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from ft_cli.errors import UsageError
+from ft_cli.core.errors import UsageError
 from ft_cli.models.gguf import auto_tokenizer, is_gguf
-from ft_cli.run_dir import ADAPTER_DIR, FULL_MODEL_DIR
-from ft_cli.merge import FAILED_MARKER
-from ft_cli.adapters import (
+from ft_cli.runs.directory import ADAPTER_DIR, FULL_MODEL_DIR
+from ft_cli.merge.run import FAILED_MARKER
+from ft_cli.merge.adapters import (
     ADAPTER_CONFIG,
     BaseModel,
     eos_token_ids,
@@ -171,10 +171,10 @@ def chat_loop(
 ) -> int:
     """Read a user turn per line until EOF or /exit; print each answer. Returns the number of answers.
 
-    With a `toolbox` (ft_cli.tool_use.Toolbox) the model's calls are shown and, for a Python tools
+    With a `toolbox` (ft_cli.merge.tool_use.Toolbox) the model's calls are shown and, for a Python tools
     file, run once confirmed (y/N on the next input line; `yes` skips it), their results fed back as
     tool turns. `generate` is the turn generator (generate_turn; a test may script the first reply)."""
-    from ft_cli.tool_use import answer_with_tools
+    from ft_cli.merge.tool_use import answer_with_tools
 
     generate = generate or generate_turn
     interactive = stdin.isatty()

@@ -16,9 +16,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from ft_cli.config_messages import COMMAND_LINE, describe_errors, one_line, reference_table, show_value, suggest, where  # noqa: F401 - re-exported
-from ft_cli.config_methods import method_problems
-from ft_cli.config_schema import (  # noqa: F401 - re-exported: the schema is part of ft_cli.config's interface
+from ft_cli.config.messages import COMMAND_LINE, describe_errors, one_line, reference_table, show_value, suggest, where  # noqa: F401 - re-exported
+from ft_cli.config.method_rules import method_problems
+from ft_cli.config.schema import (  # noqa: F401 - re-exported: the schema is part of ft_cli.config.loading's interface
     OPTIMIZERS,
     SCHEDULERS,
     Config,
@@ -31,8 +31,8 @@ from ft_cli.config_schema import (  # noqa: F401 - re-exported: the schema is pa
     Section,
     TrainingSection,
 )
-from ft_cli.errors import ConfigError
-from ft_cli.redaction import REDACTED, is_secret_key, redact, redact_text  # noqa: F401 - re-exported
+from ft_cli.core.errors import ConfigError
+from ft_cli.core.redaction import REDACTED, is_secret_key, redact, redact_text  # noqa: F401 - re-exported
 
 # --------------------------------------------------------------------------- YAML
 

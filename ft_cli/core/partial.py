@@ -20,7 +20,7 @@ import sys
 import threading
 from pathlib import Path
 
-from ft_cli.errors import Preempted
+from ft_cli.core.errors import Preempted
 
 
 def partial_prefix(name: str) -> str:

@@ -20,11 +20,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ft_cli.errors import UsageError
+from ft_cli.core.errors import UsageError
 
 MODEL_MARKER = "ft_model.json"  # in a model directory ft built: what made it
-MERGE_RECORD = "ft_merge.json"  # ft merge's record (ft_cli/merge.py): a merged model's marker
-RUN_FILE = "ft_run.yaml"  # a run directory's record (ft_cli/run_dir.py)
+MERGE_RECORD = "ft_merge.json"  # ft merge's record (ft_cli/merge/run.py): a merged model's marker
+RUN_FILE = "ft_run.yaml"  # a run directory's record (ft_cli/runs/directory.py)
 _WALK_LIMIT = 20_000  # entries looked at for hard links; past it the check is best effort
 
 

@@ -21,12 +21,12 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ft_cli.config import Config, LoadedConfig
-from ft_cli.errors import EXIT_PREEMPTED, ConfigError, DataError, UsageError
-from ft_cli.run_dir import LAUNCH_ENV, RUN_FILE, check_run_output, read_run_record, refuse_secrets_in_fields, run_status
+from ft_cli.config.loading import Config, LoadedConfig
+from ft_cli.core.errors import EXIT_PREEMPTED, ConfigError, DataError, UsageError
+from ft_cli.runs.directory import LAUNCH_ENV, RUN_FILE, check_run_output, read_run_record, refuse_secrets_in_fields, run_status
 from ft_cli.train.distributed import check_strategy_device
 LAUNCHERS = ("torchrun", "accelerate")
-ACCELERATE_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
+ACCELERATE_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "accelerate"
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ def _workers(launcher_pid: int) -> list[int]:
 
 def launch_training(config_path: Path, overrides: list[str], launch: Launch, overwrite: bool = False, dry_run: bool = False) -> int:
     """`ft launch CONFIG --nproc N ...`: check everything, then run `ft train` on every process."""
-    from ft_cli.config import load_config
+    from ft_cli.config.loading import load_config
 
     loaded = load_config(config_path, overrides)
     prepare_launch(loaded, launch, overwrite)

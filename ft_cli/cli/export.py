@@ -26,7 +26,7 @@ def export_command(
     template. Verification (on by default) reads it back with transformers and compares logits
     (tolerance per type) and token ids; a failure exits 5 and marks the file.
     """
-    from ft_cli.errors import UsageError
+    from ft_cli.core.errors import UsageError
     from ft_cli.export.run import export_model
 
     if format.lower() != "gguf":

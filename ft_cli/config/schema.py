@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from ft_cli.redaction import REDACTED
+from ft_cli.core.redaction import REDACTED
 
 # --------------------------------------------------------------------------- schema
 

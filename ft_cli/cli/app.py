@@ -14,10 +14,10 @@ from typing import Annotated, Optional
 import typer
 
 from ft_cli import __version__
-from ft_cli.cli_export import export_command
-from ft_cli.cli_eval import eval_command
-from ft_cli.cli_models import env, models_app, tiny_model
-from ft_cli.errors import EXIT_CODES, EXIT_OOM, EXIT_USAGE, FtError
+from ft_cli.cli.export import export_command
+from ft_cli.cli.eval import eval_command
+from ft_cli.cli.models import env, models_app, tiny_model
+from ft_cli.core.errors import EXIT_CODES, EXIT_OOM, EXIT_USAGE, FtError
 
 # "\b" keeps click from re-wrapping the list, so each code stays on its own line.
 _EXIT_CODE_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
@@ -58,7 +58,7 @@ def _root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show every library message and warning (also FT_VERBOSE=1).")] = False,
 ) -> None:
     """Fine-tune language models."""
-    from ft_cli.quiet import quiet_libraries, set_verbose
+    from ft_cli.core.quiet import quiet_libraries, set_verbose
 
     if verbose:
         set_verbose()
@@ -109,10 +109,10 @@ def prepare(
         eval_split=eval_split, seed=seed, dedupe=dedupe, preview=preview, unpair=unpair, chat_template=chat_template, answers=answers,
     )  # fmt: skip
     if as_json and not (preview and model):
-        from ft_cli.errors import UsageError
+        from ft_cli.core.errors import UsageError
 
         raise UsageError("--json: needs --preview N and --model (the JSON lists the model's token ids)")
-    from ft_cli.partial import stopped_cleanly
+    from ft_cli.core.partial import stopped_cleanly
 
     with stopped_cleanly("ft prepare"):  # Ctrl-C: its temp files go, and it says so
         result = run_prepare(options)
@@ -165,9 +165,9 @@ def train(
     Without a config, --model and --dataset are enough: LoRA with the defaults in
     the config reference.
     """
-    from ft_cli.config import load_config
-    from ft_cli.errors import UsageError
-    from ft_cli.run_dir import wants_auto_resume
+    from ft_cli.config.loading import load_config
+    from ft_cli.core.errors import UsageError
+    from ft_cli.runs.directory import wants_auto_resume
     from ft_cli.train.distributed import is_main_process
     from ft_cli.train.run import train as run_training
 
@@ -208,7 +208,7 @@ def launch(
     deepspeed_zero3). SIGTERM/SIGUSR1 go to the training processes (checkpoint, exit
     75); the exit code is passed through. `ft resume` relaunches such a run the same way.
     """
-    from ft_cli.launch import Launch, launch_training
+    from ft_cli.train.launch import Launch, launch_training
 
     spec = Launch(nproc=nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port, launcher=launcher)
     code = launch_training(config, overrides or [], spec, overwrite=overwrite, dry_run=dry_run)
@@ -234,7 +234,7 @@ def merge(
     model matches base + adapter. A failed verification exits 1 and leaves the output
     marked with a MERGE_FAILED_VERIFICATION file.
     """
-    from ft_cli.merge import merge_adapter
+    from ft_cli.merge.run import merge_adapter
 
     result = merge_adapter(
         adapter_dir, output=output, base=base, dtype=dtype, verify=verify, overwrite=overwrite, push_to_hub_repo=push_to_hub, max_shard_size=max_shard_size
@@ -267,12 +267,12 @@ def generate(
     Greedy by default, so the adapter and its merged model can be compared. With --tools the
     model is offered the tools and its calls are printed parsed: `→ call name(arg=value, ...)`.
     """
-    from ft_cli.generate import conversation, generate_turn, load_generator, note_empty
+    from ft_cli.merge.generate import conversation, generate_turn, load_generator, note_empty
 
     toolbox = _load_tools(tools)
     generator = load_generator(model, base)
     if toolbox is not None:
-        from ft_cli.tool_use import check_template_renders_tools, parse_turn, show
+        from ft_cli.merge.tool_use import check_template_renders_tools, parse_turn, show
 
         check_template_renders_tools(generator, toolbox)
     for prompt in prompts:
@@ -292,7 +292,7 @@ def _load_tools(path: Optional[Path]):
     """The --tools file, read before the model loads so a bad file costs no load."""
     if path is None:
         return None
-    from ft_cli.tool_use import load_tools
+    from ft_cli.merge.tool_use import load_tools
 
     return load_tools(path)
 
@@ -313,12 +313,12 @@ def chat(
     With --tools tools.py, each call the model makes is shown, run after y (or with --yes),
     and its result fed back as a tool turn; the model then continues.
     """
-    from ft_cli.generate import chat_loop, load_generator
+    from ft_cli.merge.generate import chat_loop, load_generator
 
     toolbox = _load_tools(tools)
     generator = load_generator(model, base)
     if toolbox is not None:
-        from ft_cli.tool_use import check_template_renders_tools
+        from ft_cli.merge.tool_use import check_template_renders_tools
 
         check_template_renders_tools(generator, toolbox)
     chat_loop(generator, system, max_new_tokens, temperature, toolbox=toolbox, yes=yes)
@@ -337,7 +337,7 @@ def resume(
     Overrides may change only how long the run goes and how it logs and saves
     (training.max_steps, num_train_epochs, save_steps, logging_steps, report_to, ...).
     """
-    from ft_cli.launch import relaunch_if_distributed
+    from ft_cli.train.launch import relaunch_if_distributed
     from ft_cli.train.distributed import is_main_process
     from ft_cli.train.resume import resume_run
 
@@ -364,7 +364,7 @@ def estimate(
     each memory term, whether the total fits --gpu-mem and, when it does not, the
     cheapest changes that do (QLoRA, gradient checkpointing, smaller micro-batch, ZeRO-3).
     """
-    from ft_cli.config import load_config
+    from ft_cli.config.loading import load_config
     from ft_cli.estimate import run_estimate
 
     run_estimate(load_config(config, overrides).config, gpu_mem=gpu_mem, gpus=gpus, tflops=tflops, mfu=mfu)
@@ -377,14 +377,14 @@ def config_show(
     sources: Annotated[bool, typer.Option("--sources", help="Show where each value comes from.")] = False,
 ) -> None:
     """Print the resolved config (defaults + file + overrides), secrets redacted."""
-    from ft_cli.config import config_to_dict, dump_yaml, load_config
+    from ft_cli.config.loading import config_to_dict, dump_yaml, load_config
 
     loaded = load_config(config, overrides)
     resolved = config_to_dict(loaded.config)
     if not sources:
         typer.echo(dump_yaml(resolved), nl=False)
         return
-    from ft_cli.config import flatten
+    from ft_cli.config.loading import flatten
 
     for key, value in flatten(resolved).items():
         typer.echo(f"{key} = {value!r}  # {loaded.source_of(key)}")
@@ -394,7 +394,7 @@ def config_show(
 def config_validate(config: ConfigPath, overrides: Overrides = None) -> None:
     """Check a config without running anything: its values, and that the model and data it names are there
     and loadable (from their files; no weights are read). Exit 0 when it is valid, 2 otherwise."""
-    from ft_cli.config import load_config
+    from ft_cli.config.loading import load_config
 
     from ft_cli.train.plan import check_paths
 
@@ -408,7 +408,7 @@ def config_validate(config: ConfigPath, overrides: Overrides = None) -> None:
 @config_app.command("reference", hidden=True)
 def config_reference() -> None:
     """Print the config reference table in Markdown (embedded in README.md)."""
-    from ft_cli.config import reference_table
+    from ft_cli.config.loading import reference_table
 
     typer.echo(reference_table())
 
@@ -438,12 +438,12 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except FtError as exc:
-        from ft_cli.config import redact_text
+        from ft_cli.config.loading import redact_text
 
         typer.echo(f"error: {redact_text(exc.render())}", err=True)
         return exc.exit_code
     except OSError as exc:
-        from ft_cli.files import storage_problem
+        from ft_cli.core.files import storage_problem
 
         reason = storage_problem(exc)
         if reason is None:

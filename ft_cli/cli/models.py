@@ -37,7 +37,7 @@ def tiny_model(
         path = build_family_model(out_dir, family, seed=seed, overwrite=overwrite)
         typer.echo(f"tiny {family} model written to {path}")
         return
-    from ft_cli.tiny import build_tiny_model
+    from ft_cli.models.tiny import build_tiny_model
 
     path = build_tiny_model(out_dir, arch=arch, seed=seed, tie_word_embeddings=tie_word_embeddings, overwrite=overwrite)
     typer.echo(f"tiny {arch} model written to {path}")
@@ -72,6 +72,6 @@ def models_convert_gguf(
 
 def env() -> None:
     """Print versions and hardware for bug reports."""
-    from ft_cli.env_report import environment_report
+    from ft_cli.core.env_report import environment_report
 
     typer.echo(environment_report())

@@ -11,10 +11,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ft_cli.errors import UsageError
+from ft_cli.core.errors import UsageError
 from ft_cli.models.check import ARCHITECTURE_KEYS, architecture_of, safetensors_problem
 from ft_cli.models.gguf import is_gguf
-from ft_cli.run_dir import ADAPTER_DIR, RUN_FILE  # what `ft train` writes (no training stack import)
+from ft_cli.runs.directory import ADAPTER_DIR, RUN_FILE  # what `ft train` writes (no training stack import)
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -290,10 +290,10 @@ def untie_adapted_embeddings(peft_model) -> bool:
 
 
 def quiet_library_noise() -> None:
-    """ft_cli.quiet's filters, plus peft's tied-embedding warning (untie_adapted_embeddings handles it)."""
+    """ft_cli.core.quiet's filters, plus peft's tied-embedding warning (untie_adapted_embeddings handles it)."""
     import warnings
 
-    from ft_cli.quiet import is_verbose, quiet_libraries
+    from ft_cli.core.quiet import is_verbose, quiet_libraries
 
     quiet_libraries()
     if is_verbose():

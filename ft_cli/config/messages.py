@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from ft_cli.config_schema import Config, Section
-from ft_cli.redaction import REDACTED, is_secret_key, redact_text
+from ft_cli.config.schema import Config, Section
+from ft_cli.core.redaction import REDACTED, is_secret_key, redact_text
 
 COMMAND_LINE = "command line"
 

@@ -6,7 +6,7 @@ imported here, never the ML stack.
 
 from __future__ import annotations
 
-from ft_cli.config_schema import Config, GrpoSection
+from ft_cli.config.schema import Config, GrpoSection
 
 # grpo: settings RLOO has no use for (its advantage is the leave-one-out baseline, its loss its own).
 _GRPO_ONLY = ("loss_type", "scale_rewards", "importance_sampling_level")

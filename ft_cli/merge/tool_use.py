@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ft_cli.data.tool_parsing import ParsedReply, ToolCall, parse_reply
-from ft_cli.errors import UsageError
+from ft_cli.core.errors import UsageError
 
 MAX_TOOL_ROUNDS = 5  # model turns in a row that call tools, before the chat hands back to the user
 
@@ -121,7 +121,7 @@ def parse_turn(generator, turn, toolbox: Toolbox) -> ParsedReply:
 
 def show(reply: ParsedReply, stdout: TextIO) -> None:
     """The answer's text, then each call as `→ call name(arg=value, ...)`."""
-    from ft_cli.adapters import say
+    from ft_cli.merge.adapters import say
 
     text = reply.content.strip()
     if text:
@@ -150,7 +150,7 @@ def answer_with_tools(generator, history: list[dict], toolbox: Toolbox, max_new_
                       stdin: TextIO, stdout: TextIO, yes: bool, generate) -> None:  # fmt: skip
     """The model's answer to the last user turn: each round of calls shown, run when confirmed and fed
     back as tool turns, until it answers without a call (or MAX_TOOL_ROUNDS)."""
-    from ft_cli.adapters import say
+    from ft_cli.merge.adapters import say
 
     for _ in range(MAX_TOOL_ROUNDS):
         turn = generate(generator, history, max_new_tokens, temperature, tools=toolbox.schemas)

@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ft_cli.adapters import (
+from ft_cli.merge.adapters import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     DTYPES,
@@ -36,10 +36,10 @@ from ft_cli.adapters import (
     say,
     untie_adapted_embeddings,
 )
-from ft_cli.errors import EXIT_VERIFY_FAILED, FtError, UsageError
-from ft_cli.files import storage_problem
-from ft_cli.partial import partial_prefix, remove_stale_partials
-from ft_cli.run_dir import ADAPTER_DIR
+from ft_cli.core.errors import EXIT_VERIFY_FAILED, FtError, UsageError
+from ft_cli.core.files import storage_problem
+from ft_cli.core.partial import partial_prefix, remove_stale_partials
+from ft_cli.runs.directory import ADAPTER_DIR
 MERGE_RECORD = "ft_merge.json"  # what was merged, how, and the verification result
 FAILED_MARKER = "MERGE_FAILED_VERIFICATION"  # present only in an output that failed verification
 # Allowed max |logit difference| as a fraction of the largest |logit| (at least 1):
@@ -120,9 +120,9 @@ def default_output(adapter: Adapter) -> Path:
 
 
 def check_output(output: Path, adapter: Adapter, base: BaseModel, overwrite: bool) -> None:
-    """Refuse to clobber: never an input (ft_cli/outputs.py), and a non-empty output needs --overwrite and
+    """Refuse to clobber: never an input (ft_cli/core/outputs.py), and a non-empty output needs --overwrite and
     must be an earlier ft merge output."""
-    from ft_cli.outputs import check_not_an_input, as_inputs
+    from ft_cli.core.outputs import check_not_an_input, as_inputs
 
     inputs = as_inputs([("the adapter", adapter.path), ("the base model", base.path)])
     check_not_an_input(output, f"-o {output}", inputs, "choose another -o")
@@ -177,7 +177,7 @@ def _replace(staging: Path, output: Path) -> None:
 
 def _write_record(path: Path, adapter: Adapter, base: BaseModel, result: MergeResult) -> None:
     from ft_cli import __version__
-    from ft_cli.env_report import package_version
+    from ft_cli.core.env_report import package_version
 
     record = {
         "adapter": str(adapter.path),
@@ -260,7 +260,7 @@ def merge_adapter(
     max_shard_size: str | int = DEFAULT_SHARD_SIZE,
 ) -> MergeResult:
     """`ft merge`: SIGTERM and Ctrl-C remove the partial merge and exit 75 / 130 with one line."""
-    from ft_cli.partial import stopped_cleanly
+    from ft_cli.core.partial import stopped_cleanly
 
     with stopped_cleanly("ft merge"):
         return _merge_adapter(adapter_path, output, base, dtype, verify, overwrite, push_to_hub_repo, max_shard_size)
