@@ -29,9 +29,10 @@ COMMAND = ".venv/bin/python bench/export_quality.py"
 def _model_dir() -> Path:
     if MODEL.is_dir():
         return MODEL
+    from ft_cli.data.tokens import end_of_turn_ids
     from ft_cli.models.gguf import convert_gguf, smollm2_gguf
 
-    return convert_gguf(smollm2_gguf(), MODEL)
+    return convert_gguf(smollm2_gguf(), MODEL, end_of_turn_ids)
 
 
 def main() -> str:

@@ -128,7 +128,8 @@ def real_model_dir() -> Path:
     REAL_MODEL.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(REAL_MODEL) + ".lock"):
         if not (REAL_MODEL / "config.json").is_file():
+            from ft_cli.data.tokens import end_of_turn_ids
             from ft_cli.models.gguf import convert_gguf, smollm2_gguf
 
-            convert_gguf(smollm2_gguf(), REAL_MODEL, overwrite=True)
+            convert_gguf(smollm2_gguf(), REAL_MODEL, end_of_turn_ids, overwrite=True)
     return REAL_MODEL

@@ -248,6 +248,7 @@ def tiny_run(tmp_path_factory, tiny, offline_module):
     """A short LoRA SFT run on the tiny model with data.eval, through ft's own training line."""
     from ft_cli.config.loading import load_config
     from ft_cli.train.run import train
+    from ft_cli.cli.app import TRAINING_CALLBACKS
 
     root = tmp_path_factory.mktemp("eval-run")
     rng = random.Random(0)
@@ -266,7 +267,7 @@ def tiny_run(tmp_path_factory, tiny, offline_module):
                      "lr_scheduler_type": "constant", "optim": "adamw_torch", "logging_steps": 3, "save_steps": 100, "gradient_checkpointing": False},
     }  # fmt: skip
     (root / "train.yaml").write_text(yaml.safe_dump(config))
-    train(load_config(root / "train.yaml", []))
+    train(load_config(root / "train.yaml", []), callbacks=TRAINING_CALLBACKS)  # as `ft train` runs it: with eval.generate
     return root / "run"
 
 

@@ -139,6 +139,17 @@ def prepare(
 SHORTCUT_DEFAULTS = {"lora.enabled": True}
 
 
+def _eval_samples_during_training(cfg, eval_data, tokenizer, output_dir: Path):
+    """eval.generate: ft eval's answers sampled at each evaluation, handed to training through the
+    callback interface training owns (train never imports eval)."""
+    from ft_cli.eval.during_training import generation_callback
+
+    return generation_callback(cfg, eval_data, tokenizer, output_dir)
+
+
+TRAINING_CALLBACKS = (_eval_samples_during_training,)
+
+
 def split_config_and_overrides(args: list[str]) -> tuple[Path | None, list[str]]:
     """`ft train [CONFIG] [key=value ...]`: the first argument is the config unless it is an override."""
     if args and "=" not in args[0]:
@@ -182,9 +193,9 @@ def train(
 
         output_dir = Path(loaded.config.training.output_dir)
         say(f"training.resume: auto: {output_dir} holds a run; checking whether it can be continued")
-        result = resume_run(output_dir, given=loaded)
+        result = resume_run(output_dir, given=loaded, callbacks=TRAINING_CALLBACKS)
     else:
-        result = run_training(loaded, overwrite=overwrite, dry_run=dry_run)
+        result = run_training(loaded, overwrite=overwrite, dry_run=dry_run, callbacks=TRAINING_CALLBACKS)
     if not dry_run and is_main_process():
         typer.echo(f"trained: {result}")
 
@@ -344,7 +355,7 @@ def resume(
     code = relaunch_if_distributed(output_dir, overrides or [], checkpoint=checkpoint, force=force)
     if code is not None:  # a run started by ft launch: resumed on as many processes, by the same launcher
         raise typer.Exit(code)
-    result = resume_run(output_dir, overrides, checkpoint=checkpoint, force=force)
+    result = resume_run(output_dir, overrides, checkpoint=checkpoint, force=force, callbacks=TRAINING_CALLBACKS)
     if is_main_process():
         typer.echo(f"trained: {result}")
 

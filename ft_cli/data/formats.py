@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ft_cli.data.readers import json_type
+from ft_cli.data.record_problems import RecordProblem, non_blank, optional_string, required, string  # noqa: F401 - re-exported
 
 FORMATS = ("alpaca", "sharegpt", "chat", "completion", "preference", "kto", "prompt-only", "bfcl")
 ALIASES = {"messages": "chat", "text": "completion", "unpaired-preference": "kto"}
@@ -49,15 +50,6 @@ SHAPE_COLUMNS = {
     "unpaired-preference": ("prompt", "completion", "label"),
     "prompt-only": ("prompt",),
 }
-
-
-class RecordProblem(Exception):
-    """What is wrong with one record: the field (dotted path, or None for the whole record) and why."""
-
-    def __init__(self, field: str | None, reason: str):
-        super().__init__(f"{field}: {reason}" if field else reason)
-        self.field = field
-        self.reason = reason
 
 
 @dataclass
@@ -101,35 +93,6 @@ def detect_format(record: Any, text_field: str = "text") -> str | None:
     if "prompt" in record:
         return "prompt-only"
     return None
-
-
-# --- fields -------------------------------------------------------------------
-
-
-def required(record: dict, key: str, path: str | None = None) -> Any:
-    if key not in record:
-        raise RecordProblem(path or key, "missing field")
-    return record[key]
-
-
-def string(value: Any, path: str) -> str:
-    if not isinstance(value, str):
-        raise RecordProblem(path, f"expected a string, got {json_type(value)}")
-    return value
-
-
-def optional_string(record: dict, key: str, path: str | None = None) -> str:
-    value = record.get(key)
-    return "" if value is None else string(value, path or key)
-
-
-def non_blank(text: str, path: str, what: str = "") -> str:
-    """`what` names the thing for the message: 'answer' gives 'empty answer', '' gives 'empty'."""
-    if not text:
-        raise RecordProblem(path, f"empty {what}".strip())
-    if not text.strip():
-        raise RecordProblem(path, f"whitespace-only {what}".strip())
-    return text
 
 
 # --- conversations --------------------------------------------------------------

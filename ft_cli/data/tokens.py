@@ -253,3 +253,18 @@ def _with_eos(text: str, tokenizer) -> str:
 def _require_chat_template(tokenizer) -> None:
     if not getattr(tokenizer, "chat_template", None):
         raise UsageError(f"--model {tokenizer.name_or_path}: the tokenizer has no chat template, so messages cannot be rendered; pass --template")
+
+
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """eos plus the token that closes an assistant turn in the chat template (found by rendering)."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    if getattr(tokenizer, "chat_template", None):
+        probe = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+        try:
+            (sequence,) = loss_sequences(probe, tokenizer)
+            trained = [i for i, flag in zip(sequence.ids, sequence.trained) if flag]
+            if trained and trained[-1] in tokenizer.all_special_ids:
+                ids.append(trained[-1])
+        except RecordProblem:
+            pass
+    return list(dict.fromkeys(ids))

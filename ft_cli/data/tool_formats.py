@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ft_cli.data.formats import RecordProblem, required, string
+from ft_cli.data.record_problems import RecordProblem, required, string
 from ft_cli.data.readers import decode_json, json_type
 from ft_cli.core.errors import DataError
 

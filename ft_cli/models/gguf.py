@@ -14,6 +14,7 @@ The real model the tests, demo and benchmarks use is SmolLM2-135M-Instruct, whic
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 import sys
 from pathlib import Path
 
@@ -176,8 +177,11 @@ def load_gguf(path: Path, dtype: str = CONVERTED_DTYPE):
     return auto_model(path, dtype=getattr(torch, dtype)), auto_tokenizer(path)
 
 
-def convert_gguf(gguf_path: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
-    """A Hugging Face model directory from a GGUF file, verified against it, written atomically."""
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path, end_of_turn: Callable, overwrite: bool = False) -> Path:
+    """A Hugging Face model directory from a GGUF file, verified against it, written atomically.
+
+    `end_of_turn(tokenizer)` gives the ids generation stops on (ft_cli.data.tokens.end_of_turn_ids:
+    the masks live in data, above this layer, so the caller hands them down)."""
     from ft_cli.models.tiny import publish_directory
 
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
@@ -189,7 +193,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, overwrite: bool = F
     check_model_output_dir(out_dir, overwrite, as_inputs([("the GGUF file", gguf_path)]))
     _quiet_conversion()
     model, tokenizer = load_gguf(gguf_path)
-    model.generation_config.eos_token_id = end_of_turn_ids(tokenizer)
+    model.generation_config.eos_token_id = end_of_turn(tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
     def write(staging: Path) -> None:
@@ -198,24 +202,6 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, overwrite: bool = F
         _check_same_logits(model, staging)
 
     return publish_directory(out_dir, write, made_by=f"ft models convert-gguf {gguf_path.name}")
-
-
-def end_of_turn_ids(tokenizer) -> list[int]:
-    """eos plus the token that closes an assistant turn in the chat template (found by rendering)."""
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    if getattr(tokenizer, "chat_template", None):
-        from ft_cli.data.formats import RecordProblem
-        from ft_cli.data.tokens import loss_sequences
-
-        probe = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
-        try:
-            (sequence,) = loss_sequences(probe, tokenizer)
-            trained = [i for i, flag in zip(sequence.ids, sequence.trained) if flag]
-            if trained and trained[-1] in tokenizer.all_special_ids:
-                ids.append(trained[-1])
-        except RecordProblem:
-            pass
-    return list(dict.fromkeys(ids))
 
 
 def _check_same_logits(model, directory: Path) -> None:

@@ -181,14 +181,14 @@ def run_record(loaded: LoadedConfig) -> dict:
     return record
 
 
-def write_run_file(output_dir: Path, loaded: LoadedConfig, status: str, step: int | None = None) -> None:
-    """ft_run.yaml: the resolved config plus `run:` (versions, data hashes, status), rewritten at each state change."""
-    from ft_cli.train.distributed import is_distributed, world_size
+def write_run_file(output_dir: Path, loaded: LoadedConfig, status: str, world_size: int | None, step: int | None = None) -> None:
+    """ft_run.yaml: the resolved config plus `run:` (versions, data hashes, status), rewritten at each state change.
 
+    `world_size` is the process count of a launched run (None when not launched): training knows it."""
     record = run_record(loaded)
     record["run"]["status"] = status
-    if is_distributed():
-        record["run"]["world_size"] = world_size()  # part of the global batch: resume checks it
+    if world_size is not None:
+        record["run"]["world_size"] = world_size  # part of the global batch: resume checks it
         launch = current_launch()
         if launch is not None:
             record["run"]["launch"] = launch  # `ft resume` relaunches the same way

@@ -27,6 +27,11 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def launched_world_size() -> int | None:
+    """The process count of a launched run, None when not launched (for the run file)."""
+    return world_size() if is_distributed() else None
+
+
 def wait_for_everyone() -> None:
     """A barrier across the processes of a launched run (before the Trainer exists); a no-op on one process."""
     if world_size() <= 1:

@@ -25,6 +25,7 @@ from pathlib import Path
 from ft_cli.config.loading import LoadedConfig
 from ft_cli.core.errors import Preempted, UsageError
 from ft_cli.runs.directory import LOCK_FILE, write_run_file
+from ft_cli.train.distributed import launched_world_size
 
 _held: dict[Path, int] = {}  # output dir -> lock fd, held until the process exits
 
@@ -74,7 +75,7 @@ def guarded(output_dir: Path, loaded: LoadedConfig, main: bool):
         step = newest_step()
         if main:
             with contextlib.suppress(Exception):  # the reason we are here (a full disk, say) must not be hidden
-                write_run_file(output_dir, loaded, status=status, step=step)
+                write_run_file(output_dir, loaded, status=status, world_size=launched_world_size(), step=step)
         return step
 
     try:

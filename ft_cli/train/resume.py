@@ -8,6 +8,7 @@ changed data file is refused, unless `--force`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from ft_cli.config.loading import Config, LoadedConfig, config_to_dict, flatten, load_config
@@ -15,7 +16,7 @@ from ft_cli.core.errors import ConfigError, DataError, UsageError
 from ft_cli.core.files import file_sha256
 from ft_cli.runs.directory import RUN_FILE, SAFE_RESUME_KEYS, config_diff, config_hash
 from ft_cli.train.checkpoints import Checkpoint, checkpoint_step, discover, verify
-from ft_cli.train.run import say, train
+from ft_cli.train.run import CallbackFactory, say, train
 
 _LENGTH_KEYS = ("training.max_steps", "training.num_train_epochs")
 
@@ -63,8 +64,10 @@ def resume_run(
     checkpoint: Path | None = None,
     force: bool = False,
     given: LoadedConfig | None = None,
+    callbacks: Sequence[CallbackFactory] = (),
 ) -> Path:
-    """Continue the run in output_dir. `given` is the config `ft train` was called with (training.resume: auto)."""
+    """Continue the run in output_dir. `given` is the config `ft train` was called with (training.resume: auto);
+    `callbacks` go to the trainer as in train()."""
     run_file = output_dir / RUN_FILE
     if not run_file.is_file():
         raise UsageError(f"{output_dir}: no {RUN_FILE} here, so it is not an ft run directory (give the run's training.output_dir)")
@@ -90,11 +93,11 @@ def resume_run(
     chosen = pick_checkpoint(output_dir, checkpoint)
     if chosen is None:
         _say(f"{output_dir}: no complete checkpoint yet; starting the run again from step 0")
-        return train(loaded, overwrite=True)
+        return train(loaded, overwrite=True, callbacks=callbacks)
     _check_checkpoint_matches(chosen, loaded, force)
     _check_steps_left(chosen, stored, loaded)
     _say(f"resuming from {chosen.path.name} (step {chosen.step})")
-    return train(loaded, resume_from=chosen)
+    return train(loaded, resume_from=chosen, callbacks=callbacks)
 
 
 def _resume_here(output_dir: Path, stored: LoadedConfig, loaded: LoadedConfig, overrides: list[str] | None) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ft_cli.config.loading import LoadedConfig, redact_text
 from ft_cli.core.errors import ConfigError, DataError, Preempted
@@ -35,6 +37,7 @@ from ft_cli.train.distributed import (
     distributed_options,
     is_distributed,
     is_main_process,
+    launched_world_size,
     wait_for_everyone,
     with_fsdp_on_cpu,
 )
@@ -127,9 +130,21 @@ def _check_some_labels_are_trained(dataset, data_path: str) -> None:
         )
 
 
-def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, resume_from: Checkpoint | None = None) -> Path:
+# Callbacks from the layers above (ft eval's samples during training, eval.generate): training owns
+# this interface, so it never imports eval. A factory gets (config, eval data or None, tokenizer,
+# output_dir) and returns a transformers TrainerCallback, or None when it does not apply.
+CallbackFactory = Callable[..., Any]
+
+
+def train(
+    loaded: LoadedConfig,
+    overwrite: bool = False,
+    dry_run: bool = False,
+    resume_from: Checkpoint | None = None,
+    callbacks: Sequence[CallbackFactory] = (),
+) -> Path:
     """Run `ft train`; with `resume_from`, continue the run in output_dir from that checkpoint (`ft resume`).
-    `training.resume: auto` is decided by the caller (cli.py, resume.py): resume calls into run, never the reverse."""
+    `training.resume: auto` is decided by the caller (cli/app.py, resume.py): resume calls into run, never the reverse."""
     cfg = loaded.config
     method = METHODS[cfg.method]
     if cfg.data.train is None:
@@ -197,21 +212,21 @@ def train(loaded: LoadedConfig, overwrite: bool = False, dry_run: bool = False, 
     _quiet_library_noise()
     with guarded(output_dir, loaded, main):  # whatever stops it, ft_run.yaml never keeps saying "running"
         if main:
-            write_run_file(output_dir, loaded, status="running")
+            write_run_file(output_dir, loaded, status="running", world_size=launched_world_size())
         wait_for_everyone()
-        trainer = build_trainer(loaded, train_data, eval_data, backend)
+        trainer = build_trainer(loaded, train_data, eval_data, backend, callbacks)
         if is_distributed():
             say(f"distributed: {describe_strategy(trainer)} on {trainer.args.world_size} process(es)")
         _train_from(trainer, resume_from, plan.optimizer_steps)
         step = trainer.state.global_step
         if _preemption(trainer).stopped_at is not None and step < trainer.state.max_steps:
             if main:
-                write_run_file(output_dir, loaded, status="preempted", step=step)
+                write_run_file(output_dir, loaded, status="preempted", world_size=launched_world_size(), step=step)
             trainer.accelerator.wait_for_everyone()  # no rank exits (and gets the others killed) before the record is written
             raise Preempted(f"preempted at step {step}: checkpoint-{step} is saved; run `ft resume {output_dir}` to continue")
         final = save_final(trainer, trainer.processing_class, output_dir, adapter=cfg.uses_lora)
         if main:
-            write_run_file(output_dir, loaded, status="finished", step=step)
+            write_run_file(output_dir, loaded, status="finished", world_size=launched_world_size(), step=step)
         trainer.accelerator.wait_for_everyone()
     return final
 
@@ -280,7 +295,13 @@ def check_rewards(cfg, example: dict) -> None:
     dry_run_rewards(functions, cfg.grpo, example)
 
 
-def build_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_data: TrainingData | None, backend: str = "accelerate"):
+def build_trainer(
+    loaded: LoadedConfig,
+    train_data: TrainingData,
+    eval_data: TrainingData | None,
+    backend: str = "accelerate",
+    callbacks: Sequence[CallbackFactory] = (),
+):
     """Model, tokenizer, datasets and callbacks wired into the method's TRL trainer, ready to train."""
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback
@@ -347,10 +368,8 @@ def build_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_data: Tra
     trainer.ft_config_hash = config_hash(cfg)
     trainer.remove_callback(PrinterCallback)  # our progress lines replace its raw dicts
     quiet_tracker_prints(trainer)
-    if cfg.eval.generate:  # sample answers at each evaluation (ft eval's metrics)
-        from ft_cli.eval.during_training import generation_callback
-
-        callback = generation_callback(cfg, eval_data, tokenizer, output_dir)
+    for make_callback in callbacks:
+        callback = make_callback(cfg, eval_data, tokenizer, output_dir)
         if callback is not None:
             trainer.add_callback(callback)
     if cfg.method == "sft":
