@@ -1,7 +1,8 @@
 """The house keeps its shape: packages, no import circle, layers that only point down.
 
 Read from the source with `ast` (every import, including the lazy ones inside functions,
-since a lazy import is still a dependency), so the test needs no import of ft itself.
+since a lazy import is still a dependency; not those under `if TYPE_CHECKING:`, which only
+name a type for the reader and never run), so the test needs no import of ft itself.
 """
 
 from __future__ import annotations
@@ -40,8 +41,17 @@ MODULES = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
 def _imports(module: str) -> set[str]:
     """The ft_cli modules `module` imports (a `from package import name` counts the submodule when it is one)."""
     path = MODULES[module]
+    tree = ast.parse(path.read_text(), str(path))
+    type_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+        for inner in ast.walk(node)
+    }
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):

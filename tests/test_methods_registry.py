@@ -16,7 +16,7 @@ from ft_cli.config.loading import load_config
 from ft_cli.config.schema import CPO_LOSSES, DPO_LOSSES, GRPO_LOSSES, KTO_LOSSES, METHOD_NAMES
 from ft_cli.core.errors import EXIT_USAGE
 from ft_cli.train.data import SHAPES
-from ft_cli.train.methods import METHODS
+from ft_cli.config.methods import METHODS
 
 KNOWN_SHAPES = {*SHAPES, "preference", "prompt-only", "unpaired-preference"}
 
@@ -66,7 +66,7 @@ def test_each_method_builds_its_trl_config_with_ft_settings_reaching_it(name, tm
     loaded = load_config(None, overrides)
     method = METHODS[name]
     fields = {f.name for f in dataclasses.fields(method.load(method.config))}
-    options = method.options(loaded.config, method.shapes[0])
+    options = method.trl_options(loaded.config, method.shapes[0])
     assert set(options) <= fields, set(options) - fields
     args = _trainer_args(loaded, method, tmp_path, method.shapes[0], has_eval=False)
     expected = {
@@ -149,3 +149,27 @@ def test_mlflow_is_told_not_to_send_usage_telemetry(monkeypatch):
     import os
 
     assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
+
+
+def test_the_registry_owns_every_method_fact():
+    """Every entry's import strings and section resolve, and no other module lists method names
+    (`method in ("grpo", "rloo")` and the like): a new method is one registry entry plus its options."""
+    import ast
+    from pathlib import Path
+
+    from ft_cli.config.schema import Config
+
+    for name, method in METHODS.items():
+        assert callable(method.load(method.options)), name
+        assert method.section is None or method.section in Config.model_fields, (name, method.section)
+    package = Path(__file__).resolve().parent.parent / "ft_cli"
+    listed = []
+    for path in package.rglob("*.py"):
+        if path == package / "config" / "methods.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+                names = [e.value for e in node.elts if isinstance(e, ast.Constant) and e.value in METHODS]
+                if len(names) >= 2:
+                    listed.append(f"{path.relative_to(package)}:{node.lineno}: {names}")
+    assert listed == [], "method facts outside the registry (ft_cli/config/methods.py):\n" + "\n".join(listed)

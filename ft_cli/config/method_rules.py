@@ -6,6 +6,7 @@ imported here, never the ML stack.
 
 from __future__ import annotations
 
+from ft_cli.config.methods import METHODS
 from ft_cli.config.schema import Config, GrpoSection
 
 # grpo: settings RLOO has no use for (its advantage is the leave-one-out baseline, its loss its own).
@@ -17,7 +18,8 @@ def method_problems(config: Config) -> list[tuple[str, str]]:
     problems = []
     method = config.method
     training = config.training
-    if method in ("grpo", "rloo"):
+    spec = METHODS[method]
+    if spec.samples:
         problems.extend(_batch_problems(config))
     if method == "grpo":
         grpo = config.grpo
@@ -31,7 +33,7 @@ def method_problems(config: Config) -> list[tuple[str, str]]:
             if getattr(config.grpo, key) != getattr(defaults, key):
                 problems.append((f"grpo.{key}", f"applies to method: grpo only; rloo would ignore it, so remove it"))
     targets = config.lora.target_modules if config.uses_lora else []
-    if method in ("grpo", "rloo") and isinstance(targets, list) and "lm_head" in targets:
+    if spec.samples and isinstance(targets, list) and "lm_head" in targets:
         problems.append(("lora.target_modules", f"{method} cannot put a LoRA adapter on lm_head; train it in full with lora.modules_to_save: [lm_head]"))
     if method == "kto" and config.kto.loss_type == "kto" and training.per_device_train_batch_size < 2:
         problems.append((

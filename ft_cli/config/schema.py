@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from ft_cli.core.redaction import REDACTED
+from ft_cli.config.methods import METHOD_NAMES  # noqa: F401 - the registry owns the names; re-exported for the schema's users
 
 # --------------------------------------------------------------------------- schema
 
@@ -44,7 +45,6 @@ KTO_LOSSES = ("kto", "apo_zero_unpaired")
 CPO_LOSSES = ("sigmoid", "hinge", "ipo", "simpo", "alphapo")
 GRPO_LOSSES = ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo")
 
-METHOD_NAMES = ("sft", "dpo", "grpo", "kto", "orpo", "cpo", "reward", "rloo", "distill")
 
 # Names users know for what ft trains under another method (or does not offer), with the way to it.
 METHOD_ALIASES = {

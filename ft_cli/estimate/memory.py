@@ -253,7 +253,7 @@ def estimate(
     and dropout keeps a dtype-sized noise tensor instead of a 1-byte mask. `others` are the
     models the method runs beside the trained one, by config key (a teacher, reward models).
     """
-    from ft_cli.train.methods import METHODS, second_model_runs, sequences_per_example
+    from ft_cli.config.methods import METHODS, second_model_runs, sequences_per_example
 
     m, t = config.model, config.training
     dtype = compute_dtype(config, device)

@@ -11,7 +11,7 @@ from ft_cli.core.errors import UsageError
 from ft_cli.estimate.fixes import Suggestion, suggestions
 from ft_cli.estimate.memory import DEFAULT_MFU, DEFAULT_TFLOPS, GiB, Estimate, estimate
 from ft_cli.estimate.model import ModelFacts, model_facts, read_model_config
-from ft_cli.train.methods import other_models
+from ft_cli.config.methods import METHODS, other_models
 
 
 
@@ -53,7 +53,7 @@ def optimizer_steps(config: Config, gpus: int) -> int | None:
     with open(data, "rb") as handle:
         records = sum(1 for line in handle if line.strip())
     per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps * max(gpus, 1)
-    if config.method in ("grpo", "rloo"):
+    if METHODS[config.method].samples:
         per_step = max(per_step // config.grpo.num_generations, 1)
     return math.ceil(math.ceil(records / per_step) * t.num_train_epochs)
 

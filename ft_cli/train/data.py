@@ -59,7 +59,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 def methods_for_shape(shape: str) -> str:
     """The methods that train on a shape, for "preference data trains with method: dpo, orpo, ..., not sft"."""
-    from ft_cli.train.methods import METHODS
+    from ft_cli.config.methods import METHODS
 
     return ", ".join(name for name, method in METHODS.items() if shape in method.shapes)
 

@@ -1,47 +1,14 @@
-"""What differs between the training methods: one small spec per method, one run for all.
-
-A spec names the TRL trainer and config class as import strings (listing methods never
-imports torch), the data shapes the method trains on, and the method's own config
-arguments. Everything else (model, LoRA, checkpoints, callbacks, outputs) is shared in
-run.py. ORPO and CPO/SimPO live in `trl.experimental` in TRL 1.16 (their API may change
-between TRL releases; pyproject pins the TRL range ft is tested with).
+"""Each method's own TRL arguments, built from its config section (the registry in
+ft_cli/config/methods.py names these functions), and the few pieces of wiring one method
+needs. Everything else (model, LoRA, checkpoints, callbacks, outputs) is shared in run.py.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ft_cli.config.loading import Config
-
-
-@dataclass(frozen=True)
-class Method:
-    trainer: str  # "module:Class" of the TRL trainer
-    config: str  # "module:Class" of its config
-    shapes: tuple[str, ...]  # data shapes it trains on (ft_cli.train.data)
-    options: Callable[[Config, str], dict]  # the method's own config arguments, given the data shape
-    extra_metrics: tuple[str, ...] = field(default=())  # shown on the progress line when logged
-    summary: str = ""  # what it trains, for `ft train --dry-run` and the README
-    # "sequence-classification": one score per sequence (a reward model), not a language model head.
-    head: str = "causal-lm"
-    # A second model the trainer runs beside the one it trains (for `ft estimate` and the dry run):
-    # "reference" = a frozen copy of the policy (with LoRA: the base with the adapter off, no copy),
-    # "teacher" = distill.teacher.
-    second_model: str | None = None
-    samples: bool = False  # samples completions while training (GRPO, RLOO): samples.jsonl, reward functions
-    takes_chats_as_prompts: bool = False  # conversational records train from their prompt (all but the last answer)
-
-    def load(self, target: str):
-        module, _, name = target.partition(":")
-        if module.startswith("trl.experimental"):
-            import os
-
-            os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # ft says it once, in the README and docs
-        return getattr(importlib.import_module(module), name)
 
 
 def sft_options(cfg: Config, shape: str) -> dict:
@@ -150,76 +117,6 @@ def distill_options(cfg: Config, shape: str) -> dict:
         "max_completion_length": distill.max_completion_length,
         "log_completions": False,
     }
-
-
-_PAIRS = ("rewards/margins", "rewards/accuracies")
-
-METHODS = {
-    "sft": Method(
-        "trl:SFTTrainer", "trl:SFTConfig", ("conversational", "prompt-completion", "language-modeling"), sft_options,
-        summary="supervised fine-tuning on answers (chats, prompt+completion or text)",
-    ),
-    "dpo": Method(
-        "trl:DPOTrainer", "trl:DPOConfig", ("preference",), dpo_options, _PAIRS,
-        summary="direct preference optimisation on chosen/rejected pairs", second_model="reference",
-    ),
-    "grpo": Method(
-        "trl:GRPOTrainer", "trl:GRPOConfig", ("prompt-only",), grpo_options, ("reward",),
-        summary="group relative policy optimisation: sampled answers scored by rewards", samples=True,
-    ),
-    "kto": Method(
-        "trl:KTOTrainer", "trl:KTOConfig", ("unpaired-preference",), kto_options, ("rewards/margins", "kl"),
-        summary="Kahneman-Tversky optimisation on unpaired thumbs-up/down answers", second_model="reference",
-    ),
-    "orpo": Method(
-        "trl.experimental.orpo:ORPOTrainer", "trl.experimental.orpo:ORPOConfig", ("preference",), orpo_options,
-        (*_PAIRS, "log_odds_ratio"), summary="odds-ratio preference optimisation (SFT + preference, no reference model)",
-    ),
-    "cpo": Method(
-        "trl.experimental.cpo:CPOTrainer", "trl.experimental.cpo:CPOConfig", ("preference",), cpo_options, _PAIRS,
-        summary="contrastive preference optimisation; cpo.loss_type: simpo is SimPO (no reference model)",
-    ),
-    "reward": Method(
-        "trl:RewardTrainer", "trl:RewardConfig", ("preference",), reward_options, ("accuracy", "margin"),
-        summary="a reward model: one score per answer, trained to rank chosen above rejected", head="sequence-classification",
-    ),
-    "rloo": Method(
-        "trl:RLOOTrainer", "trl:RLOOConfig", ("prompt-only",), rloo_options, ("reward",),
-        summary="REINFORCE leave-one-out: sampled answers scored by rewards (the grpo: section)", samples=True,
-    ),
-    "distill": Method(
-        "trl:DistillationTrainer", "trl:DistillationConfig", ("prompt-only", "conversational"), distill_options,
-        summary="on-policy distillation: the student's own answers, scored token by token by distill.teacher",
-        second_model="teacher", takes_chats_as_prompts=True,
-    ),
-}  # fmt: skip
-
-
-def second_model_runs(cfg: Config) -> bool:
-    """Whether the method runs a second model beside the trained one (a reference only with a KL term)."""
-    method = METHODS[cfg.method]
-    if method.samples:
-        return cfg.grpo.beta > 0
-    return method.second_model is not None
-
-
-def other_models(cfg: Config) -> list[tuple[str, str]]:
-    """(dotted key, path) of the models a run loads beside model.path: a distillation teacher, reward models."""
-    method = METHODS[cfg.method]
-    models = [("distill.teacher", cfg.distill.teacher)] if method.second_model == "teacher" and cfg.distill.teacher else []
-    if method.samples:
-        models += [(f"grpo.rewards[{i}].model", spec.model) for i, spec in enumerate(cfg.grpo.rewards) if spec.model]
-    return models
-
-
-def sequences_per_example(cfg: Config) -> int:
-    """Sequences one example puts through the model: chosen + rejected for pairwise methods, and for
-    KTO the completion plus a mismatched one (another prompt's) from which it estimates its KL term."""
-    if cfg.method in ("dpo", "orpo", "cpo", "reward"):
-        return 2
-    if cfg.method == "kto" and cfg.kto.loss_type == "kto":
-        return 2
-    return 1
 
 
 def prompts_of_chats(records: list[dict]) -> list[dict]:

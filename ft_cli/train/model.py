@@ -83,7 +83,7 @@ def quantization_config(model: ModelSection, compute_dtype, distributed: str = "
 
 def load_model(config: Config):
     from ft_cli.models.gguf import auto_model
-    from ft_cli.train.methods import METHODS
+    from ft_cli.config.methods import METHODS
 
     section = config.model
     dtype = resolve_dtype(section)
@@ -129,7 +129,7 @@ def lora_config(config: Config):
         return None
     from peft import LoraConfig
 
-    from ft_cli.train.methods import METHODS
+    from ft_cli.config.methods import METHODS
 
     lora = config.lora
     reward_model = METHODS[config.method].head == "sequence-classification"

@@ -15,6 +15,7 @@ import statistics
 from dataclasses import dataclass
 
 from ft_cli.config.loading import Config, LoadedConfig
+from ft_cli.config.methods import METHODS, other_models, second_model_runs
 from ft_cli.core.errors import ConfigError, UsageError
 
 
@@ -38,7 +39,6 @@ def check_paths(loaded: LoadedConfig, chat_template: bool = False) -> None:
     for key, value in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval)):
         if value and not Path(value).exists():
             problems.append(f"{loaded.source_of(key)}: {key}: {value}: no such file or directory")
-    from ft_cli.train.methods import other_models
 
     for key, path in other_models(cfg):
         other = model_problem(path, key=key, tokenizer=False)
@@ -139,7 +139,7 @@ def check_integrations(loaded: LoadedConfig) -> None:
             fail("training.push_to_hub", "HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it or set push_to_hub: false")
         if not training.hub_model_id:
             fail("training.hub_model_id", "required with push_to_hub (e.g. your-name/my-model)")
-    if loaded.config.method in ("grpo", "rloo") and loaded.config.grpo.use_vllm:
+    if METHODS[loaded.config.method].samples and loaded.config.grpo.use_vllm:
         from ft_cli.train.backends import cuda_available
 
         if not cuda_available():
@@ -206,7 +206,7 @@ def optimizer_steps(config: Config, train_records: int, world_size: int = 1) -> 
     t = config.training
     if t.max_steps > 0:
         return t.max_steps
-    if config.method in ("grpo", "rloo"):  # every prompt is trained on num_generations times, once per completion
+    if METHODS[config.method].samples:  # every prompt is trained on num_generations times, once per completion
         train_records *= config.grpo.num_generations
     batches = math.ceil(train_records / (t.per_device_train_batch_size * world_size))
     return math.ceil(t.num_train_epochs * max(batches // t.gradient_accumulation_steps, 1))
@@ -231,8 +231,6 @@ def make_plan(config: Config, records: list[dict], shape: str, eval_records: int
 
 def _method_line(config: Config) -> str:
     """What the method trains and what it runs beside the trained model."""
-    from ft_cli.train.methods import METHODS, second_model_runs
-
     method = METHODS[config.method]
     line = f"method: {config.method}: {method.summary}"
     if second_model_runs(config):

@@ -41,7 +41,7 @@ from ft_cli.train.distributed import (
     wait_for_everyone,
     with_fsdp_on_cpu,
 )
-from ft_cli.train.methods import METHODS, Method
+from ft_cli.config.methods import METHODS, Method
 from ft_cli.train.trackers import quiet_tracker_prints, tracker_options, where_they_write
 from ft_cli.train.plan import check_integrations, check_paths, count_tokens, make_plan, needs_chat_template
 
@@ -98,7 +98,7 @@ def _trainer_args(loaded: LoadedConfig, method: Method, output_dir: Path, shape:
         # hub_token is not passed: TrainingArguments is pickled into every checkpoint (training_args.bin).
         # _hub_token_to_environment hands it to huggingface_hub, which the Trainer's upload reads.
         **distributed_options(cfg),
-        **method.options(cfg, shape),
+        **method.trl_options(cfg, shape),
     )
 
 
@@ -358,7 +358,7 @@ def build_trainer(
         callbacks=[MetricsCallback(output_dir), ProgressCallback(method.extra_metrics), PreemptionCallback(), ScheduleOnResume()],
         **extra,
     )
-    if cfg.method in ("orpo", "cpo"):  # their trainers keep a prompt that fills the window and train its empty answer (NaN)
+    if method.keeps_answerless_pairs:
         from ft_cli.train.preference_checks import drop_answerless_pairs
 
         trainer.train_dataset, _ = drop_answerless_pairs(trainer.train_dataset, str(train_data.path), cfg.model.max_seq_length)
