@@ -12,6 +12,9 @@
 // api.Message / api.Tool are re-declared with the JSON fields Ollama reads, and ordered maps (Ollama's
 // ToolPropertiesMap) are kept as raw JSON, which json.Marshal compacts in their given order.
 //
+// With -parse, it reads a Modelfile on stdin with Ollama's parser (parser/parser.go ParseFile, its
+// state machine and unquote; the BOM decoding left out) and prints its commands as JSON.
+//
 // Input on stdin: {"template": T, "system": S, "messages": [...], "tools": [...]} (Ollama's /api/chat
 // shapes), or a JSON array of those. Output: the rendered prompt, or for an array a JSON array of
 // {"text": ...} / {"error": ...}.
@@ -25,6 +28,7 @@ import (
 	"io"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"text/template"
 	"text/template/parse"
@@ -495,8 +499,203 @@ func render(r request) (string, error) {
 	return execute(tmpl, vars, msgs, r.Tools)
 }
 
+// ---------------------------------------------------------------- parser/parser.go
+
+type Command struct {
+	Name string `json:"name"`
+	Args string `json:"args"`
+}
+
+type state int
+
+const (
+	stateNil state = iota
+	stateName
+	stateValue
+	stateParameter
+	stateMessage
+	stateComment
+)
+
+var errInvalidCommand = errors.New("command must be one of \"from\", \"license\", \"template\", \"system\", \"adapter\", \"draft\", \"renderer\", \"parser\", \"parameter\", \"message\", or \"requires\"")
+
+func parseFile(br *bytes.Reader) ([]Command, error) {
+	var cmd Command
+	var curr state
+	var b bytes.Buffer
+	var role string
+	var commands []Command
+	for {
+		r, _, err := br.ReadRune()
+		if errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			return nil, err
+		}
+		next, r, err := parseRuneForState(r, curr)
+		if err != nil {
+			return nil, err
+		}
+		if next != curr {
+			switch curr {
+			case stateName:
+				if !isValidCommand(b.String()) {
+					return nil, errInvalidCommand
+				}
+				switch s := strings.ToLower(b.String()); s {
+				case "from":
+					cmd.Name = "model"
+				case "parameter":
+					next = stateParameter
+				case "message":
+					next = stateMessage
+					fallthrough
+				default:
+					cmd.Name = s
+				}
+			case stateParameter:
+				cmd.Name = b.String()
+			case stateMessage:
+				role = b.String()
+			case stateValue:
+				s, ok := unquote(strings.TrimSpace(b.String()))
+				if !ok || isSpace(r) {
+					b.WriteRune(r)
+					continue
+				}
+				if role != "" {
+					s = role + ": " + s
+					role = ""
+				}
+				cmd.Args = s
+				commands = append(commands, cmd)
+			}
+			b.Reset()
+			curr = next
+		}
+		if strconv.IsPrint(r) {
+			b.WriteRune(r)
+		}
+	}
+	switch curr {
+	case stateComment, stateNil:
+	case stateValue:
+		s, ok := unquote(strings.TrimSpace(b.String()))
+		if !ok {
+			return nil, io.ErrUnexpectedEOF
+		}
+		if role != "" {
+			s = role + ": " + s
+		}
+		cmd.Args = s
+		commands = append(commands, cmd)
+	default:
+		return nil, io.ErrUnexpectedEOF
+	}
+	return commands, nil
+}
+
+func parseRuneForState(r rune, cs state) (state, rune, error) {
+	switch cs {
+	case stateNil:
+		switch {
+		case r == '#':
+			return stateComment, 0, nil
+		case isSpace(r), isNewline(r):
+			return stateNil, 0, nil
+		default:
+			return stateName, r, nil
+		}
+	case stateName:
+		switch {
+		case isAlpha(r):
+			return stateName, r, nil
+		case isSpace(r):
+			return stateValue, 0, nil
+		default:
+			return stateNil, 0, errInvalidCommand
+		}
+	case stateValue:
+		switch {
+		case isNewline(r):
+			return stateNil, r, nil
+		case isSpace(r):
+			return stateNil, r, nil
+		default:
+			return stateValue, r, nil
+		}
+	case stateParameter:
+		switch {
+		case isAlpha(r), isNumber(r), r == '_':
+			return stateParameter, r, nil
+		case isSpace(r):
+			return stateValue, 0, nil
+		default:
+			return stateNil, 0, io.ErrUnexpectedEOF
+		}
+	case stateMessage:
+		switch {
+		case isAlpha(r):
+			return stateMessage, r, nil
+		case isSpace(r):
+			return stateValue, 0, nil
+		default:
+			return stateNil, 0, io.ErrUnexpectedEOF
+		}
+	case stateComment:
+		switch {
+		case isNewline(r):
+			return stateNil, 0, nil
+		default:
+			return stateComment, 0, nil
+		}
+	default:
+		return stateNil, 0, errors.New("")
+	}
+}
+
+func unquote(s string) (string, bool) {
+	if len(s) >= 3 && s[:3] == `"""` {
+		if len(s) >= 6 && s[len(s)-3:] == `"""` {
+			return s[3 : len(s)-3], true
+		}
+		return "", false
+	}
+	if len(s) >= 1 && s[0] == '"' {
+		if len(s) >= 2 && s[len(s)-1] == '"' {
+			return s[1 : len(s)-1], true
+		}
+		return "", false
+	}
+	return s, true
+}
+
+func isAlpha(r rune) bool   { return r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' }
+func isNumber(r rune) bool  { return r >= '0' && r <= '9' }
+func isSpace(r rune) bool   { return r == ' ' || r == '\t' }
+func isNewline(r rune) bool { return r == '\r' || r == '\n' }
+
+func isValidCommand(cmd string) bool {
+	switch strings.ToLower(cmd) {
+	case "from", "license", "template", "system", "adapter", "draft", "renderer", "parser", "parameter", "message", "requires":
+		return true
+	}
+	return false
+}
+
 func main() {
 	data, err := io.ReadAll(os.Stdin)
+	if len(os.Args) > 1 && os.Args[1] == "-parse" {
+		commands, err := parseFile(bytes.NewReader(data))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetEscapeHTML(false)
+		enc.Encode(commands)
+		return
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
