@@ -177,6 +177,36 @@ def test_the_old_single_turn_template_was_wrong_where_the_new_one_is_right(famil
     assert got != expected and got.count("named SmolLM") == 2
 
 
+def test_second_opinion_from_huggingface_ollama_utils(family_model_dir, ollama_render, tmp_path):
+    """@huggingface/ollama-utils maps known Jinja templates to Ollama library templates. Where its template
+    renders a chat exactly as the Jinja does, ft's renders the same text. Optional: set FT_OLLAMA_UTILS to a
+    folder where `npm install @huggingface/ollama-utils` ran (0.0.18 measured: exact on all chats for gemma3 only)."""
+    folder = os.environ.get("FT_OLLAMA_UTILS")
+    if not folder or shutil.which("node") is None or not (Path(folder) / "node_modules" / "@huggingface" / "ollama-utils").is_dir():
+        pytest.skip("FT_OLLAMA_UTILS (a folder with node_modules/@huggingface/ollama-utils) and node are needed")
+    from ft_cli.export.ollama import checked_template
+
+    script = "const {convertGGUFTemplateToOllama: c} = require('@huggingface/ollama-utils'); const fs = require('fs');"
+    script += "const r = c({chat_template: fs.readFileSync(process.argv[1], 'utf8')}); console.log(JSON.stringify(r ? r.ollama.template : null));"
+    agreed = 0
+    for family in FAMILIES:
+        tokenizer, add_bos = _tokenizer(family_model_dir(family))
+        (tmp_path / "t.jinja").write_text(tokenizer.chat_template)
+        proc = subprocess.run(["node", "-e", script, str(tmp_path / "t.jinja")], capture_output=True, text=True, cwd=folder, timeout=60, check=True)
+        theirs = json.loads(proc.stdout)
+        if theirs is None:
+            continue
+        ours = checked_template(tokenizer, add_bos).template
+        for label, messages, _ in chats(False):
+            expected = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            expected = expected[len(tokenizer.bos_token) :] if add_bos and expected.startswith(tokenizer.bos_token) else expected
+            their_text, our_text = go_render(ollama_render, [{"template": t, "messages": to_ollama(messages)} for t in (theirs, ours)])
+            if their_text == expected:
+                agreed += 1
+                assert our_text == their_text, (family, label)
+    assert agreed, "ollama-utils agreed with no chat template: nothing was compared"
+
+
 # ---------------------------------------------------------------- the Modelfile, as ft export writes it
 
 
