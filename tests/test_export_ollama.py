@@ -152,6 +152,20 @@ def test_real_smollm2_template_renders_conversations_like_its_chat_template(olla
     assert check_renders_like_jinja(REAL_MODEL, ollama_render)["style"] == "chatml"
 
 
+def test_template_text_holding_go_template_braces_stays_literal(family_model_dir, ollama_render, tmp_path):
+    """A default system prompt with '{{ }}' in it is written as a quoted Go string, not run as an action."""
+    copy = tmp_path / "braces"
+    shutil.copytree(family_model_dir("smollm2"), copy)
+    config = json.loads((copy / "tokenizer_config.json").read_text())
+    template = config.get("chat_template") or (copy / "chat_template.jinja").read_text()
+    template = template.replace("named SmolLM", "named {{ .System }} SmolLM")
+    if "chat_template" in config:
+        (copy / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": template}))
+    else:
+        (copy / "chat_template.jinja").write_text(template)
+    assert check_renders_like_jinja(copy, ollama_render)["style"] == "chatml"
+
+
 def test_a_chat_ending_with_an_answer_is_continued(family_model_dir, ollama_render):
     """Ollama continues a final assistant message (a prefill): no end of turn, no new answer opened,
     as transformers' continue_final_message renders it."""
