@@ -117,7 +117,8 @@ def check_renders_like_jinja(source: Path, binary: Path) -> dict:
     found = checked_template(tokenizer, add_bos)
     jinja = JinjaRenderer(tokenizer, add_bos)
     cases, requests = [], []
-    for label, messages, tools in chats(found.style.tools):
+    tool_turn = [] if found.style.tools or "tool" not in found.style.turns else [("a tool result without tools", [*chats(False)[1][1], {"role": "tool", "content": '<b>18 C</b> & "dry"'}], None)]
+    for label, messages, tools in chats(found.style.tools) + tool_turn:
         expected = jinja(messages, tools)
         assert expected is not None, f"{source.name}: the Jinja template rejects the chat '{label}'"
         cases.append((label, expected, tools is not None))

@@ -134,7 +134,8 @@ def _tool(style: Style) -> str:
             f"{{{{ if or $last {next_not_tool} }}}}{_lit(user_after)}{{{{ end }}}}"
         )
     before, after = style.turns["tool"]
-    return _lit(before) + ("{{ json .Content }}" if "tool" in style.quoted else "{{ .Content }}") + _lit(after)
+    # Go's %q quotes as the Jinja's tojson does, except control characters; Ollama's json would escape <, > and &
+    return _lit(before) + ('{{ printf "%q" .Content }}' if "tool" in style.quoted else "{{ .Content }}") + _lit(after)
 
 
 def go_template(style: Style, preamble: str | None) -> str:
