@@ -46,7 +46,7 @@ def triple_quoted(text: str, what: str) -> str:
 
 def one_line_quoted(text: str, what: str) -> str:
     """`"text"` for a one-line value such as a stop string."""
-    if "\n" in text or "\r" in text or _unprintable(text):
+    if "\n" in text or "\r" in text or text.startswith('""') or _unprintable(text):  # '"""x"' would open a block
         raise UsageError(f"{what}: {text!r} cannot be written on one Modelfile line")
     return f'"{text}"'
 
