@@ -281,6 +281,7 @@ def test_system_without_ollama_is_refused(source, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # five exports
 def test_overwrite_replaces_only_the_modelfile_ft_wrote(source, tmp_path):
     """Two exports into one folder keep two Modelfiles; --overwrite replaces the one the record names,
     and an export without --ollama over it removes that Modelfile rather than leave it stale."""
