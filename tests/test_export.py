@@ -10,7 +10,6 @@ matters) and the final norm set to 12 (logits ~8-17).
 from __future__ import annotations
 
 import json
-import re
 import shutil
 
 import pytest
@@ -271,8 +270,8 @@ def test_run_directory_exports_merged_with_ollama_modelfile(lora_run, tiny_model
     result = run_ft("export", lora_run, "-o", out, "--quant", "q8_0", "--ollama")
     assert result.returncode == 0, result.stderr
     assert "merging it first" in result.stderr and "verify: max |logit diff|" in result.stderr
-    assert f"ollama create model -f {tmp_path / 'Modelfile'}" in result.stdout
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["Modelfile", "model.gguf", "model.gguf.ft_export.json"]
+    assert f"ollama create model -f {tmp_path / 'model.Modelfile'}" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.Modelfile", "model.gguf", "model.gguf.ft_export.json"]
     record = json.loads((tmp_path / "model.gguf.ft_export.json").read_text())
     assert record["verification"]["passed"] and record["quant"] == "q8_0"
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
@@ -281,40 +280,12 @@ def test_run_directory_exports_merged_with_ollama_modelfile(lora_run, tiny_model
     with torch.inference_mode():
         moved = float((model(ids).logits - base(ids).logits).abs().max())
     assert moved > 10 * record["verification"]["max_logit_diff"], "the GGUF holds the base, not the fine-tuned model"
-    modelfile = (tmp_path / "Modelfile").read_text()
+    modelfile = (tmp_path / "model.Modelfile").read_text()
     assert modelfile.startswith("FROM ./model.gguf\n")
     assert 'PARAMETER stop "<|im_end|>"' in modelfile
 
 
-def render_go(template: str, system: str | None, prompt: str) -> str:
-    """The one-turn subset of Ollama's Go template that ft writes: if/else on .System, .Prompt, .Response."""
-    branch = re.fullmatch(r"\{\{ if \.System \}\}(.*)\{\{ else \}\}(.*)\{\{ end \}\}(.*)", template, re.DOTALL)
-    text = (branch.group(1) if system else branch.group(2)) + branch.group(3) if branch else template
-    return text.replace("{{ .System }}", system or "").replace("{{ .Prompt }}", prompt).split("{{ .Response }}")[0]
-
-
-@pytest.mark.parametrize("family", ["llama3.1", "qwen2.5", "gemma3", "phi3", "mistral", "smollm2", "deepseek-r1-distill"])
-def test_ollama_template_renders_like_the_chat_template(family, family_model_dir, tmp_path):
-    from transformers import AutoTokenizer
-
-    from ft_cli.export.ollama import go_template, stop_strings
-    from ft_cli.export.run import _stop_ids
-    from ft_cli.models.families import FAMILIES
-
-    source = family_model_dir(family)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    bos = tokenizer.bos_token
-    add_bos = bos is not None and tokenizer("a")["input_ids"][0] == tokenizer.bos_token_id
-    template = go_template(tokenizer, add_bos)
-    for system in (None, "Answer in French."):
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": "Hi there"}]
-        expected = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        if add_bos and expected.startswith(bos):
-            expected = expected[len(bos) :]  # llama.cpp adds the bos itself
-        assert render_go(template, system, "Hi there") == expected, (family, system)
-    stops = stop_strings(tokenizer, _stop_ids(source, tokenizer))
-    spec = FAMILIES[family]
-    assert set(spec.stop_tokens) | {spec.end_of_turn} <= set(stops), stops
+# The Modelfile's TEMPLATE against each family's chat template: tests/test_export_ollama.py (Ollama's own semantics, in Go).
 
 
 def test_cli_errors_are_one_line_exit_2_and_write_nothing(tiny_model_dir, tmp_path):

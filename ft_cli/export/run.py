@@ -47,6 +47,7 @@ class ExportResult:
     verification: Verification | None
     modelfile: Path | None = None
     ollama_command: str | None = None
+    ollama: dict | None = None  # the template's style, whether it has tools, what Ollama renders differently
     notes: list[str] = field(default_factory=list)
 
 
@@ -64,9 +65,9 @@ def check_output_name(output: Path) -> None:
 
 
 def check_output(output: Path, overwrite: bool, inputs: list[tuple[str, object]] = (), ollama: bool = False) -> Path:
-    """Every file export writes (the GGUF, its record, the Modelfile) apart from the inputs, and over an
+    """Every file export writes (the GGUF, its record, NAME.Modelfile) apart from the inputs, and over an
     existing one only with --overwrite and only when ft's own record names it (ft_cli/core/outputs.py)."""
-    from ft_cli.export.ollama import MODELFILE
+    from ft_cli.export.ollama import modelfile_path
     from ft_cli.core.outputs import check_not_an_input, check_replaceable_file, as_inputs
 
     check_output_name(output)
@@ -76,8 +77,9 @@ def check_output(output: Path, overwrite: bool, inputs: list[tuple[str, object]]
         (record, f"-o {output}: its record {record.name}", _is_record(record), "not an ft export record"),
     ]
     if ollama:
-        modelfile = output.parent / MODELFILE
-        written.append((modelfile, f"-o {output}: its {MODELFILE} {modelfile}", _modelfile_of_ft(modelfile), f"no ft export record in {output.parent} names it"))
+        modelfile = modelfile_path(output)
+        named = (_read_record(record) or {}).get("modelfile") == modelfile.name if record.is_file() else False
+        written.append((modelfile, f"-o {output}: its Modelfile {modelfile}", named, f"{record.name} does not name it"))
     sources = as_inputs(inputs)
     for path, label, ft_wrote, proof in written:
         check_not_an_input(path, label, sources, "choose another -o")
@@ -95,13 +97,6 @@ def _read_record(path: Path) -> dict | None:
 
 def _is_record(path: Path) -> bool:
     return path.is_file() and _read_record(path) is not None
-
-
-def _modelfile_of_ft(modelfile: Path) -> bool:
-    """A Modelfile that an ft export wrote: a record beside it names it."""
-    return modelfile.is_file() and any(
-        (record := _read_record(path)) is not None and record.get("modelfile") == modelfile.name for path in modelfile.parent.glob(f"*{RECORD_SUFFIX}")
-    )
 
 
 def export_inputs(source: Path, kind: str, base: str | None) -> list[tuple[str, object]]:
@@ -141,7 +136,7 @@ def _stop_ids(model_dir: Path, tokenizer) -> list[int]:
     """Every id that ends a turn: generation_config's eos ids, the tokenizer's eos, the template's turn end."""
     from transformers import GenerationConfig
 
-    from ft_cli.data.tokens import end_of_turn_ids
+    from ft_cli.models.gguf import end_of_turn_ids
 
     ids: list[int] = []
     try:
@@ -203,6 +198,12 @@ def _export_model(
     source = Path(model_path)
     kind = classify_source(source)
     check_output(output, overwrite, export_inputs(source, kind, base), ollama)  # before anything is written
+    if system is not None:
+        if not ollama:
+            raise UsageError("--system: is the Modelfile's system prompt; add --ollama")
+        from ft_cli.export.ollama import triple_quoted
+
+        triple_quoted(system, "--system")
     _quiet()
     for leftover in remove_stale_partials(output.parent, output.name) + remove_stale_partials(output.parent, "ft-export"):
         say(f"removed {leftover}, the partial output of an earlier ft export that did not finish")  # killed with SIGKILL
@@ -240,10 +241,13 @@ def _export_directory(model_dir: Path, source: Path, output: Path, quant: str, v
     tokenizer = auto_tokenizer(str(model_dir))
     stops = _stop_ids(model_dir, tokenizer)
     vocab = plan_vocab(tokenizer, int(text_config(config).vocab_size), stops, str(source))
-    if ollama:
-        from ft_cli.export.ollama import checked_template
+    if ollama:  # the Modelfile's text is made (and refused) before anything is written
+        from ft_cli.export.ollama import checked_template, modelfile_text, stop_strings
 
         template = checked_template(tokenizer, vocab.add_bos)
+        modelfile = modelfile_text(output.name, template.template if template else None, stop_strings(tokenizer, stops), system)
+        for note in template.notes if template else ["the model has no chat template: Ollama sends prompts as they are"]:
+            say(f"note: Ollama template: {note}")
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     tied = bool(getattr(text_config(model.config), "tie_word_embeddings", False))
@@ -282,7 +286,9 @@ def _export_directory(model_dir: Path, source: Path, output: Path, quant: str, v
     if ollama:
         from ft_cli.export.ollama import write_modelfile
 
-        result.modelfile, result.ollama_command = write_modelfile(output, template, tokenizer, stops, system)
+        result.modelfile, result.ollama_command = write_modelfile(output, modelfile)
+        result.ollama = None if template is None else {"style": template.style.name, "tools": template.style.tools, "notes": template.notes}
+    _drop_stale_modelfile(output, result.modelfile)
     _write_record(output, result)  # names the Modelfile too: a later --overwrite may replace only what it names
     marker = output.with_name(output.name + FAILED_SUFFIX)
     if check is not None and not check.passed:
@@ -293,6 +299,18 @@ def _export_directory(model_dir: Path, source: Path, output: Path, quant: str, v
     if check is not None and not check.passed:
         raise ExportVerificationFailed(f"{output}: the GGUF failed verification ({check.describe(quant)}); kept, marked with {marker.name}")
     return result
+
+
+def _drop_stale_modelfile(output: Path, modelfile: Path | None) -> None:
+    """An --overwrite without --ollama replaces the GGUF that the earlier export's Modelfile (ft's, named
+    by its record) describes: remove that Modelfile rather than leave one for another model."""
+    earlier = _read_record(output.with_name(output.name + RECORD_SUFFIX)) or {}
+    name = earlier.get("modelfile")
+    if modelfile is None and isinstance(name, str) and "/" not in name and name.endswith(".Modelfile"):
+        stale = output.with_name(name)
+        if stale.is_file() and not stale.is_symlink():
+            stale.unlink()
+            say(f"removed {stale}, the Modelfile of the export this one replaces (add --ollama for a new one)")
 
 
 def _write_record(output: Path, result: ExportResult) -> None:
@@ -311,6 +329,7 @@ def _write_record(output: Path, result: ExportResult) -> None:
         "verification": None if check is None else {**asdict(check), "passed": check.passed},
         "notes": result.notes,
         "modelfile": result.modelfile.name if result.modelfile else None,
+        "ollama_template": result.ollama,
         "versions": {"ft": __version__, **{name: package_version(name) for name in ("torch", "transformers", "gguf")}},
     }
     write_text_atomically(output.with_name(output.name + RECORD_SUFFIX), json.dumps(record, indent=2, default=str) + "\n")

@@ -255,16 +255,16 @@ EXPORT = {
         "-o x.gguf: already exists and ft did not write it (no x.gguf.ft_export.json beside it)",
     ),
     "an-existing-modelfile": (
-        lambda w: _then((w / "Modelfile").write_text("FROM mine\n"), "export", "model", "-o", "x.gguf", "--ollama"),
-        "-o x.gguf: its Modelfile Modelfile: already exists; pass --overwrite",
+        lambda w: _then((w / "x.Modelfile").write_text("FROM mine\n"), "export", "model", "-o", "x.gguf", "--ollama"),
+        "-o x.gguf: its Modelfile x.Modelfile: already exists; pass --overwrite",
     ),
     "a-modelfile-ft-did-not-write": (
-        lambda w: _then((w / "Modelfile").write_text("FROM mine\n"), "export", "model", "-o", "x.gguf", "--ollama", "--overwrite"),
-        "-o x.gguf: its Modelfile Modelfile: already exists and ft did not write it",
+        lambda w: _then((w / "x.Modelfile").write_text("FROM mine\n"), "export", "model", "-o", "x.gguf", "--ollama", "--overwrite"),
+        "-o x.gguf: its Modelfile x.Modelfile: already exists and ft did not write it",
     ),
     "a-modelfile-that-is-a-symlink": (
-        lambda w: _then(os.symlink("data.jsonl", w / "Modelfile"), "export", "model", "-o", "x.gguf", "--ollama", "--overwrite"),
-        "-o x.gguf: its Modelfile Modelfile: exists and is not a regular file",
+        lambda w: _then(os.symlink("data.jsonl", w / "x.Modelfile"), "export", "model", "-o", "x.gguf", "--ollama", "--overwrite"),
+        "-o x.gguf: its Modelfile x.Modelfile: exists and is not a regular file",
     ),
 }
 
@@ -284,7 +284,7 @@ def test_overwrite_replaces_what_ft_wrote(work):
     for args in (["export", "model", "-o", "x.gguf", "--ollama", "--no-verify"], ["export", "model", "-o", "x.gguf", "--ollama", "--no-verify", "--overwrite"]):
         result = run_ft(*args, cwd=work)
         assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads((work / "x.gguf.ft_export.json").read_text())["modelfile"] == "Modelfile"
+    assert json.loads((work / "x.gguf.ft_export.json").read_text())["modelfile"] == "x.Modelfile"
     evaluate = ["eval", "model", "--data", "data.jsonl", "--metric", "loss", "--limit", "2", "--no-base"]
     assert run_ft(*evaluate, cwd=work).returncode == 0
     assert_refused(run_ft(*evaluate, cwd=work), "-o results.json: already exists; pass --overwrite")
