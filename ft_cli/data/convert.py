@@ -61,7 +61,7 @@ def normalise(record: dict, data_format: str, text_field: str = "text", split_pa
 
 def _check_template_renders_calls(template: Template, examples: list[Example]) -> None:
     """A prompt template that drops tool calls would train an empty answer where the record calls a tool."""
-    from ft_cli.data.tool_templates import prompt_template_renders_calls
+    from ft_cli.data.chat_templates import prompt_template_renders_calls
 
     turns = [m for example in examples for m in example.record.get("messages") or []]
     if any(m.get("tool_calls") or m.get("role") == "tool" for m in turns) and not prompt_template_renders_calls(template):

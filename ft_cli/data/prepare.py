@@ -29,7 +29,7 @@ from ft_cli.data.formats import ALIASES, FORMATS, RecordProblem, canonical_forma
 from ft_cli.data.manifest import manifest_path, write_manifest
 from ft_cli.data.report import Stats, summarize_lengths
 from ft_cli.data.templates import TOKENIZER, load_template, template_tokens
-from ft_cli.data.tool_templates import PREPARE_FIX, chat_template_problem, require_tool_rendering
+from ft_cli.data.chat_templates import PREPARE_FIX, chat_template_problem, require_tool_rendering
 from ft_cli.data.writer import AtomicJsonl, encode_json_line, remove_stale_temp_files
 from ft_cli.core.errors import DataError, UsageError
 from ft_cli.core.files import same_file

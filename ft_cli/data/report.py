@@ -177,7 +177,7 @@ def preview_segments(record: dict, tokenizer=None) -> list[tuple[str | None, lis
 def _character_segments(record: dict) -> list[tuple[str | None, list[tuple[str, bool]]]]:
     """Without a tokenizer: messages rendered with chatml for display, answers marked by character."""
     if "messages" in record:
-        from ft_cli.data.tool_templates import uses_tools
+        from ft_cli.data.chat_templates import uses_tools
 
         if uses_tools(record):
             return [(None, _tool_segments(record))]
@@ -203,7 +203,7 @@ def _tool_segments(record: dict) -> list[tuple[str, bool]]:
     from transformers.utils.chat_template_utils import render_jinja_template
 
     from ft_cli.data.chat_masks import assistant_spans
-    from ft_cli.data.tool_templates import TOOL_TEMPLATE, read_chat_template
+    from ft_cli.data.chat_templates import TOOL_TEMPLATE, read_chat_template
 
     source = read_chat_template(TOOL_TEMPLATE)
 

@@ -50,7 +50,7 @@ class Sequence:
 def load_tokenizer(model: str, chat_template: str | None = None):
     """The tokenizer of `--model` (a local directory, a hub id or a .gguf file), or a one-line error;
     `chat_template` (--chat-template: a name ft ships or a .jinja file) replaces its own template."""
-    from ft_cli.data.tool_templates import use_chat_template
+    from ft_cli.data.chat_templates import use_chat_template
     from ft_cli.models.gguf import auto_tokenizer
 
     try:

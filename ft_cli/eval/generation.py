@@ -50,7 +50,7 @@ def _render_with_tools(tokenizer, messages: list, tools: list) -> list[int]:
 
 def _check_renders_tools(tokenizer, messages: list, tools: list, path: str, index: int) -> None:
     """A template that drops `tools` would ask the model for calls to functions it never sees: refuse."""
-    from ft_cli.data.tool_templates import renders_tools
+    from ft_cli.data.chat_templates import renders_tools
     from ft_cli.core.errors import UsageError
 
     if not renders_tools(tokenizer):

@@ -105,7 +105,7 @@ def check_template_renders_tools(generator, toolbox: Toolbox) -> None:
     tokenizer = generator.tokenizer
     if not generator.has_chat_template:
         raise UsageError(f"--tools {toolbox.path}: {generator.description} has no chat template to offer tools with")
-    from ft_cli.data.tool_templates import renders_tools
+    from ft_cli.data.chat_templates import renders_tools
 
     if not renders_tools(tokenizer):
         raise UsageError(

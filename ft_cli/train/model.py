@@ -49,7 +49,7 @@ def load_tokenizer(model: ModelSection):
 def with_chat_template(tokenizer, model: ModelSection):
     """model.chat_template in place of the tokenizer's own: the run saves the tokenizer, so everything after
     training (merge, export, eval, generate) renders with the template it was trained on."""
-    from ft_cli.data.tool_templates import use_chat_template
+    from ft_cli.data.chat_templates import use_chat_template
 
     return use_chat_template(tokenizer, model.chat_template, "model.chat_template:")
 

@@ -32,7 +32,7 @@ def check_paths(loaded: LoadedConfig, chat_template: bool = False) -> None:
     if model:
         problems.append(f"{loaded.source_of('model.path')}: {model}")
     if cfg.model.chat_template:
-        from ft_cli.data.tool_templates import chat_template_problem
+        from ft_cli.data.chat_templates import chat_template_problem
 
         if (problem := chat_template_problem(cfg.model.chat_template)) is not None:
             problems.append(f"{loaded.source_of('model.chat_template')}: model.chat_template: {problem}")

@@ -267,7 +267,7 @@ def _say_if_prompts_fill_the_window(data: TrainingData, tokenizer, max_length: i
 
 def _check_tool_rendering(cfg, records: list[dict]) -> None:
     """Tool-calling records need a chat template that writes tools and calls: refused before any weight loads."""
-    from ft_cli.data.tool_templates import TRAIN_FIX, require_tool_rendering, uses_tools
+    from ft_cli.data.chat_templates import TRAIN_FIX, require_tool_rendering, uses_tools
 
     first = next((record for record in records if uses_tools(record)), None)
     if first is None or cfg.data.template != "tokenizer":
@@ -388,7 +388,7 @@ def _as_dataset(data: TrainingData, sft: bool = False):
     """
     from datasets import Dataset, load_dataset
 
-    from ft_cli.data.tool_templates import uses_tools
+    from ft_cli.data.chat_templates import uses_tools
 
     if sft and any(uses_tools(record) for record in data.records):
         # Arrow would give every call's arguments (and every tool's schema) the keys of all the others, as
