@@ -23,6 +23,7 @@ OVERRIDE = re.compile(r"^([A-Za-z_][\w.\[\]]*)=")
 SHELL_BLOCKS = {"bash", "sh", "shell", "console", "zsh"}
 
 
+@cache
 def ft_command():
     """The click group behind `ft`, built as `ft` builds it (the one line to change when the CLI module moves).
 
@@ -34,10 +35,11 @@ def ft_command():
     return get_command(app)
 
 
-def schema_keys() -> set[str]:
+@cache
+def schema_keys() -> frozenset[str]:
     from ft_cli.config_messages import SCHEMA_KEYS
 
-    return set(SCHEMA_KEYS)
+    return frozenset(SCHEMA_KEYS)
 
 
 def page_id(path: Path) -> str:
@@ -202,7 +204,7 @@ def check_option(command, word: str, name: str):
     return table[option]
 
 
-def check_command(words: list[str], keys: set[str]) -> None:
+def check_command(words: list[str], keys: frozenset[str]) -> None:
     command, rest, name = resolve(words)
     takes_overrides = any(p.param_type_name == "argument" and p.name in {"overrides", "args"} for p in command.params)
     words_iter = iter(rest)
@@ -231,12 +233,49 @@ def test_every_ft_example_names_a_real_command_options_and_config_keys(page: Pat
     assert not problems, "\n".join(problems)
 
 
+def check_synopsis(code: str) -> None:
+    """An inline `ft ...` span, often a synopsis (`ft merge ADAPTER_DIR [--dtype auto|fp32]`): the subcommand
+    must exist and every option it spells must be that subcommand's; placeholders and values are not checked."""
+    words = code.split()[1:]
+    command, name = ft_command(), "ft"
+    while hasattr(command, "commands"):
+        while words and words[0].startswith("-"):
+            check_option(command, words.pop(0), name)
+        if not words or not re.match(r"^[a-z][a-z0-9-]*$", words[0]):
+            return  # `ft COMMAND --help`, `ft --verbose`: nothing more to check
+        sub = command.commands.get(words[0])
+        if sub is None:
+            raise AssertionError(f"`{name} {words[0]}`: no such subcommand (known: {', '.join(sorted(command.commands))})")
+        name = f"{name} {words.pop(0)}"
+        command = sub
+    for option in re.findall(r"(?<![\w./=-])(--?[a-zA-Z][\w-]*)", " ".join(words)):
+        check_option(command, option, name)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=page_id)
+def test_every_inline_ft_synopsis_names_a_real_command_and_options(page: Path):
+    prose, _ = split_fences(page.read_text(encoding="utf-8"))
+    problems = []
+    for number, line in prose:
+        for span in INLINE_CODE.finditer(line):
+            code = span[2].strip()
+            if re.match(r"^ft (-|[a-z])", code):
+                try:
+                    check_synopsis(code)
+                except AssertionError as exc:
+                    problems.append(f"{page_id(page)}:{number}: `{code}`\n    {exc}")
+    assert not problems, "\n".join(problems)
+
+
 def test_the_checker_catches_what_it_should(tmp_path: Path):
     keys = schema_keys()
     check_command(["train", "run.yaml", "training.learning_rate=1e-4", "lora.r=32", "--dry-run"], keys)
     check_command(["--verbose", "config", "show", "run.yaml", "--sources"], keys)
     check_command(["merge", "out/run", "--no-verify", "-o", "out/m"], keys)
     check_command(["prepare", "a.json", "--map", "prompt=question", "-o", "x.jsonl"], keys)  # a value, not an override
+    check_synopsis("ft launch CONFIG --nproc N [--launcher torchrun\\|accelerate] [key.sub=value ...]")
+    with pytest.raises(AssertionError, match="has no option --nprocs"):
+        check_synopsis("ft launch CONFIG --nprocs N")
     for bad, said in [
         (["trian", "run.yaml"], "no such subcommand"),
         (["train", "run.yaml", "--dryrun"], "has no option --dryrun"),
