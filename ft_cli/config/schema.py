@@ -284,12 +284,12 @@ class EvalSection(Section):
 
 
 class Config(Section):
-    method: Literal[METHOD_NAMES] = Field("sft", description="Training method: " + ", ".join(METHOD_NAMES) + " (README: Methods).")  # type: ignore[valid-type]
+    method: Literal[METHOD_NAMES] = Field("sft", description="Training method: " + ", ".join(METHOD_NAMES) + " (docs/train.md: Methods).")  # type: ignore[valid-type]
     backend: Literal["auto", "unsloth", "accelerate"] = Field(
         "auto", description="auto = Unsloth on one CUDA GPU when installed, otherwise accelerate."
     )
     distributed: Literal["none", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"] = Field(
-        "none", description="Multi-process strategy under `ft launch` (or torchrun / accelerate launch); see From one GPU to many."
+        "none", description="Multi-process strategy under `ft launch` (or torchrun / accelerate launch); see docs/distributed.md."
     )
     model: ModelSection
     lora: LoraSection | None = Field(None, description="LoRA settings; absent = full fine-tuning.")

@@ -7,7 +7,7 @@ else is a bug and keeps its traceback (exit 1).
 
 from __future__ import annotations
 
-# Documented in README.md ("Exit codes"); never renumber, scripts depend on them.
+# Documented in docs/cli.md ("Exit codes"); never renumber, scripts depend on them.
 EXIT_OK = 0
 EXIT_ERROR = 1  # a bug or an unexpected failure: the traceback is printed
 EXIT_USAGE = 2  # bad config, bad data, missing file, impossible combination
