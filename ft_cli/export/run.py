@@ -136,7 +136,7 @@ def _stop_ids(model_dir: Path, tokenizer) -> list[int]:
     """Every id that ends a turn: generation_config's eos ids, the tokenizer's eos, the template's turn end."""
     from transformers import GenerationConfig
 
-    from ft_cli.models.gguf import end_of_turn_ids
+    from ft_cli.data.tokens import end_of_turn_ids
 
     ids: list[int] = []
     try:
