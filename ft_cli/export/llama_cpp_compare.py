@@ -73,6 +73,7 @@ def build_request(path: Path, quant: str, source_model, tokenizer, stops: list[i
         expected["greedy"].append((label, len(prompts), ids, want))
         prompts.append({"ids": ids, "generate": GREEDY_TOKENS})
     candidates = set(stops) | set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    expected["names"] = {i: tokenizer.convert_ids_to_tokens(i) for i in candidates}
     longest = max(len(p.get("ids") or []) for p in prompts) + GREEDY_TOKENS + 16
     request = {"model": str(path), "context_size": max(512, -(-longest // 256) * 256), "prompts": prompts, "eog_candidates": sorted(candidates)}
     return request, expected
@@ -137,12 +138,16 @@ def _check_stopping(answer: dict, expected: dict) -> tuple[dict, list[str]]:
     eog, stops, turn_end = set(answer["eog"]), set(expected["stops"]), expected["turn_end"]
     missing, extra = sorted(stops - eog), sorted(eog - stops)
     mismatch, notes = None, []
+
+    def named(ids) -> str:
+        return ", ".join(f"{i} {expected['names'].get(i)!r}" for i in ids)
+
     if turn_end is not None and turn_end not in eog:
-        mismatch = f"stopping: llama.cpp does not end generation on the end-of-turn token {turn_end}"
+        mismatch = f"stopping: llama.cpp does not end generation on the end-of-turn token {named([turn_end])}"
     elif missing:
-        notes.append(f"stopping: llama.cpp does not stop on {missing}, which the source's generation config stops on")
+        notes.append(f"stopping: llama.cpp does not stop on {named(missing)}, which the source's generation config stops on")
     if extra:
-        notes.append(f"stopping: llama.cpp also stops on {extra}")
+        notes.append(f"stopping: llama.cpp also stops on {named(extra)}, which the source does not")
     steps = []
     for label, index, _ids, want in expected["greedy"]:
         got = answer["results"][index]
