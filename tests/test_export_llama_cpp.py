@@ -19,7 +19,6 @@ from ft_cli.errors import EXIT_VERIFY_FAILED
 
 FAMILIES = ["llama3.1", "llama3.2", "qwen2.5", "qwen3", "mistral", "gemma3", "phi3", "smollm2", "deepseek-r1-distill"]
 REPO_RUNTIME = REPO / ".cache" / "runtimes" / "llama-cpp"
-pytestmark = pytest.mark.xdist_group("export")
 
 
 def gguf_value(path: Path, key: str):
@@ -127,6 +126,7 @@ def assert_llama_cpp_passed(result, family: str, quant: str) -> dict:
 
 
 @pytest.mark.runtimes
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("quant", ["f16", "q8_0"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_runs_in_llama_cpp_like_the_source(with_runtime, sharp_family, tmp_path, family, quant):
@@ -163,6 +163,7 @@ def test_mistral_with_llama_cpps_default_prefix_fails_at_inst(with_runtime, shar
 
 @pytest.mark.runtimes
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # export + two verifications of a 135M model: ~60 s alone, several minutes on a busy 2-core machine
 @pytest.mark.parametrize("quant", ["f16", "q8_0"])
 def test_real_smollm2_runs_in_llama_cpp_like_the_source(with_runtime, real_model_dir, tmp_path, quant):
     from ft_cli.export.run import export_model

@@ -86,6 +86,9 @@ def run_script(runtime: Runtime, request: dict) -> dict:
         "FT_NODE_LLAMA_CPP_ENTRY": str(runtime.package / "dist" / "index.js"),
         "FT_NODE_LLAMA_CPP_PACKAGE": str(runtime.package / "package.json"),
         "NODE_LLAMA_CPP_SKIP_DOWNLOAD": "true",
+        # One thread per core this process may use: node-llama-cpp's default (4 on a 2-core machine) oversubscribes,
+        # and llama.cpp's spinning threads then run 10x slower (2 s vs 21 s for the same check, measured).
+        "FT_LLAMA_CPP_THREADS": os.environ.get("FT_LLAMA_CPP_THREADS") or str(_cores()),
     }
     try:
         proc = subprocess.run([runtime.node, str(SCRIPT)], input=json.dumps(request), capture_output=True, text=True, env=env, timeout=TIMEOUT_S)
@@ -96,6 +99,13 @@ def run_script(runtime: Runtime, request: dict) -> dict:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeProblem(f"node-llama-cpp in {runtime.root} exited {proc.returncode}: {tail[:300]}")
     return json.loads(lines[-1])
+
+
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
 
 
 class RuntimeProblem(Exception):

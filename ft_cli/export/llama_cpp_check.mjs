@@ -19,9 +19,11 @@ const nodeLlamaCpp = await import(pathToFileURL(process.env.FT_NODE_LLAMA_CPP_EN
 const {getLlama, LlamaLogLevel} = nodeLlamaCpp;
 const version = JSON.parse(readFileSync(process.env.FT_NODE_LLAMA_CPP_PACKAGE, "utf8")).version;
 
+// ft passes one thread per usable core: more than the cores makes llama.cpp's spinning threads crawl.
+const threads = Number(process.env.FT_LLAMA_CPP_THREADS || 0) || undefined;
 const llama = await getLlama({
     gpu: false, build: "never", usePrebuiltBinaries: true, skipDownload: true, progressLogs: false,
-    logLevel: LlamaLogLevel.error, maxThreads: Number(process.env.FT_LLAMA_CPP_THREADS || 0) || undefined,
+    logLevel: LlamaLogLevel.error, maxThreads: threads,
 });
 const versions = {node_llama_cpp: version, llama_cpp: llama.llamaCppRelease.release, build: llama.buildType};
 let model;
@@ -32,7 +34,7 @@ try {
     await llama.dispose();
     process.exit(0);
 }
-const context = await model.createContext({contextSize: input.context_size || 512, sequences: 1, flashAttention: false});
+const context = await model.createContext({contextSize: input.context_size || 512, sequences: 1, flashAttention: false, threads});
 const sequence = context.getSequence();
 
 const results = [];
