@@ -41,12 +41,13 @@ $(REAL_MODEL)/config.json: | $(STAMP)
 	$(FT) models smollm2 $(REAL_MODEL) --overwrite
 
 # -n auto: one worker per core; each test is mostly single-threaded library imports in a subprocess.
+# The tests marked runtimes (real llama.cpp) run in `make test-runtimes`, where their runtime is installed.
 test: $(STAMP) real-model
-	$(PY) -m pytest -n auto --dist loadgroup
+	$(PY) -m pytest -n auto --dist loadgroup -m "not runtimes"
 
 # Everything except the tests marked slow (multi-process, kill-and-resume).
 test-fast: $(STAMP) real-model
-	$(PY) -m pytest -n auto --dist loadgroup -m "not slow"
+	$(PY) -m pytest -n auto --dist loadgroup -m "not slow and not runtimes"
 
 # Real llama.cpp as export's second referee: node-llama-cpp's prebuilt binary (npm, ~85 MB, no compiler;
 # the version lives in ft_cli/export/llama_cpp.py), installed once into RUNTIMES, then the tests marked

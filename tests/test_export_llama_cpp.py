@@ -172,3 +172,25 @@ def test_real_smollm2_runs_in_llama_cpp_like_the_source(with_runtime, real_model
     record = assert_llama_cpp_passed(result, "smollm2-135m", quant)
     if quant == "f16":
         assert record["checks"]["greedy"]["identical"] == record["checks"]["greedy"]["prompts"], record
+
+
+@pytest.mark.runtimes
+@pytest.mark.timeout(900)
+def test_gemma3_without_its_layer_pattern_parts_ways_in_llama_cpp(with_runtime, sharp_family, tmp_path, monkeypatch):
+    """Why the pattern is written: without attention.sliding_window_pattern llama.cpp falls back to every
+    6th layer full (both of the miniature's layers sliding), and its greedy tokens leave the source's."""
+    import ft_cli.export.arch as arch
+    from ft_cli.export.run import ExportVerificationFailed, export_model
+
+    plan_gemma3 = arch._plan_gemma3
+
+    def without_pattern(config, plan, source):
+        plan_gemma3(config, plan, source)
+        plan.values[:] = [value for value in plan.values if value[0] != "add_sliding_window_pattern"]
+
+    monkeypatch.setattr(arch, "_plan_gemma3", without_pattern)
+    out = tmp_path / "g.gguf"
+    with pytest.raises(ExportVerificationFailed):
+        export_model(sharp_family("gemma3"), out, quant="f16")
+    greedy = json.loads(out.with_name(out.name + ".ft_export.json").read_text())["llama_cpp"]["checks"]["greedy"]
+    assert not greedy["passed"] and greedy["identical"] < greedy["prompts"], greedy
