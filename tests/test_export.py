@@ -341,7 +341,7 @@ def test_export_help():
     assert result.returncode == 0 and "--quant" in result.stdout and "--ollama" in result.stdout
 
 
-# ---------------------------------------------------------------- the real model, llama.cpp
+# ---------------------------------------------------------------- the real model (llama.cpp itself: test_export_llama_cpp.py)
 
 
 @pytest.mark.slow
@@ -357,16 +357,3 @@ def test_real_smollm2_round_trip_q8_0(real_model_dir, tmp_path):
     expected = greedy_text(source, source_tok, ids, 8)
     assert greedy_text(model, tok, ids, 8) == expected
     assert "Paris" in source_tok.decode(expected)
-
-
-def test_llama_cpp_runs_the_file_like_transformers(sharp, tmp_path):
-    """Only where llama-cpp-python is installed (not a dependency): llama.cpp's own tokens and logits."""
-    pytest.importorskip("llama_cpp")
-    from ft_cli.export.run import export_model
-
-    for family in ("llama3.2", "qwen2.5", "gemma3", "phi3"):
-        result = export_model(sharp(family), tmp_path / f"{family}.gguf", quant="f16")
-        lc = result.verification.llama_cpp
-        assert lc is not None and lc["ids_same"] and lc["greedy_same"], (family, lc)
-    result = export_model(sharp("llama3.2"), tmp_path / "k.gguf", quant="q4_k_m")
-    assert result.verification.llama_cpp["greedy_same"]

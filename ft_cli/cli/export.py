@@ -16,7 +16,7 @@ def export_command(
     ollama: Annotated[bool, typer.Option("--ollama", help="Also write OUT.Modelfile (a template for whole chats, stop tokens) and print the `ollama create` command.")] = False,
     system: Annotated[str | None, typer.Option(help="System prompt for the Modelfile (needs --ollama).")] = None,
     base: Annotated[str | None, typer.Option(help="Base model of an adapter, when its records do not find it.")] = None,
-    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Read the GGUF back and compare logits and tokenizer with the source.")] = True,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Read the GGUF back and compare logits and tokenizer with the source; also in real llama.cpp where its runtime is installed (docs/llama-cpp.md).")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
 ) -> None:
     """Export to GGUF for llama.cpp, Ollama and LM Studio, verified against the source model.
@@ -24,7 +24,9 @@ def export_command(
     An adapter or run directory is merged first (ft merge, verified). The file carries the
     tensors under llama.cpp's names, the architecture's settings, the full tokenizer and the chat
     template. Verification (on by default) reads it back with transformers and compares logits
-    (tolerance per type) and token ids; a failure exits 5 and marks the file.
+    (tolerance per type) and token ids, and where a llama.cpp runtime is installed (node-llama-cpp,
+    $FT_LLAMA_CPP_RUNTIME) runs the file in llama.cpp: token ids, greedy tokens, stopping. A failure
+    exits 5 and marks the file.
     """
     from ft_cli.core.errors import UsageError
     from ft_cli.export.run import export_model

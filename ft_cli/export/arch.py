@@ -114,16 +114,21 @@ def _plan_gemma3(config, plan: ArchPlan, source: str) -> None:
     rope = getattr(config, "rope_parameters", None) or {}
     local = (rope.get("sliding_attention") or {}) if isinstance(rope, dict) else {}
     local_theta = local.get("rope_theta", getattr(config, "rope_local_base_freq", 10000.0))
-    if float(local_theta) != 10000.0:  # llama.cpp fixes the sliding layers' rope base at 10000
+    if float(local_theta) != 10000.0:  # llama.cpp before it read rope.freq_base_swa fixed it at 10000
         raise UsageError(f"{source}: gemma3 with a sliding-layer rope base of {local_theta} (llama.cpp uses 10000) is not supported by ft export")
+    # As convert_hf_to_gguf.py writes it (TextModel: rope_parameters["sliding_attention"]["rope_theta"]).
+    plan.values.append(("add_rope_freq_base_swa", float(local_theta)))
     layer_types = getattr(config, "layer_types", None)
     if layer_types:
         plan.values.append(("add_sliding_window_pattern", [kind == "sliding_attention" for kind in layer_types]))
         llama_cpp = ["full_attention" if i % 6 == 5 else "sliding_attention" for i in range(len(layer_types))]
         if list(layer_types) != llama_cpp:
+            # llama.cpp reads the pattern from the file (load_swa_pattern; checked with the llama.cpp of
+            # node-llama-cpp 3.22.1); builds that predate it make every 6th layer full attention.
             plan.notes.append(
-                "gemma3: llama.cpp makes every 6th layer full attention; this model's layers differ, so past the "
-                f"sliding window ({getattr(config, 'sliding_window', '?')} tokens) llama.cpp will not match it"
+                "gemma3: this model's sliding/full layer pattern is not Gemma 3's usual every-6th-layer-full; it is written to "
+                "the file (attention.sliding_window_pattern), which current llama.cpp reads; older llama.cpp builds ignore it "
+                f"and part ways past the sliding window ({getattr(config, 'sliding_window', '?')} tokens)"
             )
 
 

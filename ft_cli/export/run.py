@@ -45,6 +45,7 @@ class ExportResult:
     size_bytes: int
     report: WriteReport
     verification: Verification | None
+    llama_cpp: dict | None = None  # the llama.cpp check (llama_cpp.py): ran or why not
     modelfile: Path | None = None
     ollama_command: str | None = None
     ollama: dict | None = None  # the template's style, whether it has tools, what Ollama renders differently
@@ -252,8 +253,8 @@ def _export_directory(model_dir: Path, source: Path, output: Path, quant: str, v
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     tied = bool(getattr(text_config(model.config), "tie_word_embeddings", False))
     say(f"{source}: {arch.model_type} as llama.cpp '{arch.arch}', tokenizer {vocab.model}{f' ({vocab.pre})' if vocab.pre else ''}, writing {quant}")
-    for note in arch.notes:
-        if note.startswith("gemma3"):
+    for note in [*arch.notes, *vocab.notes]:
+        if note.startswith(("gemma3", "tokenizer")):
             say(f"note: {note}")
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -271,10 +272,13 @@ def _export_directory(model_dir: Path, source: Path, output: Path, quant: str, v
             quantize_with_llama_cpp(target, staging, quant)
         if report.fallbacks:
             say(f"q8_0: {len(report.fallbacks)} tensors written as f16 instead (their rows are not a multiple of 32): " + "; ".join(report.fallbacks[:5]))
-        check = None
+        check = llama = None
         if verify:
             say("verify: reading the GGUF back with transformers and comparing with the source")
             check = verify_gguf(staging, arch, quant, model, tokenizer)
+            from ft_cli.export.llama_cpp import check_with_llama_cpp
+
+            llama = check_with_llama_cpp(staging, quant, model, tokenizer, stops, vocab.space_prefix)
         from ft_cli.core.files import make_readable
 
         make_readable(staging)
@@ -282,7 +286,7 @@ def _export_directory(model_dir: Path, source: Path, output: Path, quant: str, v
     except BaseException:
         staging.unlink(missing_ok=True)
         raise
-    result = ExportResult(output=output, source=str(source), quant=quant, size_bytes=output.stat().st_size, report=report, verification=check, notes=list(arch.notes))
+    result = ExportResult(output=output, source=str(source), quant=quant, size_bytes=output.stat().st_size, report=report, verification=check, llama_cpp=llama, notes=[*arch.notes, *vocab.notes])
     if ollama:
         from ft_cli.export.ollama import write_modelfile
 
@@ -290,14 +294,21 @@ def _export_directory(model_dir: Path, source: Path, output: Path, quant: str, v
         result.ollama = None if template is None else {"style": template.style.name, "tools": template.style.tools, "notes": template.notes}
     _drop_stale_modelfile(output, result.modelfile)
     _write_record(output, result)  # names the Modelfile too: a later --overwrite may replace only what it names
+    from ft_cli.export.llama_cpp import describe as describe_llama_cpp
+
     marker = output.with_name(output.name + FAILED_SUFFIX)
-    if check is not None and not check.passed:
-        marker.write_text(f"{check.describe(quant)}: this GGUF does not behave like {source}; do not use it\n", encoding="utf-8")
+    problems = [] if check is None else [] if check.passed else [check.describe(quant)]
+    if llama is not None and llama["ran"] and not llama["passed"]:
+        problems.append(describe_llama_cpp(llama))
+    if problems:
+        marker.write_text(f"{'; '.join(problems)}: this GGUF does not behave like {source}; do not use it\n", encoding="utf-8")
     else:
         marker.unlink(missing_ok=True)
     say(f"verify: {check.describe(quant)}" if check else "verify: skipped (--no-verify)")
-    if check is not None and not check.passed:
-        raise ExportVerificationFailed(f"{output}: the GGUF failed verification ({check.describe(quant)}); kept, marked with {marker.name}")
+    if check is not None:
+        say(f"verify: {describe_llama_cpp(llama)}")
+    if problems:
+        raise ExportVerificationFailed(f"{output}: the GGUF failed verification ({'; '.join(problems)}); kept, marked with {marker.name}")
     return result
 
 
@@ -327,6 +338,7 @@ def _write_record(output: Path, result: ExportResult) -> None:
         "tensor_types": result.report.by_type,
         "f16_fallbacks": result.report.fallbacks,
         "verification": None if check is None else {**asdict(check), "passed": check.passed},
+        "llama_cpp": result.llama_cpp,  # None with --no-verify; else what llama.cpp did, or which checks did not run and why
         "notes": result.notes,
         "modelfile": result.modelfile.name if result.modelfile else None,
         "ollama_template": result.ollama,

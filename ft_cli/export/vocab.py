@@ -39,6 +39,8 @@ class VocabPlan:
     add_bos: bool = False
     add_eos: bool = False
     add_space_prefix: bool | None = None
+    space_prefix: str | None = None  # SentencePiece: where transformers puts a ▁ before text (see space_prefix_mode)
+    notes: list[str] = field(default_factory=list)  # what llama.cpp will do differently, said at export
     chat_template: str | None = None
     end_of_turn: list[int] = field(default_factory=list)  # every id that ends a turn (Modelfile stops)
 
@@ -62,6 +64,30 @@ def _pre_tokenizer_name(backend: dict, source: str) -> str:
         described = "+".join(kinds) or "none"
         raise UsageError(f"{source}: the tokenizer's pre-tokenizer ({described}, normalizer {(normalizer or {}).get('type')}) has no llama.cpp equivalent ft knows; ft export supports gpt-2, llama-bpe, qwen2, smollm splits")
     return name
+
+
+FIRST_ONLY_NOTE = (
+    "tokenizer: transformers puts \u2581 before the text only at the very start (Metaspace prepend_scheme 'first'); "
+    "llama.cpp can only add it after every special token too, or never: written add_space_prefix=false, so chat "
+    "prompts (text after [INST] and other special tokens) tokenize the same, but a plain prompt that starts with a "
+    "word ('Hello') loses the \u2581 in llama.cpp ('Hello', not '\u2581Hello'); start such a prompt with a space there"
+)
+
+
+def space_prefix_mode(tokenizer) -> str:
+    """Where this SentencePiece-style tokenizer puts a \u2581 before text, probed on what it does:
+    'always' (at the start and after every special token: a Prepend normalizer, Phi-3), 'first' (only
+    at the very start: Metaspace prepend_scheme 'first', Mistral v0.3), 'never' (Gemma), or
+    'after-special' (only after special tokens; no known model)."""
+    def prefixed(text: str, special: str = "") -> bool:
+        ids = tokenizer(special + text, add_special_tokens=False)["input_ids"]
+        pieces = tokenizer.convert_ids_to_tokens(ids[1:] if special else ids)
+        return bool(pieces) and pieces[0].startswith("\u2581")
+
+    start = prefixed("a")
+    special = next((t for t in (tokenizer.bos_token, tokenizer.eos_token, *tokenizer.all_special_tokens) if t), None)
+    after = prefixed("a", special) if special and len(tokenizer(special, add_special_tokens=False)["input_ids"]) == 1 else start
+    return {(True, True): "always", (True, False): "first", (False, False): "never", (False, True): "after-special"}[(start, after)]
 
 
 def _merges(model: dict) -> list[str]:
@@ -148,8 +174,11 @@ def plan_vocab(tokenizer, vocab_size: int, end_of_turn: list[int], source: str) 
     plan.add_bos = bool(probe) and plan.special_ids.get("bos") is not None and probe[0] == plan.special_ids["bos"]
     plan.add_eos = bool(probe) and plan.special_ids.get("eos") is not None and probe[-1] == plan.special_ids["eos"]
     if not byte_level:
-        pieces = tokenizer.tokenize("a")
-        plan.add_space_prefix = bool(pieces) and pieces[0].startswith("\u2581")
+        plan.space_prefix = space_prefix_mode(tokenizer)
+        # llama.cpp knows one switch: a space before the text at the start AND after every special token, or never.
+        plan.add_space_prefix = plan.space_prefix in ("always", "after-special")
+        if plan.space_prefix == "first":
+            plan.notes.append(FIRST_ONLY_NOTE)
     template = getattr(tokenizer, "chat_template", None)
     if isinstance(template, dict):
         template = template.get("default") or next(iter(template.values()), None)
