@@ -40,12 +40,14 @@ $(REAL_MODEL)/config.json: | $(STAMP)
 	$(FT) models smollm2 $(REAL_MODEL) --overwrite
 
 # -n auto: one worker per core; each test is mostly single-threaded library imports in a subprocess.
+# --dist loadgroup keeps the tests that share an expensive fixture (xdist_group) on one worker.
+# It ends with the ten slowest tests, to keep an eye on the suite's time (≤ 20 min on 2 quiet cores).
 test: $(STAMP) real-model
-	$(PY) -m pytest -n auto --dist loadgroup
+	$(PY) -m pytest -n auto --dist loadgroup --durations=10
 
 # Everything except the tests marked slow (multi-process, kill-and-resume).
 test-fast: $(STAMP) real-model
-	$(PY) -m pytest -n auto --dist loadgroup -m "not slow"
+	$(PY) -m pytest -n auto --dist loadgroup --durations=10 -m "not slow"
 
 demo: $(STAMP) real-model
 	FT=$(FT) bash examples/demo.sh

@@ -110,15 +110,21 @@ def test_qlora_trains_each_architecture_on_cpu(family, family_model_dir, tmp_pat
     assert "lm_head" not in targets
 
 
-def test_estimate_reads_every_familys_config(family_model_dir, tmp_path, ft):
-    """`ft estimate` on each family's config.json: the logits term uses that family's vocabulary."""
+def test_estimate_reads_every_familys_config(family_model_dir, tmp_path, capsys):
+    """`ft estimate` on each family's config.json: the logits term uses that family's vocabulary.
+
+    Through ft's own `main` in this process: nine subprocesses cost nine imports of transformers
+    (~6 s each) for what reads nine config files; `ft estimate` in a subprocess is tests/test_estimate.py's."""
     from transformers import AutoConfig
+
+    from ft_cli.cli import main
 
     for family in sorted(FAMILIES):
         model = family_model_dir(family)
         vocab = AutoConfig.from_pretrained(model).get_text_config().vocab_size
         config = tmp_path / f"{family}.yaml"
         config.write_text(yaml.safe_dump({"model": {"path": str(model)}, "lora": {"r": 8}, "training": {"output_dir": str(tmp_path / family)}}))
-        result = ft("estimate", config)
-        assert result.returncode == 0, f"{family}: {result.stderr}"
-        assert f"{vocab} vocab" in result.stdout + result.stderr, family
+        code = main(["estimate", str(config)])
+        out, err = capsys.readouterr()
+        assert code == 0, f"{family}: {err}"
+        assert f"{vocab} vocab" in out + err, family

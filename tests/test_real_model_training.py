@@ -94,7 +94,7 @@ def test_kto_and_a_reward_model_train_on_smollm2_through_its_real_template(metho
                      "gradient_accumulation_steps": 1, "learning_rate": 5e-4, "logging_steps": 1, "save_steps": 100,
                      "optim": "adamw_torch", "gradient_checkpointing": False},
     }))  # fmt: skip
-    result = run_ft("train", str(config), timeout=600)
+    result = run_ft("train", str(config))
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     assert [row["step"] for row in rows] == [1, 2] and all(0 < row["loss"] < 10 for row in rows)
