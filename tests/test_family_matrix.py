@@ -63,9 +63,10 @@ def run_method(tmp_path, model, method: str, data, extra: dict | None = None):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_family_goes_through_the_whole_pipeline(family, family_model_dir, tmp_path, ft):
+def test_family_goes_through_the_whole_pipeline(family, family_model_dir, tmp_path):
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from ft_cli.cli import main
     from ft_cli.generate import generate_reply, load_generator
     from ft_cli.adapters import eos_token_ids
     from ft_cli.merge import merge_adapter
@@ -73,9 +74,9 @@ def test_family_goes_through_the_whole_pipeline(family, family_model_dir, tmp_pa
     model = family_model_dir(family)
     spec = FAMILIES[family]
 
-    prepared = tmp_path / "chat.jsonl"
-    result = ft("prepare", write_jsonl(tmp_path / "raw.jsonl", [CHAT] * 4), "-o", prepared, "--model", model)
-    assert result.returncode == 0, result.stderr
+    prepared = tmp_path / "chat.jsonl"  # through ft's own `main`, in this process like the other stages
+    assert main(["prepare", str(write_jsonl(tmp_path / "raw.jsonl", [CHAT] * 4)), "-o", str(prepared), "--model", str(model)]) == 0
+    assert len(prepared.read_text().splitlines()) == 4
 
     adapter = run_method(tmp_path, model, "sft", prepared)
     run_method(tmp_path, model, "dpo", write_jsonl(tmp_path / "pref.jsonl", [PREFERENCE] * 4))
