@@ -114,7 +114,10 @@ def timeout_for(cost: float, default: float) -> int:
 
 
 def pytest_collection_modifyitems(config, items):
-    default = float(config.getoption("timeout", None) or config.getini("timeout") or 0)
+    option = config.getoption("timeout", None)  # --timeout N overrides pyproject's
+    default = float(option if option is not None else config.getini("timeout") or 0)
+    if default <= 0:  # `--timeout 0`: no timeouts at all (a debugging session)
+        return
     for item in items:
         cost = item.get_closest_marker("cost")
         if cost is not None and item.get_closest_marker("timeout") is None:
