@@ -374,7 +374,7 @@ def test_export_help():
 
 
 @pytest.mark.slow
-@pytest.mark.cost(90)
+@pytest.mark.cost(70)
 def test_real_smollm2_round_trip_q8_0(real_model_dir, tmp_path, monkeypatch):
     """The real SmolLM2-135M-Instruct: q8_0 verifies and answers the same greedy tokens through the GGUF.
 

@@ -28,7 +28,7 @@ def record(country: str, capital: str) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.cost(60)
+@pytest.mark.cost(70)
 def test_lora_sft_on_smollm2_lowers_held_out_loss_merges_and_answers_in_the_new_format(real_model_dir, tmp_path, ft):
     """Four steps: measured, the held-out loss is 3.74 before and 0.11 after step 4 (0.094 at step 8,
     0.13 at step 12), and greedy answers are already `CAPITAL[Cuba] = Havana` at step 4; more steps
