@@ -41,13 +41,15 @@ $(REAL_MODEL)/config.json: | $(STAMP)
 	$(FT) models smollm2 $(REAL_MODEL) --overwrite
 
 # -n auto: one worker per core; each test is mostly single-threaded library imports in a subprocess.
+# --dist loadgroup keeps the tests that share an expensive fixture (xdist_group) on one worker.
+# It ends with the ten slowest tests, to keep an eye on the suite's time (≤ 20 min on 2 quiet cores).
 # The tests marked runtimes (real llama.cpp) run in `make test-runtimes`, where their runtime is installed.
 test: $(STAMP) real-model
-	$(PY) -m pytest -n auto --dist loadgroup -m "not runtimes"
+	$(PY) -m pytest -n auto --dist loadgroup --durations=10 -m "not runtimes"
 
 # Everything except the tests marked slow (multi-process, kill-and-resume).
 test-fast: $(STAMP) real-model
-	$(PY) -m pytest -n auto --dist loadgroup -m "not slow and not runtimes"
+	$(PY) -m pytest -n auto --dist loadgroup --durations=10 -m "not slow and not runtimes"
 
 # Real llama.cpp as export's second referee: node-llama-cpp's prebuilt binary (npm, ~85 MB, no compiler;
 # the version lives in ft_cli/export/llama_cpp.py), installed once into RUNTIMES, then the tests marked
@@ -59,7 +61,7 @@ $(RUNTIMES)/node_modules/node-llama-cpp/package.json: | $(STAMP)
 	$(PY) -c "from ft_cli.export.llama_cpp import install_command; print(install_command('$(RUNTIMES)'))" | sh
 
 test-runtimes: $(STAMP) real-model $(RUNTIMES)/node_modules/node-llama-cpp/package.json
-	FT_LLAMA_CPP_RUNTIME=$(CURDIR)/$(RUNTIMES) $(PY) -m pytest -n auto --dist loadgroup -m runtimes
+	FT_LLAMA_CPP_RUNTIME=$(CURDIR)/$(RUNTIMES) $(PY) -m pytest -n auto --dist loadgroup --durations=10 -m runtimes
 
 demo: $(STAMP) real-model
 	FT=$(FT) bash examples/demo.sh

@@ -52,7 +52,13 @@ def ft_executable() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "ft_cli"]
 
 
-def run_ft(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 300) -> Result:
+# pytest-timeout is the one clock (its per-test limit, see `pytest_collection_modifyitems`); a timeout on a
+# child process is only a backstop for a child that outlives a run without that plugin, so it is far above any
+# test's own limit and never the thing that fails a slow but healthy test on a loaded machine.
+CHILD_TIMEOUT = 3600
+
+
+def run_ft(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = CHILD_TIMEOUT) -> Result:
     full_env = {**os.environ, **OFFLINE_ENV, **(env or {})}
     proc = subprocess.run(
         [*ft_executable(), *map(str, args)],
@@ -92,6 +98,30 @@ def write_yaml(tmp_path):
         return path
 
     return write
+
+
+# Per-test timeouts from measured cost. The default (pyproject's `timeout`, 600 s) covers every test whose
+# cost, its fixtures' setup included, is under ~2 minutes on a quiet 2-core machine. A test that costs more
+# carries `@pytest.mark.cost(seconds)`, that cost as measured there; it gets SLOWDOWN times its cost plus a
+# margin, so it still passes on a machine three times slower (a second CPU-bound job beside the suite, a
+# shared CI runner). FT_TEST_SLOWDOWN raises the factor for slower machines still.
+SLOWDOWN = float(os.environ.get("FT_TEST_SLOWDOWN", "4"))
+TIMEOUT_MARGIN = 120
+
+
+def timeout_for(cost: float, default: float) -> int:
+    return int(max(default, SLOWDOWN * cost + TIMEOUT_MARGIN))
+
+
+def pytest_collection_modifyitems(config, items):
+    option = config.getoption("timeout", None)  # --timeout N overrides pyproject's
+    default = float(option if option is not None else config.getini("timeout") or 0)
+    if default <= 0:  # `--timeout 0`: no timeouts at all (a debugging session)
+        return
+    for item in items:
+        cost = item.get_closest_marker("cost")
+        if cost is not None and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(timeout_for(cost.args[0], default)))
 
 
 def pytest_report_header(config):

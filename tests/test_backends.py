@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import OFFLINE_ENV, REPO
+from conftest import CHILD_TIMEOUT, OFFLINE_ENV, REPO
 
 from ft_cli.config.loading import Config
 from ft_cli.core.errors import EXIT_USAGE, ConfigError
@@ -267,7 +267,7 @@ def run_cli_with_a_gpu(args: list[str], env: dict) -> subprocess.CompletedProces
         "sys.exit(main(sys.argv[1:]))\n"
     )
     return subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, env={**_base_env(), **env}, check=False
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=CHILD_TIMEOUT, env={**_base_env(), **env}, check=False
     )
 
 
@@ -317,7 +317,7 @@ def test_when_unsloth_fails_to_import_auto_falls_back_and_explicit_is_one_line(f
         "print(json.dumps(out))\n"
     )
     env = {**_base_env(), **fake_unsloth, "FAKE_UNSLOTH_FAIL": "1"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env, check=False)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=CHILD_TIMEOUT, env=env, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["auto"] == [ACCELERATE, "backend: auto and `import unsloth` failed (ImportError: libcuda.so.1: cannot open shared object file)"]

@@ -17,7 +17,7 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import OFFLINE_ENV, REPO, ft_executable, run_ft
+from conftest import CHILD_TIMEOUT, OFFLINE_ENV, REPO, ft_executable, run_ft
 from ft_cli.core.errors import EXIT_PREEMPTED, EXIT_USAGE
 from test_resume import final_weights, losses
 from test_train import arithmetic_chats, write_jsonl
@@ -86,7 +86,7 @@ def preempt_after(args: list[str], line: str) -> tuple[int, str]:
             proc.send_signal(signal.SIGTERM)
             break
     seen.extend(proc.stderr)
-    return proc.wait(timeout=300), "".join(seen)
+    return proc.wait(timeout=CHILD_TIMEOUT), "".join(seen)
 
 
 def test_two_process_ddp_run_preempted_and_resumed_trains_like_one_process_with_the_same_global_batch(workdir, single):
@@ -249,7 +249,7 @@ def test_multi_node_sbatch_script_runs_one_ft_launch_per_node_and_trains_like_on
            "PATH": f"{fake_bin}:{ft_executable()[0].rsplit('/', 1)[0]}:{os.environ['PATH']}"}  # fmt: skip
     config = write_config(workdir, "two-nodes", distributed="ddp", per_device=2)
     script = [shutil.which("bash"), str(REPO / "configs" / "slurm" / "multi_node.sbatch"), config]
-    result = subprocess.run(script, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(script, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert f"--nnodes 2 --node-rank 1 --master-addr 127.0.0.1 --master-port {port} -m ft_cli train {config}" in result.stderr
     assert "distributed: DDP on 2 process(es)" in result.stderr

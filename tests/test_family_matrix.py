@@ -63,9 +63,10 @@ def run_method(tmp_path, model, method: str, data, extra: dict | None = None):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_family_goes_through_the_whole_pipeline(family, family_model_dir, tmp_path, ft):
+def test_family_goes_through_the_whole_pipeline(family, family_model_dir, tmp_path):
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from ft_cli.cli.app import main
     from ft_cli.merge.generate import generate_reply, load_generator
     from ft_cli.merge.adapters import eos_token_ids
     from ft_cli.merge.run import merge_adapter
@@ -73,9 +74,9 @@ def test_family_goes_through_the_whole_pipeline(family, family_model_dir, tmp_pa
     model = family_model_dir(family)
     spec = FAMILIES[family]
 
-    prepared = tmp_path / "chat.jsonl"
-    result = ft("prepare", write_jsonl(tmp_path / "raw.jsonl", [CHAT] * 4), "-o", prepared, "--model", model)
-    assert result.returncode == 0, result.stderr
+    prepared = tmp_path / "chat.jsonl"  # through ft's own `main`, in this process like the other stages
+    assert main(["prepare", str(write_jsonl(tmp_path / "raw.jsonl", [CHAT] * 4)), "-o", str(prepared), "--model", str(model)]) == 0
+    assert len(prepared.read_text().splitlines()) == 4
 
     adapter = run_method(tmp_path, model, "sft", prepared)
     run_method(tmp_path, model, "dpo", write_jsonl(tmp_path / "pref.jsonl", [PREFERENCE] * 4))
@@ -110,15 +111,21 @@ def test_qlora_trains_each_architecture_on_cpu(family, family_model_dir, tmp_pat
     assert "lm_head" not in targets
 
 
-def test_estimate_reads_every_familys_config(family_model_dir, tmp_path, ft):
-    """`ft estimate` on each family's config.json: the logits term uses that family's vocabulary."""
+def test_estimate_reads_every_familys_config(family_model_dir, tmp_path, capsys):
+    """`ft estimate` on each family's config.json: the logits term uses that family's vocabulary.
+
+    Through ft's own `main` in this process: nine subprocesses cost nine imports of transformers
+    (~6 s each) for what reads nine config files; `ft estimate` in a subprocess is tests/test_estimate.py's."""
     from transformers import AutoConfig
+
+    from ft_cli.cli.app import main
 
     for family in sorted(FAMILIES):
         model = family_model_dir(family)
         vocab = AutoConfig.from_pretrained(model).get_text_config().vocab_size
         config = tmp_path / f"{family}.yaml"
         config.write_text(yaml.safe_dump({"model": {"path": str(model)}, "lora": {"r": 8}, "training": {"output_dir": str(tmp_path / family)}}))
-        result = ft("estimate", config)
-        assert result.returncode == 0, f"{family}: {result.stderr}"
-        assert f"{vocab} vocab" in result.stdout + result.stderr, family
+        code = main(["estimate", str(config)])
+        out, err = capsys.readouterr()
+        assert code == 0, f"{family}: {err}"
+        assert f"{vocab} vocab" in out + err, family

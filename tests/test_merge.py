@@ -15,7 +15,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import OFFLINE_ENV, run_ft
+from conftest import CHILD_TIMEOUT, OFFLINE_ENV, run_ft
 
 from ft_cli.core.errors import EXIT_USAGE, EXIT_VERIFY_FAILED, UsageError
 from ft_cli.merge.run import FAILED_MARKER, MERGE_RECORD, VerificationFailed, merge_adapter
@@ -381,7 +381,7 @@ def test_push_to_hub_without_network_fails_clearly_and_never_shows_the_token(mer
         "try:\n    check_hub_ready('me/tiny-merged'); push_to_hub(__import__('pathlib').Path(sys.argv[1]), 'me/tiny-merged')\n"
         "except FtError as exc:\n    print('error:', exc); sys.exit(exc.exit_code)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", probe, str(out)], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", probe, str(out)], capture_output=True, text=True, env=env, timeout=CHILD_TIMEOUT)
     assert proc.returncode == EXIT_USAGE, proc.stderr[-2000:]
     assert proc.stdout.startswith("error: --push-to-hub me/tiny-merged: upload failed (") and f"the merged model is in {out}" in proc.stdout
     assert token not in proc.stdout + proc.stderr
@@ -415,8 +415,8 @@ def test_generate_and_chat_give_the_same_greedy_text_before_and_after_merging(ti
     generator = load_generator(merged)
     expected = generate_reply(generator, conversation(question), max_new_tokens=12)
     assert chat_loop(generator, stdin=StringIO("hi\n\n/exit\nnot read\n"), stdout=StringIO(), max_new_tokens=4) == 1
-    chat_out, chat_err = chat.communicate(f"{question}\nAnd 4 + 4?\n/reset\n{question}\n/exit\nnever read\n", timeout=300)
-    before_out, before_err = before.communicate(timeout=300)
+    chat_out, chat_err = chat.communicate(f"{question}\nAnd 4 + 4?\n/reset\n{question}\n/exit\nnever read\n", timeout=CHILD_TIMEOUT)
+    before_out, before_err = before.communicate(timeout=CHILD_TIMEOUT)
     assert before.returncode == 0 and chat.returncode == 0, before_err[-2000:] + chat_err[-2000:]
     assert expected, "the comparison needs a non-empty answer"
     assert before_out.strip() == expected

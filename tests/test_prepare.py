@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import OFFLINE_ENV, REAL_DATA, REPO, ft_executable
+from conftest import CHILD_TIMEOUT, OFFLINE_ENV, REAL_DATA, REPO, ft_executable
 
 from ft_cli.data.prepare import PrepareOptions, eval_path, prepare
 from ft_cli.core.errors import EXIT_USAGE, DataError, UsageError
@@ -424,7 +424,7 @@ def _start_and_wait_for_staging(tmp_path, output: Path) -> subprocess.Popen:
     big.write_text("".join(f'{{"instruction": "Add {i} and {i}.", "output": "{2 * i}"}}\n' for i in range(300_000)))
     process = subprocess.Popen([*ft_executable(), "prepare", str(big), "-o", str(output)], env={**os.environ, **OFFLINE_ENV},
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + CHILD_TIMEOUT
     while time.monotonic() < deadline:
         staging = [p for p in output.parent.glob(f".{output.name}.*.tmp") if p.stat().st_size > 0]
         if staging:
@@ -441,7 +441,7 @@ def test_an_interrupted_run_never_leaves_a_half_written_output(tmp_path, sig):
     output.write_text('{"text": "previous run"}\n')
     process = _start_and_wait_for_staging(tmp_path, output)
     process.send_signal(sig)
-    process.communicate(timeout=60)
+    process.communicate(timeout=CHILD_TIMEOUT)
     assert output.read_text() == '{"text": "previous run"}\n'
     leftovers = sorted(p.name for p in output.parent.iterdir() if p.name.startswith("."))
     if sig == signal.SIGINT:

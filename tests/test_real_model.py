@@ -80,6 +80,7 @@ def test_missing_gguf_is_a_one_line_error(tmp_path, ft):
 
 
 @pytest.mark.slow
+@pytest.mark.cost(90)  # two processes each read the GGUF through transformers' reader (~30 s of CPU apiece)
 def test_lora_on_a_gguf_model_path_trains_and_merges_back_onto_the_gguf(tmp_path, ft):
     data = tmp_path / "chat.jsonl"
     data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Say {i}"}, {"role": "assistant", "content": f"{i}!"}]}) + "\n" for i in range(4)))

@@ -28,7 +28,11 @@ def record(country: str, capital: str) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.cost(70)
 def test_lora_sft_on_smollm2_lowers_held_out_loss_merges_and_answers_in_the_new_format(real_model_dir, tmp_path, ft):
+    """Four steps: measured, the held-out loss is 3.74 before and 0.11 after step 4 (0.094 at step 8,
+    0.13 at step 12), and greedy answers are already `CAPITAL[Cuba] = Havana` at step 4; more steps
+    only cost time (12 steps and three evaluations were 45 s of CPU)."""
     from ft_cli.config.loading import load_config
     from ft_cli.train.data import load_training_records
     from ft_cli.train.run import build_trainer, save_final
@@ -42,7 +46,7 @@ def test_lora_sft_on_smollm2_lowers_held_out_loss_merges_and_answers_in_the_new_
         "model": {"path": str(real_model_dir), "dtype": "fp32", "max_seq_length": 128},
         "data": {"train": str(tmp_path / "train.jsonl"), "eval": str(tmp_path / "eval.jsonl")},
         "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
-        "training": {"output_dir": str(run_dir), "max_steps": 12, "per_device_train_batch_size": 4,
+        "training": {"output_dir": str(run_dir), "max_steps": 4, "per_device_train_batch_size": 4,
                      "gradient_accumulation_steps": 1, "learning_rate": 2e-3, "lr_scheduler_type": "constant",
                      "optim": "adamw_torch", "logging_steps": 4, "save_steps": 100, "gradient_checkpointing": False},
     }))  # fmt: skip
@@ -94,7 +98,7 @@ def test_kto_and_a_reward_model_train_on_smollm2_through_its_real_template(metho
                      "gradient_accumulation_steps": 1, "learning_rate": 5e-4, "logging_steps": 1, "save_steps": 100,
                      "optim": "adamw_torch", "gradient_checkpointing": False},
     }))  # fmt: skip
-    result = run_ft("train", str(config), timeout=600)
+    result = run_ft("train", str(config))
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     assert [row["step"] for row in rows] == [1, 2] and all(0 < row["loss"] < 10 for row in rows)

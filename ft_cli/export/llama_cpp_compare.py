@@ -26,7 +26,7 @@ def _first_difference(a: list[int], b: list[int]) -> int | None:
 def _window_prompt(tokenizer, config) -> list[int] | None:
     """A plain prompt longer than Gemma 3's sliding window, where llama.cpp's layer pattern matters."""
     from ft_cli.export.arch import text_config
-    from ft_cli.merge import VERIFY_TEXT
+    from ft_cli.merge.run import VERIFY_TEXT
 
     config = text_config(config)
     window = getattr(config, "sliding_window", None)
@@ -45,7 +45,7 @@ def build_request(path: Path, quant: str, source_model, tokenizer, stops: list[i
 
     from ft_cli.export.verify import GREEDY_TOKENS, TOKENIZER_PROBES, greedy
     from ft_cli.export.vocab import turn_end_id
-    from ft_cli.merge import VERIFY_CHATS, VERIFY_TEXT, verification_inputs
+    from ft_cli.merge.run import VERIFY_CHATS, VERIFY_TEXT, verification_inputs
 
     prompts: list[dict] = []
     expected: dict = {"chat": [], "text": [], "greedy": [], "stops": list(stops), "turn_end": turn_end_id(tokenizer)}

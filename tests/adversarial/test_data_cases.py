@@ -130,7 +130,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_temp_file(case_dir):
     import resource
     import subprocess
 
-    from tests.conftest import OFFLINE_ENV, ft_executable
+    from tests.conftest import CHILD_TIMEOUT, OFFLINE_ENV, ft_executable
 
     work = case_dir("system_turn.jsonl")
     records = (work / "system_turn.jsonl").read_text() * 200  # ~20 kB of output against a 4 kB file size limit
@@ -142,7 +142,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_temp_file(case_dir):
 
     proc = subprocess.run(
         [*ft_executable(), "prepare", "many.jsonl", "-o", "out.jsonl"],
-        cwd=work, capture_output=True, text=True, preexec_fn=limit_file_size, env={**os.environ, **OFFLINE_ENV}, timeout=120,
+        cwd=work, capture_output=True, text=True, preexec_fn=limit_file_size, env={**os.environ, **OFFLINE_ENV}, timeout=CHILD_TIMEOUT,
     )  # fmt: skip
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.returncode == 2 and "cannot write out.jsonl: File too large" in proc.stderr, proc.stderr

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.adversarial.helpers import CASES, assert_refused, snapshot
-from tests.conftest import OFFLINE_ENV, ft_executable
+from tests.conftest import CHILD_TIMEOUT, OFFLINE_ENV, ft_executable
 
 HH = Path(__file__).resolve().parents[1] / "data" / "real" / "hh_harmless_test.jsonl.gz"
 
@@ -82,7 +82,7 @@ def _stop_after_first_line(tmp_path, sig, *args) -> tuple[int, str]:
     first = process.stderr.readline()
     process.send_signal(sig)
     rest = process.stderr.read()
-    return process.wait(timeout=180), first + rest
+    return process.wait(timeout=CHILD_TIMEOUT), first + rest
 
 
 @pytest.mark.slow  # three model loads and a training run: ~35 s
@@ -128,11 +128,11 @@ def test_ctrl_c_in_prepare_says_so_and_leaves_no_temp_file(tmp_path, tiny_model_
     (tmp_path / "big.jsonl").write_text("\n".join(records) + "\n")
     before = snapshot(tmp_path)
     process = _started(tmp_path, "prepare", "big.jsonl", "-o", "out.jsonl", "--model", str(tiny_model_dir))
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + CHILD_TIMEOUT
     while not list(tmp_path.glob(".out.jsonl.ft*.tmp")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
-    stderr = process.communicate(timeout=120)[1]
+    stderr = process.communicate(timeout=CHILD_TIMEOUT)[1]
     assert process.returncode == 130 and "ft: interrupted: ft prepare stopped; nothing was written" in stderr, stderr[-2000:]
     assert "Traceback" not in stderr and snapshot(tmp_path) == before
 
@@ -145,7 +145,7 @@ def _limited(tmp_path, limit: int, *args):
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     return subprocess.run(
-        [*ft_executable(), *args], cwd=tmp_path, env={**os.environ, **OFFLINE_ENV}, capture_output=True, text=True, preexec_fn=limit_file_size, timeout=300
+        [*ft_executable(), *args], cwd=tmp_path, env={**os.environ, **OFFLINE_ENV}, capture_output=True, text=True, preexec_fn=limit_file_size, timeout=CHILD_TIMEOUT
     )
 
 

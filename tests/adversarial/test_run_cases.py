@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.adversarial.helpers import CASES, assert_refused, snapshot, tree
-from tests.conftest import OFFLINE_ENV, ft_executable
+from tests.conftest import CHILD_TIMEOUT, OFFLINE_ENV, ft_executable
 
 CANARY = "canary-tok-7Q2"  # short on purpose: a declared secret of any realistic length is redacted
 
@@ -171,7 +171,7 @@ def _start(tmp_path, *args):
     )
 
 
-def _wait_for_status(run, status, process, timeout=180):
+def _wait_for_status(run, status, process, timeout=CHILD_TIMEOUT):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         try:
@@ -189,7 +189,7 @@ def test_sigterm_while_the_model_loads_exits_75_and_resume_starts_it(ft, tmp_pat
     process = _start(tmp_path, "train", config.name)
     _wait_for_status(tmp_path / "run", "running", process)  # the record is written, the model is not loaded yet
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=180)
+    _, stderr = process.communicate(timeout=CHILD_TIMEOUT)
     assert process.returncode == 75, stderr[-2000:]
     assert "Traceback" not in stderr and "ft resume" in stderr
     assert _status(tmp_path / "run") == "preempted"
@@ -202,11 +202,11 @@ def test_ctrl_c_says_what_was_kept_and_marks_the_run(tmp_path, tiny_model_dir):
     config = _run_config(tmp_path, tiny_model_dir, max_steps=100000, save_steps=2)
     process = _start(tmp_path, "train", config.name)
     run = tmp_path / "run"
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + CHILD_TIMEOUT
     while not (run / "checkpoint-2" / "ft_checkpoint.json").exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.1)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=180)
+    _, stderr = process.communicate(timeout=CHILD_TIMEOUT)
     assert process.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr
     assert "ft: interrupted: checkpoint-" in stderr and f"ft resume {run.name}" in stderr
@@ -221,7 +221,7 @@ def _limited(tmp_path, limit: int, *args):
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     return subprocess.run(
-        [*ft_executable(), *args], cwd=tmp_path, env={**os.environ, **OFFLINE_ENV}, capture_output=True, text=True, preexec_fn=limit_file_size, timeout=300
+        [*ft_executable(), *args], cwd=tmp_path, env={**os.environ, **OFFLINE_ENV}, capture_output=True, text=True, preexec_fn=limit_file_size, timeout=CHILD_TIMEOUT
     )
 
 
