@@ -16,11 +16,11 @@ import subprocess
 
 import pytest
 import yaml
-
 from conftest import CHILD_TIMEOUT, OFFLINE_ENV, REPO, ft_executable, run_ft
-from ft_cli.core.errors import EXIT_PREEMPTED, EXIT_USAGE
 from test_resume import final_weights, losses
 from test_train import arithmetic_chats, write_jsonl
+
+from ft_cli.core.errors import EXIT_PREEMPTED, EXIT_USAGE
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("distributed")]  # one worker: 2-process runs need both cores
 
@@ -199,8 +199,8 @@ def test_fsdp_and_deepspeed_settings_reach_the_trainer_arguments(workdir):
     from trl import SFTConfig
 
     from ft_cli.config.loading import load_config
-    from ft_cli.train.model import quantization_config
     from ft_cli.train.distributed import strategy_options
+    from ft_cli.train.model import quantization_config
 
     cfg = load_config(write_config(workdir, "settings", distributed="fsdp")).config
     args = SFTConfig(output_dir=str(workdir / "settings"), use_cpu=True, **strategy_options(cfg))

@@ -246,9 +246,9 @@ def offline_module():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny, offline_module):
     """A short LoRA SFT run on the tiny model with data.eval, through ft's own training line."""
+    from ft_cli.cli.app import TRAINING_CALLBACKS
     from ft_cli.config.loading import load_config
     from ft_cli.train.run import train
-    from ft_cli.cli.app import TRAINING_CALLBACKS
 
     root = tmp_path_factory.mktemp("eval-run")
     rng = random.Random(0)

@@ -67,8 +67,8 @@ def test_family_goes_through_the_whole_pipeline(family, family_model_dir, tmp_pa
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from ft_cli.cli.app import main
-    from ft_cli.merge.generate import generate_reply, load_generator
     from ft_cli.merge.adapters import eos_token_ids
+    from ft_cli.merge.generate import generate_reply, load_generator
     from ft_cli.merge.run import merge_adapter
 
     model = family_model_dir(family)

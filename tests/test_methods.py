@@ -10,8 +10,8 @@ import textwrap
 
 import pytest
 import yaml
-
 from conftest import REAL_DATA, REPO, run_ft
+
 from ft_cli.config.loading import load_config
 from ft_cli.core.errors import EXIT_USAGE, ConfigError
 from ft_cli.train.rewards import dry_run_rewards, extract_answer, load_rewards

@@ -4,19 +4,19 @@ every argument ft passes is one the method's config has, and every method builds
 from __future__ import annotations
 
 import dataclasses
-import json
 import inspect
+import json
 import re
 
 import pytest
 import yaml
-
 from conftest import run_ft
+
 from ft_cli.config.loading import load_config
+from ft_cli.config.methods import METHODS
 from ft_cli.config.schema import CPO_LOSSES, DPO_LOSSES, GRPO_LOSSES, KTO_LOSSES, METHOD_NAMES
 from ft_cli.core.errors import EXIT_USAGE
 from ft_cli.train.data import SHAPES
-from ft_cli.config.methods import METHODS
 
 KNOWN_SHAPES = {*SHAPES, "preference", "prompt-only", "unpaired-preference"}
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from conftest import CHILD_TIMEOUT, OFFLINE_ENV, REAL_DATA, REPO, ft_executable
 
-from ft_cli.data.prepare import PrepareOptions, eval_path, prepare
 from ft_cli.core.errors import EXIT_USAGE, DataError, UsageError
+from ft_cli.data.prepare import PrepareOptions, eval_path, prepare
 
 ALPACA_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "

@@ -17,11 +17,11 @@ import pytest
 import yaml
 from conftest import REAL_DATA
 
+from ft_cli.core.errors import DataError
+from ft_cli.data.chat_templates import SHIPPED_DIR, renders_tools
 from ft_cli.data.convert import Converter, ConvertOptions
 from ft_cli.data.formats import normalise_chat
 from ft_cli.data.prepare import PrepareOptions, prepare
-from ft_cli.data.chat_templates import SHIPPED_DIR, renders_tools
-from ft_cli.core.errors import DataError
 
 BFCL = REAL_DATA / "bfcl"
 WEATHER = {

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from safetensors.torch import load_file
-
 from conftest import CHILD_TIMEOUT, OFFLINE_ENV, REPO, ft_executable, run_ft
+from safetensors.torch import load_file
+from test_train import arithmetic_chats, write_jsonl
+
 from ft_cli.core.errors import EXIT_PREEMPTED, EXIT_USAGE
 from ft_cli.train.checkpoints import MANIFEST, apply_retention, discover, is_complete, verify, write_manifest
-from test_train import arithmetic_chats, write_jsonl
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("resume")]  # one worker: the reference run is built once
 

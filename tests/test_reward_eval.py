@@ -6,8 +6,8 @@ import json
 import random
 
 import yaml
-
 from conftest import run_ft
+
 from ft_cli.core.errors import EXIT_USAGE
 
 

@@ -7,8 +7,8 @@ import random
 
 import pytest
 import yaml
-
 from conftest import trained_runs
+
 from ft_cli.core.errors import EXIT_USAGE
 
 

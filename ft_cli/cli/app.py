@@ -13,9 +13,9 @@ from typing import Annotated, Optional
 import typer
 
 from ft_cli import __version__
+from ft_cli.cli.eval import eval_command
 from ft_cli.cli.export import export_command
 from ft_cli.cli.generate import chat_command, generate_command
-from ft_cli.cli.eval import eval_command
 from ft_cli.cli.models import env, models_app, tiny_model
 from ft_cli.core.errors import EXIT_CODES, EXIT_OOM, EXIT_USAGE, FtError
 
@@ -270,8 +270,8 @@ def resume(
     Overrides may change only how long the run goes and how it logs and saves
     (training.max_steps, num_train_epochs, save_steps, logging_steps, report_to, ...).
     """
-    from ft_cli.train.launch import relaunch_if_distributed
     from ft_cli.train.distributed import is_main_process
+    from ft_cli.train.launch import relaunch_if_distributed
     from ft_cli.train.resume import resume_run
 
     code = relaunch_if_distributed(output_dir, overrides or [], checkpoint=checkpoint, force=force)
@@ -328,7 +328,6 @@ def config_validate(config: ConfigPath, overrides: Overrides = None) -> None:
     """Check a config without running anything: its values, and that the model and data it names are there
     and loadable (from their files; no weights are read). Exit 0 when it is valid, 2 otherwise."""
     from ft_cli.config.loading import load_config
-
     from ft_cli.train.plan import check_paths
 
     loaded = load_config(config, overrides)

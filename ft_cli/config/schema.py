@@ -9,8 +9,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from ft_cli.core.redaction import REDACTED
 from ft_cli.config.methods import METHOD_NAMES  # noqa: F401 - the registry owns the names; re-exported for the schema's users
+from ft_cli.core.redaction import REDACTED
 
 # --------------------------------------------------------------------------- schema
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ft_cli.core.errors import DataError
 from ft_cli.data.formats import (
     FORMATS,
     Example,
@@ -29,9 +30,8 @@ from ft_cli.data.formats import (
 )
 from ft_cli.data.preference_formats import UNPAIR_ADVICE, normalise_kto, normalise_preference, unpair
 from ft_cli.data.readers import Location, json_type, read_input
-from ft_cli.data.tool_formats import bfcl_answers_path, load_bfcl_answers, normalise_bfcl
 from ft_cli.data.templates import Template, load_template
-from ft_cli.core.errors import DataError
+from ft_cli.data.tool_formats import bfcl_answers_path, load_bfcl_answers, normalise_bfcl
 
 MAX_LISTED = 20  # problems listed in an error; the count says how many there were in all
 

@@ -17,6 +17,9 @@ from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ft_cli.core.errors import DataError, UsageError
+from ft_cli.core.files import same_file
+from ft_cli.data.chat_templates import PREPARE_FIX, chat_template_problem, require_tool_rendering
 from ft_cli.data.convert import (
     UNPAIR_FORMATS,
     Converter,
@@ -29,10 +32,7 @@ from ft_cli.data.formats import ALIASES, FORMATS, RecordProblem, canonical_forma
 from ft_cli.data.manifest import manifest_path, write_manifest
 from ft_cli.data.report import Stats, summarize_lengths
 from ft_cli.data.templates import TOKENIZER, load_template, template_tokens
-from ft_cli.data.chat_templates import PREPARE_FIX, chat_template_problem, require_tool_rendering
 from ft_cli.data.writer import AtomicJsonl, encode_json_line, remove_stale_temp_files
-from ft_cli.core.errors import DataError, UsageError
-from ft_cli.core.files import same_file
 
 LONG_POLICIES = ("truncate", "drop", "error")
 

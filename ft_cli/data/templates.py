@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from ft_cli.data.formats import Example, RecordProblem
 from ft_cli.core.errors import UsageError
+from ft_cli.data.formats import Example, RecordProblem
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "templates"  # package data: ships with pip install
 TOKENIZER = "tokenizer"  # the model's own chat template

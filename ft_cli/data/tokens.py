@@ -18,10 +18,10 @@ import re
 import sys
 from dataclasses import dataclass
 
+from ft_cli.core.errors import UsageError
 from ft_cli.data.chat_masks import Vocabulary, assistant_spans
 from ft_cli.data.formats import RecordProblem
 from ft_cli.data.preference_formats import verdict
-from ft_cli.core.errors import UsageError
 
 _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 

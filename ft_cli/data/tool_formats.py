@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ft_cli.data.record_problems import RecordProblem, required, string
-from ft_cli.data.readers import decode_json, json_type
 from ft_cli.core.errors import DataError
+from ft_cli.data.readers import decode_json, json_type
+from ft_cli.data.record_problems import RecordProblem, required, string
 
 # BFCL writes its schemas in Python's type names; JSON Schema's names for them ("any": no type at all).
 BFCL_TYPES = {"dict": "object", "float": "number", "tuple": "array", "any": None}

@@ -7,8 +7,8 @@ fixes.py finds the cheapest changes that fit; report.py parses sizes and prints.
 
 from ft_cli.estimate.fixes import _with, suggestions
 from ft_cli.estimate.memory import (
-    GiB,
     Estimate,
+    GiB,
     activation_bytes,
     estimate,
     kv_cache_bytes,

@@ -9,10 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ft_cli.config.loading import Config, check_combinations
-
 from ft_cli.estimate.memory import Estimate, estimate
 from ft_cli.estimate.model import ModelFacts
-
 
 
 def _with(config: Config, changes: dict[str, Any]) -> Config:

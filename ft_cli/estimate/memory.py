@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 
 from ft_cli.config.loading import Config
 from ft_cli.core.errors import ConfigError
-
 from ft_cli.estimate.model import ModelFacts, lora_param_count, lora_targets, modules_to_save_params
 
 GiB = 1024**3

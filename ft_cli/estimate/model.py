@@ -10,7 +10,6 @@ from typing import Any
 from ft_cli.core.errors import ConfigError
 
 
-
 @dataclass
 class ModelFacts:
     """What the estimate needs to know about a model, read from its config."""

@@ -6,13 +6,11 @@ import re
 from pathlib import Path
 
 from ft_cli.config.loading import Config
-from ft_cli.core.errors import UsageError
-
-from ft_cli.estimate.fixes import Suggestion, suggestions
-from ft_cli.estimate.memory import DEFAULT_MFU, DEFAULT_TFLOPS, GiB, Estimate, estimate
-from ft_cli.estimate.model import ModelFacts, model_facts, read_model_config
 from ft_cli.config.methods import METHODS, other_models
-
+from ft_cli.core.errors import UsageError
+from ft_cli.estimate.fixes import Suggestion, suggestions
+from ft_cli.estimate.memory import DEFAULT_MFU, DEFAULT_TFLOPS, Estimate, GiB, estimate
+from ft_cli.estimate.model import ModelFacts, model_facts, read_model_config
 
 
 def parse_memory(text: str) -> float:

@@ -12,9 +12,9 @@ from collections.abc import Callable
 def prompt_ids(prompts: list, tokenizer, path: str, tools: list | None = None) -> list[list[int]]:
     """Token ids of each prompt, through ft_cli.data.tokens (the prompt a trained answer follows);
     a prompt with `tools[i]` is rendered with them, as training renders its record."""
+    from ft_cli.core.errors import DataError
     from ft_cli.data.formats import RecordProblem
     from ft_cli.data.tokens import loss_sequences
-    from ft_cli.core.errors import DataError
 
     out = []
     checked = False
@@ -50,8 +50,8 @@ def _render_with_tools(tokenizer, messages: list, tools: list) -> list[int]:
 
 def _check_renders_tools(tokenizer, messages: list, tools: list, path: str, index: int) -> None:
     """A template that drops `tools` would ask the model for calls to functions it never sees: refuse."""
-    from ft_cli.data.chat_templates import renders_tools
     from ft_cli.core.errors import UsageError
+    from ft_cli.data.chat_templates import renders_tools
 
     if not renders_tools(tokenizer):
         raise UsageError(

@@ -111,7 +111,7 @@ def _check_outputs(request: EvalRequest, inputs: list[tuple[str, object]]) -> No
     """results.json and its samples file land only where they may (ft_cli/core/outputs.py): never on, in or
     around an input, never on a link or a device, and over an existing file only with --overwrite and
     only when ft wrote it."""
-    from ft_cli.core.outputs import check_not_an_input, check_replaceable_file, as_inputs
+    from ft_cli.core.outputs import as_inputs, check_not_an_input, check_replaceable_file
 
     if request.output.suffix != ".json":
         raise UsageError(f"-o {request.output}: the results are JSON; name the file *.json")

@@ -68,8 +68,8 @@ def check_output_name(output: Path) -> None:
 def check_output(output: Path, overwrite: bool, inputs: list[tuple[str, object]] = (), ollama: bool = False) -> Path:
     """Every file export writes (the GGUF, its record, NAME.Modelfile) apart from the inputs, and over an
     existing one only with --overwrite and only when ft's own record names it (ft_cli/core/outputs.py)."""
+    from ft_cli.core.outputs import as_inputs, check_not_an_input, check_replaceable_file
     from ft_cli.export.ollama import modelfile_path
-    from ft_cli.core.outputs import check_not_an_input, check_replaceable_file, as_inputs
 
     check_output_name(output)
     record = output.with_name(output.name + RECORD_SUFFIX)

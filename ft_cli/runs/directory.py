@@ -18,8 +18,8 @@ from pathlib import Path
 from ft_cli.config.loading import Config, LoadedConfig, config_to_dict, dump_yaml, flatten
 from ft_cli.core.errors import ConfigError, UsageError
 from ft_cli.core.files import file_sha256, write_text_atomically
+from ft_cli.core.outputs import Input, as_inputs, check_not_an_input
 from ft_cli.models.check import architecture_of
-from ft_cli.core.outputs import Input, check_not_an_input, as_inputs
 
 RUN_FILE = "ft_run.yaml"
 METRICS_FILE = "metrics.jsonl"

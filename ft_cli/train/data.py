@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ft_cli.data.readers import decode_json
 from ft_cli.core.errors import DataError
+from ft_cli.data.readers import decode_json
 
 # TRL's SFT dataset shapes, by the columns that identify them (most specific first). The other shapes
 # (preference, unpaired-preference, prompt-only) come from ft_cli.data.formats and train with other methods.

@@ -25,6 +25,7 @@ from ft_cli.config.loading import Config, LoadedConfig
 from ft_cli.core.errors import EXIT_PREEMPTED, ConfigError, DataError, UsageError
 from ft_cli.runs.directory import LAUNCH_ENV, RUN_FILE, check_run_output, read_run_record, refuse_secrets_in_fields, run_status
 from ft_cli.train.distributed import check_strategy_device
+
 LAUNCHERS = ("torchrun", "accelerate")
 ACCELERATE_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "accelerate"
 

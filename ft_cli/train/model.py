@@ -82,8 +82,8 @@ def quantization_config(model: ModelSection, compute_dtype, distributed: str = "
 
 
 def load_model(config: Config):
-    from ft_cli.models.gguf import auto_model
     from ft_cli.config.methods import METHODS
+    from ft_cli.models.gguf import auto_model
 
     section = config.model
     dtype = resolve_dtype(section)

@@ -12,8 +12,8 @@ import json
 import sys
 from typing import Any
 
-from ft_cli.data.preference_formats import RENDERED_IDENTICAL
 from ft_cli.core.errors import DataError
+from ft_cli.data.preference_formats import RENDERED_IDENTICAL
 from ft_cli.train.data import TrainingData, template_problems_error
 from ft_cli.train.distributed import is_main_process
 

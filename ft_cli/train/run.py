@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ft_cli.config.loading import LoadedConfig, redact_text
+from ft_cli.config.methods import METHODS, Method
 from ft_cli.core.errors import ConfigError, DataError, Preempted
 from ft_cli.core.redaction import declared_secrets
 from ft_cli.runs.directory import (
@@ -31,7 +32,6 @@ from ft_cli.runs.directory import (
 from ft_cli.train.backends import choose_backend
 from ft_cli.train.checkpoints import Checkpoint
 from ft_cli.train.data import TrainingData, load_training_records
-from ft_cli.train.lifecycle import claim, guarded
 from ft_cli.train.distributed import (
     describe_strategy,
     distributed_options,
@@ -41,9 +41,10 @@ from ft_cli.train.distributed import (
     wait_for_everyone,
     with_fsdp_on_cpu,
 )
-from ft_cli.config.methods import METHODS, Method
-from ft_cli.train.trackers import quiet_tracker_prints, tracker_options, where_they_write
+from ft_cli.train.lifecycle import claim, guarded
 from ft_cli.train.plan import check_integrations, check_paths, count_tokens, make_plan, needs_chat_template
+from ft_cli.train.trackers import quiet_tracker_prints, tracker_options, where_they_write
+
 
 def say(line: str) -> None:
     """A status line for the user, on stderr so stdout stays for results; on several processes, rank 0's only."""
@@ -175,7 +176,6 @@ def train(
         check_rewards(cfg, records[0])  # before the model loads: a broken reward should cost seconds, not a GPU hour
     if shape in ("preference", "unpaired-preference"):  # before the model loads: TRL would drop or NaN on them
         from ft_cli.train.model import load_tokenizer
-
         from ft_cli.train.preference_checks import check_preference_data
 
         tokenizer = load_tokenizer(cfg.model)
@@ -306,10 +306,10 @@ def build_trainer(
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback
 
+    from ft_cli.train.backends import load_model_and_lora
     from ft_cli.train.callbacks import MetricsCallback, PreemptionCallback, ProgressCallback, ScheduleOnResume
     from ft_cli.train.checkpoints import with_safe_checkpoints
     from ft_cli.train.methods import with_samples_log
-    from ft_cli.train.backends import load_model_and_lora
     from ft_cli.train.model import load_tokenizer, with_chat_template
 
     cfg = loaded.config
