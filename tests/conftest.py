@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -11,6 +12,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+# A suite started in the background of a script (`make test &`, nohup) inherits SIGINT ignored, and so
+# would every ft it starts: the Ctrl-C tests then see ft finish instead of stop. Python's own handler
+# here is reset to the default on exec, so each child ft gets SIGINT as a terminal sends it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 REAL_DATA = REPO / "tests" / "data" / "real"  # in the repository: a bare clone has nothing beside it
 
 OFFLINE_ENV = {
