@@ -68,7 +68,7 @@ def _report():
             json.dump({"allocated": torch.cuda.max_memory_allocated(), "reserved": torch.cuda.max_memory_reserved()}, handle)
 
 atexit.register(_report)
-from ft_cli.cli.app import main
+from ft_cli.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -1,5 +1,5 @@
 import sys
 
-from ft_cli.cli.app import main
+from ft_cli.cli import main
 
 sys.exit(main())

@@ -263,7 +263,7 @@ def run_cli_with_a_gpu(args: list[str], env: dict) -> subprocess.CompletedProces
         "import sys\n"
         "import ft_cli.train.backends as backends\n"
         "backends.cuda_available = lambda: True  # the only stand-in: there is no GPU here\n"
-        "from ft_cli.cli.app import main\n"
+        "from ft_cli.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
     return subprocess.run(

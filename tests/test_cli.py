@@ -18,7 +18,7 @@ def test_help_imports_none_of_the_ml_stack(command):
     """`ft ... --help` must stay instant: none of the ML stack may load."""
     code = (
         "import sys\n"
-        "from ft_cli.cli.app import main\n"
+        "from ft_cli.cli import main\n"
         f"rc = main({command + ['--help']!r})\n"
         f"loaded = [m for m in {HEAVY!r} if m in sys.modules]\n"
         "print('LOADED', loaded, rc)\n"
@@ -168,7 +168,7 @@ def _oom():
     ids=["cuda-oom", "memoryerror", "data-error", "preempted", "ctrl-c"],
 )
 def test_main_maps_failures_to_documented_exit_codes(monkeypatch, capsys, make_error, code, message):
-    from ft_cli.cli import app as cli
+    from ft_cli.cli import commands as cli
 
     monkeypatch.setattr(cli, "app", _probe_app(make_error()))
     assert cli.main(["boom"]) == code
@@ -176,7 +176,7 @@ def test_main_maps_failures_to_documented_exit_codes(monkeypatch, capsys, make_e
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):
-    from ft_cli.cli import app as cli
+    from ft_cli.cli import commands as cli
 
     monkeypatch.setattr(cli, "app", _probe_app(ZeroDivisionError("a real bug")))
     with pytest.raises(ZeroDivisionError):

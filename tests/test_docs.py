@@ -30,7 +30,7 @@ def ft_command():
     Typer carries its own copy of click, so commands and parameters are told apart by their attributes."""
     from typer.main import get_command
 
-    from ft_cli.cli.app import app
+    from ft_cli.cli import app
 
     return get_command(app)
 

@@ -246,7 +246,7 @@ def offline_module():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny, offline_module):
     """A short LoRA SFT run on the tiny model with data.eval, through ft's own training line."""
-    from ft_cli.cli.app import TRAINING_CALLBACKS
+    from ft_cli.cli.commands import TRAINING_CALLBACKS
     from ft_cli.config.loading import load_config
     from ft_cli.train.run import train
 
@@ -400,6 +400,6 @@ def test_eval_help_is_instant_and_imports_none_of_the_ml_stack():
     import subprocess
 
     heavy = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "lm_eval")
-    code = f"import sys\nfrom ft_cli.cli.app import main\nrc = main(['eval', '--help'])\nprint('LOADED', [m for m in {heavy!r} if m in sys.modules], rc)\n"
+    code = f"import sys\nfrom ft_cli.cli import main\nrc = main(['eval', '--help'])\nprint('LOADED', [m for m in {heavy!r} if m in sys.modules], rc)\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "LOADED [] 0" in out and "Usage: ft eval" in out and "--tasks" in out

@@ -148,7 +148,7 @@ def test_failed_verification_exits_5_through_the_cli(sharp, tmp_path):
 
     out = tmp_path / "bad.gguf"
     code = (
-        "import sys; from ft_cli.export import arch; arch.PERMUTED.clear(); from ft_cli.cli.app import main; "
+        "import sys; from ft_cli.export import arch; arch.PERMUTED.clear(); from ft_cli.cli import main; "
         f"sys.exit(main(['export', {str(sharp('llama3.2'))!r}, '-o', {str(out)!r}, '--quant', 'f32']))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **OFFLINE_ENV}, timeout=CHILD_TIMEOUT)

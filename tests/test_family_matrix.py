@@ -66,7 +66,7 @@ def run_method(tmp_path, model, method: str, data, extra: dict | None = None):
 def test_family_goes_through_the_whole_pipeline(family, family_model_dir, tmp_path):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ft_cli.cli.app import main
+    from ft_cli.cli import main
     from ft_cli.merge.adapters import eos_token_ids
     from ft_cli.merge.generate import generate_reply, load_generator
     from ft_cli.merge.run import merge_adapter
@@ -118,7 +118,7 @@ def test_estimate_reads_every_familys_config(family_model_dir, tmp_path, capsys)
     (~6 s each) for what reads nine config files; `ft estimate` in a subprocess is tests/test_estimate.py's."""
     from transformers import AutoConfig
 
-    from ft_cli.cli.app import main
+    from ft_cli.cli import main
 
     for family in sorted(FAMILIES):
         model = family_model_dir(family)

@@ -1,4 +1,4 @@
-"""`ft eval`: registered on the app by cli.py; thin, heavy imports inside (ft_cli.eval.run holds the logic)."""
+"""`ft eval`: registered on the app by commands.py; thin, heavy imports inside (ft_cli.eval.run holds the logic)."""
 
 from __future__ import annotations
 

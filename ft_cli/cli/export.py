@@ -1,4 +1,4 @@
-"""`ft export`: registered on the app by cli.py; thin, heavy imports inside."""
+"""`ft export`: registered on the app by commands.py; thin, heavy imports inside."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`ft generate` and `ft chat`: registered on the app by app.py; thin, heavy imports inside."""
+"""`ft generate` and `ft chat`: registered on the app by commands.py; thin, heavy imports inside."""
 
 from __future__ import annotations
 

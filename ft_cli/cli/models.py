@@ -1,5 +1,5 @@
 """`ft tiny-model`, `ft models ...` and `ft env`: the commands that build or describe models and the
-machine rather than run a stage. Registered on the app by cli.py; same rules: thin, heavy imports inside."""
+machine rather than run a stage. Registered on the app by commands.py; same rules: thin, heavy imports inside."""
 
 from __future__ import annotations
 

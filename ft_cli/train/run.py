@@ -145,7 +145,7 @@ def train(
     callbacks: Sequence[CallbackFactory] = (),
 ) -> Path:
     """Run `ft train`; with `resume_from`, continue the run in output_dir from that checkpoint (`ft resume`).
-    `training.resume: auto` is decided by the caller (cli/app.py, resume.py): resume calls into run, never the reverse."""
+    `training.resume: auto` is decided by the caller (cli/commands.py, resume.py): resume calls into run, never the reverse."""
     cfg = loaded.config
     method = METHODS[cfg.method]
     if cfg.data.train is None:
