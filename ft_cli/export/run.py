@@ -315,10 +315,11 @@ def _export_directory(model_dir: Path, source: Path, output: Path, quant: str, v
 def _drop_stale_modelfile(output: Path, modelfile: Path | None) -> None:
     """An --overwrite without --ollama replaces the GGUF that the earlier export's Modelfile (ft's, named
     by its record) describes: remove that Modelfile rather than leave one for another model."""
+    from ft_cli.export.ollama import modelfile_path
+
     earlier = _read_record(output.with_name(output.name + RECORD_SUFFIX)) or {}
-    name = earlier.get("modelfile")
-    if modelfile is None and isinstance(name, str) and "/" not in name and name.endswith(".Modelfile"):
-        stale = output.with_name(name)
+    stale = modelfile_path(output)
+    if modelfile is None and earlier.get("modelfile") == stale.name:  # only the name this GGUF's own export gives it
         if stale.is_file() and not stale.is_symlink():
             stale.unlink()
             say(f"removed {stale}, the Modelfile of the export this one replaces (add --ollama for a new one)")
