@@ -27,6 +27,11 @@ def method_problems(config: Config) -> list[tuple[str, str]]:
             problems.append(("grpo.importance_sampling_level", "luspo is a sequence-level loss: set importance_sampling_level: sequence"))
         if grpo.loss_type == "vespo" and grpo.importance_sampling_level != "token":
             problems.append(("grpo.importance_sampling_level", "vespo weighs whole sequences itself: leave importance_sampling_level: token"))
+    if method == "rloo" and config.grpo.uses_tools:
+        key = "grpo.tools" if config.grpo.tools else "grpo.environment"
+        problems.append((key, "TRL's RLOOTrainer has no tool calling; use method: grpo (grpo.scale_rewards: none gives RLOO's unscaled advantages)"))
+    if not spec.samples and config.grpo.uses_tools:
+        problems.append(("grpo.tools" if config.grpo.tools else "grpo.environment", f"tools and environments train with method: grpo, not {method}"))
     if method == "rloo":
         defaults = GrpoSection()
         for key in _GRPO_ONLY:

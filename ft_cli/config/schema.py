@@ -269,11 +269,30 @@ class GrpoSection(Section):
     answer_column: str = Field("answer", description="exact_answer reward: the data column with the reference answer (GSM8K `#### 42` understood).")
     target_length: PositiveInt = Field(200, description="length reward: completion length in tokens that scores best.")
     samples_per_log: Annotated[int, Field(ge=0)] = Field(4, description="Sampled completions (with rewards) appended to samples.jsonl at each logging step.")
+    tools: list[str] = Field(
+        [], description="GRPO only: Python functions the policy may call during rollouts, as path/to/file.py:function or package.module:function (type hints and a Google-style docstring; docs/agents.md)."
+    )
+    environment: str | dict[str, str] | None = Field(
+        None, description="GRPO only: an environment class (file.py:Class): its public methods are tools, reset() starts each rollout, get_reward() scores it; or {name: class} with an `environment` column choosing per record."
+    )
+    max_tool_calls: PositiveInt = Field(5, description="With tools: tool-calling turns per rollout at most (tool results count towards max_completion_length).")
+    tool_timeout: PositiveFloat = Field(30.0, description="With tools: seconds a tool call may run; past it (or when it raises) the tool turn holds the error and the rollout goes on.")
 
     @field_validator("rewards", mode="before")
     @classmethod
     def _name_is_shorthand(cls, value: Any) -> Any:
         return [{"name": item} if isinstance(item, str) else item for item in value] if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _environment_scores_by_default(self) -> "GrpoSection":
+        # The default rewards score math answers; an environment that owns its reward (get_reward) needs none.
+        if self.environment is not None and "rewards" not in self.model_fields_set:
+            self.rewards = []
+        return self
+
+    @property
+    def uses_tools(self) -> bool:
+        return bool(self.tools) or self.environment is not None
 
 
 class EvalSection(Section):

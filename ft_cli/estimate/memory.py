@@ -412,5 +412,15 @@ def estimate(
         per_token += per_example * 2 * facts.total_params  # the reference's forward pass
     per_token += sum(2 * other.total_params for _, other in others)  # teacher / reward model forward passes
     flops = per_token * tokens / n
+    if method.samples and config.grpo.uses_tools:
+        # An agent's rollout is up to 1 + max_tool_calls generation passes; each pass after a tool result reads the
+        # whole context again (TRL regenerates from the tokens so far): counted here as full-length forward passes.
+        calls = config.grpo.max_tool_calls
+        flops += calls * 2 * facts.total_params * tokens / n
+        notes.append(
+            f"{config.method} with tools: each rollout is up to {calls + 1} generation passes (one more after each of "
+            f"up to {calls} tool calls), each re-reading its context; the calls, tool results and answer share "
+            f"grpo.max_completion_length = {config.grpo.max_completion_length} tokens"
+        )
     step_seconds = flops / (tflops * 1e12 * mfu)
     return Estimate(mode, facts.total_params, trainable, terms, peak, tokens, flops, step_seconds, notes)

@@ -97,12 +97,15 @@ def _sampling_options(cfg: Config) -> dict:
 
 def grpo_options(cfg: Config, shape: str) -> dict:
     grpo = cfg.grpo
-    return {
+    options = {
         **_sampling_options(cfg),
         "loss_type": grpo.loss_type,
         "scale_rewards": grpo.scale_rewards,
         "importance_sampling_level": grpo.importance_sampling_level,
     }
+    if grpo.uses_tools:
+        options["max_tool_calling_iterations"] = grpo.max_tool_calls
+    return options
 
 
 def rloo_options(cfg: Config, shape: str) -> dict:
@@ -151,6 +154,8 @@ def with_samples_log(trainer_cls: type, samples_path: Path, per_log: int) -> typ
                         "rewards": {name: values[i] for name, values in rewards.items() if i < len(values)},
                         "advantage": advantages[i] if i < len(advantages) else None,
                     }  # fmt: skip
+                    if self.tools:  # an agent's rollout: its turns are in completion; how many calls it made
+                        row["tool_calls"] = sum(len(turn.get("tool_calls") or []) for turn in completions[i] if isinstance(turn, dict))
                     handle.write(json.dumps(row, default=str) + "\n")
 
     SamplesLog.__name__ = SamplesLog.__qualname__ = trainer_cls.__name__

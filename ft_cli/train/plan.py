@@ -172,7 +172,7 @@ class Plan:
     method_line: str = ""
 
     def lines(self) -> list[str]:
-        out = [self.method_line] if self.method_line else []
+        out = self.method_line.splitlines()
         out.append(f"data: {self.train_records} train / {self.eval_records} eval records ({self.shape})")
         if self.token_lengths:
             lengths = sorted(self.token_lengths)
@@ -239,8 +239,21 @@ def _method_line(config: Config) -> str:
         else:
             line += "; reference model: " + ("the base with the adapter off" if config.uses_lora else "a frozen copy of the model")
     if method.samples:
-        names = [spec.name or f"model {spec.model}" for spec in config.grpo.rewards]
+        grpo = config.grpo
+        names = [spec.name or f"model {spec.model}" for spec in grpo.rewards]
+        if grpo.environment is not None:
+            environments = [grpo.environment] if isinstance(grpo.environment, str) else list(grpo.environment.values())
+            names += [f"{target.rpartition(':')[2]}.get_reward (if defined)" for target in environments]
         line += f"; rewards: {', '.join(names)}"
+        if grpo.uses_tools:
+            offered = [target.rpartition(":")[2] for target in grpo.tools]
+            if grpo.environment is not None:
+                offered.append("the environment's methods")
+            line += (
+                f"\nagent: tools {', '.join(offered)}; up to {grpo.max_tool_calls} calls per rollout, so up to "
+                f"{grpo.max_tool_calls + 1} generation passes; calls, tool results and the answer share "
+                f"max_completion_length {grpo.max_completion_length}; tool results carry no loss; each call times out after {grpo.tool_timeout:g} s"
+            )
     return line
 
 

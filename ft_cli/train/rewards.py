@@ -31,8 +31,9 @@ TRL_REWARD_KWARGS = ("prompts", "completions", "completion_ids", "trainer_state"
 
 
 def completion_text(completion) -> str:
-    if isinstance(completion, list):  # chat: the assistant message(s)
-        return "".join(str(m.get("content", "")) for m in completion if isinstance(m, dict))
+    """What the model wrote: a chat completion's assistant turns (an agent's rollout also holds tool turns)."""
+    if isinstance(completion, list):
+        return "".join(str(m.get("content") or "") for m in completion if isinstance(m, dict) and m.get("role", "assistant") == "assistant")
     return str(completion)
 
 
@@ -164,8 +165,9 @@ def load_rewards(grpo, model_section=None, key: str = "grpo.rewards") -> tuple[l
     return functions, weights
 
 
-def dry_run_rewards(functions: list[Callable], grpo, example: dict, key: str = "grpo.rewards") -> None:
-    """Call every reward as TRL will, on a few made-up completions for a real data row, before the model loads."""
+def dry_run_rewards(functions: list[Callable], grpo, example: dict, key: str = "grpo.rewards", environment=None) -> None:
+    """Call every reward as TRL will, on a few made-up completions for a real data row, before the model loads
+    (with an environment, TRL also passes each rollout's environment instance as `environments`)."""
     conversational = isinstance(example.get("prompt"), list)
     texts = ["", "42", "<think>thinking</think> 42", "<answer>7</answer>"]
     completions = [[{"role": "assistant", "content": t}] for t in texts] if conversational else texts
@@ -174,6 +176,8 @@ def dry_run_rewards(functions: list[Callable], grpo, example: dict, key: str = "
         "prompts": [example["prompt"]] * len(texts), "completions": completions, "completion_ids": [[1, 2, 3]] * len(texts),
         "trainer_state": None, "log_extra": lambda *a, **k: None, "log_metric": lambda *a, **k: None, **extras,
     }  # fmt: skip
+    if environment is not None:
+        kwargs["environments"] = [_reset_environment(environment, example)] * len(texts)
     for index, function in enumerate(functions):
         if function is None:  # a reward model: scored by TRL, checked from its files (train/plan.py)
             continue
@@ -196,6 +200,14 @@ def dry_run_rewards(functions: list[Callable], grpo, example: dict, key: str = "
         bad = [s for s in scores if s is not None and not (isinstance(s, (int, float)) and math.isfinite(s))]
         if bad:
             raise ConfigError(f"{where}: returned {bad[0]!r}; every reward must be a finite float (or None)")
+
+
+def _reset_environment(environment, example: dict):
+    """An instance of the record's environment, reset on it (checked to work by train/tools.py)."""
+    cls = environment[example.get("environment")] if isinstance(environment, dict) else environment
+    instance = cls()
+    instance.reset(**({k: v for k, v in example.items() if k != "environment"} if isinstance(environment, dict) else example))
+    return instance
 
 
 def _reward_model(path: str, model_section, key: str):

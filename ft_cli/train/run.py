@@ -172,8 +172,9 @@ def train(
     _check_tool_rendering(cfg, records)
     _check_prepared_against_run(train_data, cfg)
     eval_records = eval_data.records if eval_data else None
-    if method.samples:
-        check_rewards(cfg, records[0])  # before the model loads: a broken reward should cost seconds, not a GPU hour
+    if method.samples:  # before the model loads: a broken reward or tool should cost seconds, not a GPU hour
+        agent = check_agent(cfg, records, str(train_data.path)) if cfg.grpo.uses_tools else None
+        check_rewards(cfg, records[0], environment=agent[1] if agent else None)
     if shape in ("preference", "unpaired-preference"):  # before the model loads: TRL would drop or NaN on them
         from ft_cli.train.model import load_tokenizer
         from ft_cli.train.preference_checks import check_preference_data
@@ -288,11 +289,17 @@ def _check_prepared_against_run(data: TrainingData, cfg) -> None:
         say(f"warning: {data.path}: {problem}")
 
 
-def check_rewards(cfg, example: dict) -> None:
+def check_rewards(cfg, example: dict, environment=None) -> None:
     from ft_cli.train.rewards import dry_run_rewards, load_rewards
 
     functions, _ = load_rewards(cfg.grpo)
-    dry_run_rewards(functions, cfg.grpo, example)
+    dry_run_rewards(functions, cfg.grpo, example, environment=environment)
+
+
+def check_agent(cfg, records: list[dict], data_path: str):
+    from ft_cli.train.tools import check_agent as check
+
+    return check(cfg, records, data_path)
 
 
 def build_trainer(
@@ -344,6 +351,16 @@ def build_trainer(
 
         extra["reward_funcs"] = load_rewards(cfg.grpo, cfg.model)[0]
         trainer_cls = with_samples_log(trainer_cls, output_dir / SAMPLES_FILE, cfg.grpo.samples_per_log)
+    if method.samples and cfg.grpo.uses_tools:
+        import os
+
+        from ft_cli.train.tools import load_environment, load_tools, prepare_tool_tokenizer
+
+        # TRL marks environment_factory experimental with a warning per run; ft says so once, in docs/agents.md.
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+        prepare_tool_tokenizer(tokenizer, f"model.path {cfg.model.path}")
+        extra["tools"] = load_tools(cfg.grpo)
+        extra["environment_factory"] = load_environment(cfg.grpo)
     if method.second_model == "teacher":
         from ft_cli.train.model import load_teacher
 
