@@ -244,3 +244,56 @@ def test_shipped_agent_configs_run_end_to_end_on_a_miniature(family_model_dir, t
         assert (out / "lora_weights").is_dir()
         assert "tools/call_frequency" in (out / "metrics.jsonl").read_text()
         shutil.rmtree(out)
+
+
+# ------------------------------------------------------------------ ft eval: agent episodes
+
+
+def test_eval_plays_episodes_with_the_environment_and_scores_success_and_calls(family_model_dir, tmp_path, monkeypatch):
+    """ft eval's episode loop with a scripted policy (ft's greedy generate replaced): calls run against the
+    environment, get_reward scores each episode, and the metrics count what happened."""
+    import ft_cli.eval.generation as generation
+    from ft_cli.config.schema import GrpoSection
+    from ft_cli.eval.agent import agent_scores, load_agent, run_episodes
+    from ft_cli.eval.data import load_eval_data
+    from ft_cli.models.gguf import auto_tokenizer
+    from ft_cli.train.tools import prepare_tool_tokenizer
+
+    tokenizer = auto_tokenizer(str(family_model_dir("qwen2.5")))
+    prepare_tool_tokenizer(tokenizer, "qwen2.5")
+    policy, _ = scripted_policy(tokenizer)
+
+    def scripted_generate(model, tokenizer_, ids, max_new_tokens, batch_size, tick=None, token=None):
+        return policy(None, ids, None, None, 1)[0]
+
+    monkeypatch.setattr(generation, "generate_ids", scripted_generate)
+    data = load_eval_data(str(REPO / "examples" / "data" / "calculator_eval.jsonl"), "auto", None, {}, 4)
+    agent = load_agent(GrpoSection(environment=f"{CALCULATOR}:Calculator", max_tool_calls=4), data.path, data.items)
+    episodes = run_episodes(None, tokenizer, agent, data.items, 64, 8, lambda n: None)
+    scores = agent_scores(episodes)
+    assert scores["agent_calls"] == [3.0] * 4
+    assert scores["agent_success"] == [1.0, 0.0, 1.0, 0.0]  # the script submits a wrong number at odd positions
+    assert scores["agent_tool_errors"] == [0.0] * 4
+    assert [turn["role"] for turn in episodes[0].turns] == ["assistant", "tool", "assistant", "tool", "assistant", "tool", "assistant"]
+    assert episodes[0].turns[-1]["content"].startswith("The answer is")
+
+
+def test_ft_eval_on_an_agent_run_reports_agent_metrics_for_base_and_run(family_model_dir, tmp_path):
+    config = agent_config(tmp_path, family_model_dir("qwen2.5"), environment=f"{CALCULATOR}:Calculator", max_tool_calls=2)
+    body = yaml.safe_load(config.read_text())
+    body["training"]["max_steps"] = 1
+    body["grpo"]["max_completion_length"] = 16
+    config.write_text(yaml.safe_dump(body))
+    assert run_ft("train", config).returncode == 0
+    results = tmp_path / "eval.json"
+    result = run_ft("eval", tmp_path / "run", "--data", REPO / "examples" / "data" / "calculator_eval.jsonl", "--limit", "2", "--max-new-tokens", "8", "-o", results)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = json.loads(results.read_text())["scores"]["calculator_eval.jsonl"]
+    assert set(scores) == {str(family_model_dir("qwen2.5")), str(tmp_path / "run")}
+    for values in scores.values():
+        assert set(values) == {"agent_reward", "agent_success", "agent_calls", "agent_tool_errors"}
+        assert values["agent_reward"] is not None
+    samples = [json.loads(line) for line in (tmp_path / "eval.samples.jsonl").read_text().splitlines()]
+    assert samples and all("turns" in row and "raw_generations" in row for row in samples)
+    bad = run_ft("eval", tmp_path / "run", "--data", REPO / "examples" / "data" / "calculator_eval.jsonl", "--environment", f"{CALCULATOR}:Nothing", "-o", tmp_path / "bad.json")
+    assert bad.returncode == EXIT_USAGE and "has no function 'Nothing'" in bad.stderr.strip().splitlines()[-1]

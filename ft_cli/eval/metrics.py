@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ft_cli.core.errors import UsageError
+from ft_cli.eval.agent import AGENT_METRICS
 
 # name -> (what it needs, what it says)
 METRICS = {
@@ -27,13 +28,15 @@ METRICS = {
     "tool_call_parsed": ("tool", "share of records expecting a call whose answer parses as one or more well-formed calls"),
     "reward_accuracy": ("preference", "share of pairs where the chosen answer's log-probability is above the rejected one's"),
     "reward_margin": ("preference", "mean log-probability of the chosen answer minus the rejected one's"),
+    **{name: ("agent", what) for name, what in AGENT_METRICS.items()},
 }
 LOWER_IS_BETTER = {"loss", "perplexity"}
 LOSS_SHAPES = ("conversational", "prompt-completion", "language-modeling", "prompt-only")
 
 
 def kind_of(name: str) -> str:
-    """'loss', 'generation', 'tool' (tool calls in a generation), 'preference', or 'reward' (a GRPO reward function, run on generations)."""
+    """'loss', 'generation', 'tool' (tool calls in a generation), 'preference', 'agent' (multi-turn episodes with
+    tools), or 'reward' (a GRPO reward function, run on generations)."""
     return METRICS[name][0] if name in METRICS else "reward"
 
 
@@ -54,10 +57,13 @@ def check_metric_names(names: list[str]) -> None:
         )
 
 
-def default_metrics(shape: str, references: list[str | None], tool_calls: bool = False) -> list[str]:
-    """The metrics a data shape gets when `--metric` is not given (`tool_calls`: the records expect tool calls)."""
+def default_metrics(shape: str, references: list[str | None], tool_calls: bool = False, agent: bool = False) -> list[str]:
+    """The metrics a data shape gets when `--metric` is not given (`tool_calls`: the records expect tool calls;
+    `agent`: prompts played as episodes with the tools and environment of a GRPO agent)."""
     if shape == "preference":
         return ["reward_accuracy", "reward_margin"]
+    if agent and shape in ("prompt-only", "conversational"):
+        return list(AGENT_METRICS)
     if tool_calls:
         return ["loss", "perplexity", "tool_call", "tool_call_parsed"]
     have = [r for r in references if r is not None]

@@ -28,6 +28,9 @@ class EvalRequest:
     metrics: list[str] = field(default_factory=list)  # empty: chosen from each file's shape
     tasks: list[str] = field(default_factory=list)
     output: Path = Path("results.json")
+    tools: list[str] = field(default_factory=list)  # an agent's tools (default: the run's grpo.tools)
+    environment: str | None = None  # an agent's environment (default: the run's grpo.environment)
+    max_tool_calls: int | None = None
     limit: int | None = None
     max_new_tokens: int = 128
     batch_size: int = 8
@@ -45,6 +48,7 @@ class Plan:
     data: EvalData
     metrics: list[str]
     rewards: list[M.Reward]
+    agent: object | None = None  # ft_cli.eval.agent.Agent: tools, environment and rewards of the episodes
 
 
 def say(line: str) -> None:
@@ -190,7 +194,10 @@ def _load_data(request: EvalRequest, models: list[ModelSpec]) -> list[EvalData]:
 
 
 def _plan(data: EvalData, request: EvalRequest, models: list[ModelSpec]) -> Plan:
-    names = list(request.metrics) or M.default_metrics(data.shape, data.references, data.has_tool_calls)
+    from ft_cli.eval.agent import agent_section, load_agent
+
+    grpo_agent = agent_section(request.tools, request.environment, request.max_tool_calls, [m.run for m in models if m.run])
+    names = list(request.metrics) or M.default_metrics(data.shape, data.references, data.has_tool_calls, agent=grpo_agent is not None)
     M.check_metric_names(names)
     if not names:
         raise UsageError(f"{data.path}: {data.shape} data without reference answers (columns {', '.join(REFERENCE_COLUMNS)}): no metric applies; pass --metric REWARD")
@@ -211,8 +218,11 @@ def _plan(data: EvalData, request: EvalRequest, models: list[ModelSpec]) -> Plan
             raise UsageError(f"--metric {name}: {data.path} has no reference answers to compare with")
         if kind == "tool" and not data.has_tool_calls:
             raise UsageError(f"--metric {name}: {data.path} has no tool-calling records (messages with tools and an assistant turn, or a ground_truth column)")
+        if kind == "agent" and grpo_agent is None:
+            raise UsageError(f"--metric {name}: no agent to play: pass --tools and/or --environment, or evaluate a GRPO run that trained with grpo.tools or grpo.environment")
     grpo = next((m.run.get("grpo") for m in models if m.run and m.run.get("method") == "grpo"), None)
-    return Plan(data, names, M.load_reward_metrics(names, _grpo_section(grpo)))
+    agent = load_agent(grpo_agent, data.path, data.items) if any(M.kind_of(n) == "agent" for n in names) else None
+    return Plan(data, names, M.load_reward_metrics(names, _grpo_section(grpo)), agent)
 
 
 
@@ -288,6 +298,10 @@ def _score(model, tokenizer, plan: Plan, request: EvalRequest, name: str) -> tup
         token_scores = score_sequences(model, sequences, request.batch_size, progress.tick)
         timing["loss_s"] = progress.finish()
         scores.update({k: v for k, v in loss_metrics(token_scores).items() if k in wanted})
+    if plan.agent is not None:
+        scores_, rows_, timing["episodes_s"] = _play(model, tokenizer, plan, request, name, label)
+        scores.update(scores_)
+        rows += rows_
     generation = [n for n in plan.metrics if M.kind_of(n) in ("generation", "reward", "tool")]
     if generation:
         items = [item for item in data.items if item.prompt is not None]
@@ -318,6 +332,26 @@ def _score(model, tokenizer, plan: Plan, request: EvalRequest, name: str) -> tup
             rows.append({"model": name, "data": data.name, "index": index, "prompt": item.prompt, "reference": item.reference,
                          "answer": answer, **tool_rows[index], "scores": {metric: per_item[metric][index] for metric in generation}})  # fmt: skip
     return scores, rows, timing
+
+
+def _play(model, tokenizer, plan: Plan, request: EvalRequest, name: str, label: str) -> tuple[dict, list[dict], float]:
+    """An agent's episodes on the data's prompts: its metrics, sample rows and the time they took."""
+    from ft_cli.eval.agent import agent_scores, run_episodes, sample_row
+    from ft_cli.train.tools import prepare_tool_tokenizer
+
+    try:
+        prepare_tool_tokenizer(tokenizer, name)
+    except Exception as exc:  # ConfigError: the template cannot write tools or TRL cannot parse its calls
+        raise UsageError(str(getattr(exc, "message", exc))) from None
+    items = [item for item in plan.data.items if item.prompt is not None]
+    progress = Progress(f"{label}: agent episodes (greedy, up to {plan.agent.grpo.max_tool_calls} tool-call rounds)", len(items))
+    episodes = run_episodes(model, tokenizer, plan.agent, items, request.max_new_tokens, request.batch_size, progress.tick)
+    per_item = agent_scores(episodes)
+    wanted = [n for n in plan.metrics if M.kind_of(n) == "agent"]
+    scores = {metric: M.mean(per_item[metric]) for metric in wanted}
+    rows = [{"model": name, "data": plan.data.name, "index": i, "prompt": item.prompt, **sample_row(episode)}
+            for i, (item, episode) in enumerate(zip(items[: request.samples], episodes))]  # fmt: skip
+    return scores, rows, progress.finish()
 
 
 def _score_tool_calls(tokenizer, items: list, ids: list[list[int]], outputs: list[list[int]]) -> tuple[dict, list[dict]]:
