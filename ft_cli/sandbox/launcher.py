@@ -83,14 +83,32 @@ def _mount_points() -> list[tuple[str, int]]:
     return points
 
 
-def _hide_home(spec: dict) -> None:
-    """An empty tmpfs over HOME, with only what the runner needs bound back (e.g. a pyenv Python under HOME)."""
+def _covers(spec: dict) -> list[str]:
+    """Folders to cover with an empty tmpfs: HOME, and (as root, whose runner is nobody) the outermost folder
+    closed to others above each path the runner needs (e.g. /root above a pyenv Python), so nobody can reach it."""
     home = spec["home"]
-    if home in ("", "/") or not os.path.isdir(home):
-        return
-    needed = [path for path in spec["needed"] if path.startswith(home.rstrip("/") + "/")]
+    covers = [home] if home not in ("", "/") and os.path.isdir(home) else []
+    if os.geteuid() == 0:
+        for path in spec["needed"]:
+            ancestors = [p for p in _ancestors(path) if not os.stat(p).st_mode & 0o001]
+            if ancestors:
+                covers.append(ancestors[0])
+    covers = sorted(set(covers), key=len)
+    return [c for c in covers if not any(c.startswith(o.rstrip("/") + "/") for o in covers if o != c)]
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = path.strip("/").split("/")[:-1]
+    return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _hide_covers(spec: dict) -> None:
+    """An empty tmpfs over each cover folder, with only what the runner needs bound back."""
+    covers = _covers(spec)
+    needed = [p for p in spec["needed"] if any(p.startswith(c.rstrip("/") + "/") for c in covers)]
     handles = [(path, os.open(path, os.O_PATH)) for path in needed]  # reachable after the tmpfs covers them
-    _mount("tmpfs", home, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
+    for cover in covers:
+        _mount("tmpfs", cover, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
     for path, handle in handles:
         os.makedirs(path, exist_ok=True)
         _mount(f"/proc/self/fd/{handle}", path, None, MS_BIND | MS_REC)
@@ -110,7 +128,7 @@ def _isolate_filesystem(spec: dict, problems: list[str]) -> None:
         except OSError as exc:
             problems.append(f"hide {path}: {exc.strerror}")
     try:
-        _hide_home(spec)
+        _hide_covers(spec)
     except OSError as exc:
         problems.append(f"hide HOME: {exc.strerror}")
     writable = []
@@ -135,6 +153,7 @@ def _isolate_filesystem(spec: dict, problems: list[str]) -> None:
 def _exec_runner(spec: dict, namespaced: bool) -> None:
     """In the runner's process: its own uid, limits, then exec. Never returns."""
     try:
+        os.chdir(spec["workdir"])  # before the uid changes: its parents may be closed to nobody (a 0700 TMPDIR)
         if namespaced:
             os.setsid()  # else stay in the launcher's process group, which ft kills as a whole
             if os.getuid() == 0:  # inside root (ft runs as root): become INSIDE_ID, i.e. nobody on the host
@@ -151,7 +170,6 @@ def _exec_runner(spec: dict, namespaced: bool) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
-        os.chdir(spec["workdir"])
         # The runner's own input: a memory file on fd 0, never a path, argv or the environment.
         spec_fd = os.memfd_create("spec")
         os.write(spec_fd, json.dumps({k: spec[k] for k in ("nonce", "result_fd", "code", "tests", "test_timeout")}).encode())
