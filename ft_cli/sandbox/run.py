@@ -68,7 +68,7 @@ class Isolation:
         if not self.namespaces:
             return (
                 f"sandbox: no user namespaces here ({self.reason}): code_exec runs with resource limits and a scrubbed "
-                "environment, but can reach the network, read what you can and write where you can"
+                "environment, but can reach the network, signal your processes, read what you can and write where you can"
                 + ("; running as root, the process-count limit does not hold" if os.geteuid() == 0 else "")
             )
         text = "sandbox: code_exec runs in new user, mount, pid and network namespaces: no network, read-only host, private /proc, credential files hidden"
