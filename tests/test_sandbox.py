@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_ft
+from conftest import REPO, run_ft
 
 from ft_cli.config.schema import GrpoSection
 from ft_cli.core.errors import EXIT_USAGE
@@ -254,6 +255,25 @@ def test_without_namespaces_limits_and_a_scrubbed_environment_still_hold(workdir
     looping = run_tests("while True:\n    try:\n        pass\n    except BaseException:\n        pass\n", ["assert True"], fallback)
     assert looping.ended in ("timeout", "ok") and looping.fraction == 0.0
     assert isolation().description.startswith("sandbox: ")
+
+
+def test_where_unshare_is_refused_ft_falls_back_and_says_why(tmp_path):
+    """A user namespace whose own limit of user namespaces is 0 refuses unshare, as a locked-down kernel does."""
+    if shutil.which("unshare") is None or not isolation().namespaces:
+        pytest.skip("needs the unshare tool and user namespaces, to take them away")
+    probe = tmp_path / "probe.py"
+    probe.write_text(textwrap.dedent("""
+        from ft_cli.sandbox.run import Limits, isolation, run_tests
+        print(isolation().description)
+        result = run_tests("def f(x):\\n    return 2 * x\\n", ["assert f(2) == 4"], Limits(timeout=5.0))
+        print(result.fraction, result.ended)
+    """))  # fmt: skip
+    script = f"echo 0 > /proc/sys/user/max_user_namespaces && exec {shlex.quote(sys.executable)} {shlex.quote(str(probe))}"
+    done = subprocess.run(["unshare", "-Ur", "sh", "-c", script], capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    said, scored = done.stdout.splitlines()
+    assert said.startswith("sandbox: no user namespaces here (unshare: No space left on device): code_exec runs with resource limits")
+    assert scored == "1.0 ok"
 
 
 # ------------------------------------------------------------------ ft train
