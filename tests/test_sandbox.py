@@ -124,6 +124,9 @@ def test_fork_bomb_hits_the_process_limit_and_leaves_no_process(workdirs):
     """) + TWICE  # fmt: skip
     result = run(code)
     assert result.fraction == 0.0
+    counting = "import os, time\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n            time.sleep(60)\n            os._exit(0)\n        n += 1\nexcept OSError:\n    raise SystemError(f'forked {n}')\n"
+    forked = run(counting, ["pass"]).outcomes[0]
+    assert forked.startswith("fail: code: SystemError: forked ") and int(forked.split()[-1]) < LIMITS.max_processes, forked
     time.sleep(0.5)  # the kernel tears a pid namespace down asynchronously
     alive = [pid for pid in os.listdir("/proc") if pid.isdigit() and marker.encode() in _cmdline(pid)]
     assert alive == [], f"fork bomb processes still alive: {alive}"

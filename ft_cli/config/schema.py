@@ -242,7 +242,7 @@ class CodeExecSection(Section):
     tests_column: str = Field("tests", description="Data column with the tests: a list of statements (`assert f(2) == 4`), or one string with one test per assert.")
     timeout: PositiveFloat = Field(10.0, description="Wall-clock seconds for one completion's whole program (its code and every test); then it is killed.")
     cpu_seconds: PositiveFloat = Field(10.0, description="CPU seconds for one completion's program (RLIMIT_CPU).")
-    memory_mb: Annotated[int, Field(ge=64)] = Field(1024, description="Address space of the program in MiB (RLIMIT_AS).")
+    memory_mb: Annotated[int, Field(ge=128)] = Field(1024, description="Address space of the program in MiB (RLIMIT_AS; Python itself needs about 100).")
     file_size_mb: PositiveFloat = Field(16.0, description="Largest file the program may write, and (with namespaces) all its files together, in MiB.")
     max_processes: PositiveInt = Field(16, description="Processes and threads the program may run at once (RLIMIT_NPROC).")
     workers: PositiveInt = Field(4, description="Completions run at the same time, each in its own sandbox.")

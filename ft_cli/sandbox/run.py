@@ -62,6 +62,7 @@ class Isolation:
     namespaces: bool
     reason: str  # why not, when namespaces is False
     problems: tuple[str, ...]  # protections of the namespace setup that did not take
+    broken: str = ""  # why a trivial program did not run, when it did not
 
     @property
     def description(self) -> str:
@@ -84,6 +85,12 @@ def _hidden_paths() -> list[str]:
     return paths
 
 
+def _needed() -> list[str]:
+    """What the runner must reach (bound back where HOME or a folder closed to others covers it)."""
+    paths = sorted({os.path.realpath(sys.base_prefix), os.path.dirname(os.path.realpath(sys.executable)), str(HERE)})
+    return [p for p in paths if not any(p.startswith(q.rstrip("/") + "/") for q in paths if q != p)]
+
+
 def run_tests(code: str, tests: list[str], limits: Limits = Limits()) -> TestResult:
     """Run `code`, then each test (a statement such as `assert f(2) == 4`) in the sandbox."""
     result, _ = _run(code, tests, limits)
@@ -97,9 +104,10 @@ def run_many(jobs: list[tuple[str, list[str]]], limits: Limits = Limits(), worke
 
 @functools.lru_cache(maxsize=None)
 def isolation() -> Isolation:
-    """Which protections a sandbox gets on this machine (one trivial run of the launcher)."""
-    _, report = _run("", [], Limits(timeout=30.0))
-    return Isolation(bool(report.get("namespaces")), report.get("reason", "no report from the launcher"), tuple(report.get("problems", ())))
+    """Which protections a sandbox gets on this machine (one trivial program run in it)."""
+    result, report = _run("x = 1", ["assert x == 1"], Limits(timeout=30.0))
+    works = "" if result.fraction == 1.0 else f"a trivial program did not run ({result.ended}, exit {report.get('exit')})"
+    return Isolation(bool(report.get("namespaces")), report.get("reason", "no report from the launcher"), tuple(report.get("problems", ())), works)
 
 
 def _run(code: str, tests: list[str], limits: Limits) -> tuple[TestResult, dict]:
@@ -108,7 +116,7 @@ def _run(code: str, tests: list[str], limits: Limits) -> tuple[TestResult, dict]
     nonce = secrets.token_hex(16)
     spec = {
         "workdir": workdir, "python": os.path.realpath(sys.executable), "runner": str(RUNNER), "hide": _hidden_paths(),
-        "home": str(Path.home()), "needed": [os.path.realpath(sys.base_prefix), str(HERE)],
+        "home": str(Path.home()), "needed": _needed(),
         "isolate": limits.isolate, "nonce": nonce, "result_fd": write_end, "code": code, "tests": list(tests),
         "test_timeout": max(0.2, limits.timeout / (len(tests) + 1)),
         "limits": {"cpu_seconds": limits.cpu_seconds, "memory_mb": limits.memory_mb,
@@ -124,8 +132,9 @@ def _run(code: str, tests: list[str], limits: Limits) -> tuple[TestResult, dict]
         )  # fmt: skip
         os.close(write_end)
         write_end = -1
-        process.stdin.write(json.dumps(spec).encode())
-        process.stdin.close()
+        with contextlib.suppress(BrokenPipeError):  # a launcher that died at once: no results, "crashed"
+            process.stdin.write(json.dumps(spec).encode())
+            process.stdin.close()
         deadline = time.monotonic() + limits.timeout + 2.0  # + the interpreters' start
         timed_out = _read_until_exit(process, read_end, received, deadline)
         stdout = process.stdout.read(65536) if not timed_out else b""

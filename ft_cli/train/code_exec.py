@@ -14,6 +14,7 @@ import re
 import sys
 from collections.abc import Callable
 
+from ft_cli.core.errors import ConfigError
 from ft_cli.train.distributed import is_main_process
 from ft_cli.train.rewards import completion_text
 
@@ -63,9 +64,12 @@ def make_code_exec(grpo) -> Callable:
         timeout=settings.timeout, cpu_seconds=settings.cpu_seconds, memory_mb=settings.memory_mb,
         file_size_mb=settings.file_size_mb, max_processes=settings.max_processes,
     )  # fmt: skip
+    found = isolation()
+    if found.broken:
+        raise ConfigError(f"grpo.rewards: code_exec: the sandbox cannot run code on this machine: {found.broken}; {found.description}")
     global _said
     if not _said and is_main_process():
-        print(isolation().description, file=sys.stderr, flush=True)
+        print(found.description, file=sys.stderr, flush=True)
         _said = True
 
     def code_exec(completions, **kwargs) -> list[float]:
