@@ -80,6 +80,8 @@ def test_code_blocks_and_tests_are_read_as_documented():
     assert extract_code("```python\nx = 1\n```\n```py\nx = 2\n```") == "x = 2\n"
     assert extract_code("```python\nx = 1\n") is None  # cut off before its closing fence
     assert split_tests("import m\nassert m.a\nx = 1\nassert x\nprint(x)", "tests") == ["import m\nassert m.a", "x = 1\nassert x\nprint(x)"]
+    assert split_tests('["assert f(1) == 2", "assert f(2) == 4"]', "tests") == ["assert f(1) == 2", "assert f(2) == 4"]
+    assert split_tests("def check(g):\n    assert g(1) == 2\ncheck(f)", "tests") == ["def check(g):\n    assert g(1) == 2\ncheck(f)"]
     with pytest.raises(ValueError, match="column 'tests': the tests are not Python"):
         split_tests("assert (", "tests")
     with pytest.raises(ValueError, match="tests are strings"):

@@ -41,6 +41,8 @@ def split_tests(tests, column: str) -> list[str]:
         tree = ast.parse(tests)
     except SyntaxError as exc:
         raise ValueError(f"column '{column}': the tests are not Python (line {exc.lineno}: {exc.msg})") from None
+    if len(tree.body) == 1 and isinstance(tree.body[0], ast.Expr) and isinstance(tree.body[0].value, (ast.List, ast.Tuple)):
+        return split_tests(ast.literal_eval(tree.body[0].value), column)  # a list kept as text (CSV, JSON in a string)
     chunks, pending = [], []
     for statement in tree.body:
         pending.append(ast.get_source_segment(tests, statement))
