@@ -42,11 +42,16 @@ def main() -> None:
 
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-long write fails with an error instead of killing
-    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+    namespace = {"__name__": "__main__", "__file__": "solution.py", "__builtins__": __builtins__}
+    try:  # on disk too, so tracebacks and inspect.getsource() find its lines
+        with open("solution.py", "w") as file:
+            file.write(spec["code"])
+    except OSError:
+        pass
     loaded, load_error = True, ""
     try:
         signal.setitimer(signal.ITIMER_REAL, limit)
-        exec(compile(spec["code"], "solution.py", "exec"), namespace)
+        exec(compile(spec["code"], os.path.abspath("solution.py"), "exec"), namespace)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt too: the code must finish normally
         loaded, load_error = False, "code: " + _short(exc)
     finally:
