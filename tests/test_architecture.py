@@ -25,6 +25,7 @@ LAYERS = [
     ("data",),  # records and tokens, masks included
     ("models",),  # families, tiny models, GGUF loading, file checks
     ("config",),  # schema, loading, messages, method registry and rules
+    ("sandbox",),  # runs untrusted code (the code_exec reward) in isolation
     ("core",),  # errors, files and outputs, redaction, quiet console, environment report
 ]
 RANK = {package: rank for rank, layer in enumerate(LAYERS) for package in layer}

@@ -236,6 +236,18 @@ class RewardSpec(Section):
         return self
 
 
+class CodeExecSection(Section):
+    """The code_exec reward: run the completion's last fenced code block against the record's tests in a sandbox (docs/sandbox.md)."""
+
+    tests_column: str = Field("tests", description="Data column with the tests: a list of statements (`assert f(2) == 4`), or one string with one test per assert.")
+    timeout: PositiveFloat = Field(10.0, description="Wall-clock seconds for one completion's whole program (its code and every test); then it is killed.")
+    cpu_seconds: PositiveFloat = Field(10.0, description="CPU seconds for one completion's program (RLIMIT_CPU).")
+    memory_mb: Annotated[int, Field(ge=128)] = Field(1024, description="Address space of the program in MiB (RLIMIT_AS; Python itself needs about 100).")
+    file_size_mb: PositiveFloat = Field(16.0, description="Largest file the program may write, and (with namespaces) all its files together, in MiB.")
+    max_processes: PositiveInt = Field(16, description="Processes and threads the program may run at once (RLIMIT_NPROC).")
+    workers: PositiveInt = Field(4, description="Completions run at the same time, each in its own sandbox.")
+
+
 class GrpoSection(Section):
     """Sampling and rewards for GRPO, and for RLOO (which reads the same section)."""
 
@@ -263,7 +275,7 @@ class GrpoSection(Section):
     mask_truncated_completions: bool = Field(False, description="Leave completions cut off at max_completion_length out of the loss (DAPO).")
     rewards: list[RewardSpec] = Field(
         default_factory=lambda: [RewardSpec(name="format_tags"), RewardSpec(name="exact_answer")],
-        description="Reward functions: built-in format_tags, exact_answer, length, or path/file.py:function, package.module:function; each a name (weight 1) or a {name, weight} mapping.",
+        description="Reward functions: built-in format_tags, exact_answer, length, code_exec, or path/file.py:function, package.module:function; each a name (weight 1) or a {name, weight} mapping.",
     )
     format_tags: list[str] = Field(["think"], description="format_tags reward: tags the completion opens and closes in order before its answer.")
     answer_column: str = Field("answer", description="exact_answer reward: the data column with the reference answer (GSM8K `#### 42` understood).")
@@ -277,6 +289,7 @@ class GrpoSection(Section):
     )
     max_tool_calls: PositiveInt = Field(5, description="With tools: tool-calling turns per rollout at most (tool results count towards max_completion_length).")
     tool_timeout: PositiveFloat = Field(30.0, description="With tools: seconds a tool call may run; past it (or when it raises) the tool turn holds the error and the rollout goes on.")
+    code_exec: CodeExecSection = Field(default_factory=CodeExecSection, description="code_exec reward: tests column and sandbox limits.")
 
     @field_validator("rewards", mode="before")
     @classmethod

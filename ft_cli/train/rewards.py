@@ -25,6 +25,7 @@ BUILTIN_REWARDS = {
     "format_tags": "ft_cli.train.rewards:make_format_tags",
     "exact_answer": "ft_cli.train.rewards:make_exact_answer",
     "length": "ft_cli.train.rewards:make_length",
+    "code_exec": "ft_cli.train.code_exec:make_code_exec",
 }
 # What TRL passes besides the data columns.
 TRL_REWARD_KWARGS = ("prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric")
