@@ -297,3 +297,14 @@ def test_ft_eval_on_an_agent_run_reports_agent_metrics_for_base_and_run(family_m
     assert samples and all("turns" in row and "raw_generations" in row for row in samples)
     bad = run_ft("eval", tmp_path / "run", "--data", REPO / "examples" / "data" / "calculator_eval.jsonl", "--environment", f"{CALCULATOR}:Nothing", "-o", tmp_path / "bad.json")
     assert bad.returncode == EXIT_USAGE and "has no function 'Nothing'" in bad.stderr.strip().splitlines()[-1]
+
+
+def test_dry_run_and_estimate_count_the_rounds_of_an_agent_rollout(family_model_dir, tmp_path):
+    config = agent_config(tmp_path, family_model_dir("qwen2.5"), environment=f"{CALCULATOR}:Calculator", max_tool_calls=3)
+    dry = run_ft("train", config, "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert "agent: tools the environment's methods; up to 3 calls per rollout, so up to 4 generation passes" in dry.stderr
+    assert "rewards: Calculator.get_reward" in dry.stderr
+    estimate = run_ft("estimate", config)
+    assert estimate.returncode == 0, estimate.stderr[-2000:]
+    assert "grpo with tools: each rollout is up to 4 generation passes" in " ".join((estimate.stdout + estimate.stderr).split())
