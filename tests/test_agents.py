@@ -308,3 +308,56 @@ def test_dry_run_and_estimate_count_the_rounds_of_an_agent_rollout(family_model_
     estimate = run_ft("estimate", config)
     assert estimate.returncode == 0, estimate.stderr[-2000:]
     assert "grpo with tools: each rollout is up to 4 generation passes" in " ".join((estimate.stdout + estimate.stderr).split())
+
+
+HANGING_TOOLS = '''
+import time
+
+
+def multiply(a: int, b: int) -> int:
+    """Multiply, slowly: never answers in time.
+
+    Args:
+        a: First.
+        b: Second.
+    """
+    time.sleep(3600)
+    return a * b
+
+
+def add(a: int, b: int) -> int:
+    """Add, by exiting the process.
+
+    Args:
+        a: First.
+        b: Second.
+    """
+    raise SystemExit(3)
+
+
+def submit(answer: int) -> str:
+    """Submit, by raising.
+
+    Args:
+        answer: The answer.
+    """
+    raise RuntimeError("submission desk closed")
+'''
+
+
+def test_tools_that_hang_exit_or_raise_in_a_run_become_error_turns_and_the_run_finishes(family_model_dir, tmp_path, monkeypatch):
+    module = tmp_path / "hanging.py"
+    module.write_text(HANGING_TOOLS)
+    tools = [f"{module}:multiply", f"{module}:add", f"{module}:submit"]
+    config = agent_config(tmp_path, family_model_dir("qwen2.5"), tools=tools, tool_timeout=1, max_tool_calls=4, rewards=["exact_answer"])
+    run, _ = train_scripted(config, monkeypatch)
+    rows = metrics(run)
+    assert len(rows) == 2 and all(row["tools/call_frequency"] == 3.0 and row["tools/failure_frequency"] == 1.0 for row in rows)
+    turns = json.loads((run / "samples.jsonl").read_text().splitlines()[0])["completion"]
+    results = [turn["content"] for turn in turns if turn["role"] == "tool"]
+    assert "multiply: no result within 1 s (grpo.tool_timeout)" in results[0]
+    assert "add failed: SystemExit: 3" in results[1]
+    assert "submission desk closed" in results[2]
+    from ft_cli.runs.directory import FULL_MODEL_DIR
+
+    assert (run / FULL_MODEL_DIR / "config.json").is_file()  # the run went to its end and saved
