@@ -202,17 +202,28 @@ def test_a_tool_that_hangs_or_exits_becomes_an_error_in_its_tool_turn(tmp_path):
     ids=["missing-file", "missing-function", "no-type-hints", "import-error", "no-reset", "reset-raises", "no-reward"],
 )
 def test_bad_tools_and_environments_are_one_line_errors_before_the_model_loads(grpo, source, message, tmp_path, tiny_model_dir):
+    # In this process (ft train's own function): the CLI's rendering of the same errors is checked below.
+    from ft_cli.config.loading import load_config
+    from ft_cli.core.errors import ConfigError
+    from ft_cli.train.run import train
+
     file = tmp_path / "agent.py"
     if source is not None:
         file.write_text(source)
     grpo = json.loads(json.dumps(grpo).replace("{dir}", str(tmp_path)).replace("{file}", str(file)))
-    config = agent_config(tmp_path, tiny_model_dir, **grpo)
-    result = run_ft("train", config)
-    assert result.returncode == EXIT_USAGE, result.stderr[-2000:]
-    line = result.stderr.strip().splitlines()[-1]
-    assert message.format(dir=tmp_path, file=file) in line, line
-    assert "Traceback" not in result.stderr
+    with pytest.raises(ConfigError) as caught:
+        train(load_config(agent_config(tmp_path, tiny_model_dir, **grpo), []))
+    assert message.format(dir=tmp_path, file=file) in caught.value.message and "\n" not in caught.value.message
     assert not (tmp_path / "run").exists()  # nothing written: the run stopped before the model loaded
+
+
+def test_a_bad_tool_on_the_command_line_is_one_line_and_exit_2(tmp_path, tiny_model_dir):
+    file = tmp_path / "agent.py"
+    file.write_text("def add(a, b):\n    return a + b\n")
+    result = run_ft("train", agent_config(tmp_path, tiny_model_dir, tools=[f"{file}:add"]))
+    assert result.returncode == EXIT_USAGE, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: grpo.tools[0]: {file}:add: ")
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
 
 
 def test_a_template_that_cannot_write_tools_is_refused_with_the_fix(family_model_dir, tmp_path):
@@ -349,10 +360,13 @@ def test_tools_that_hang_exit_or_raise_in_a_run_become_error_turns_and_the_run_f
     module = tmp_path / "hanging.py"
     module.write_text(HANGING_TOOLS)
     tools = [f"{module}:multiply", f"{module}:add", f"{module}:submit"]
-    config = agent_config(tmp_path, family_model_dir("qwen2.5"), tools=tools, tool_timeout=1, max_tool_calls=4, rewards=["exact_answer"])
+    config = agent_config(tmp_path, family_model_dir("qwen2.5"), tools=tools, tool_timeout=1, max_tool_calls=4, rewards=["exact_answer"], num_generations=2)
+    body = yaml.safe_load(config.read_text())
+    body["training"].update(max_steps=1, per_device_train_batch_size=2)
+    config.write_text(yaml.safe_dump(body))
     run, _ = train_scripted(config, monkeypatch)
     rows = metrics(run)
-    assert len(rows) == 2 and all(row["tools/call_frequency"] == 3.0 and row["tools/failure_frequency"] == 1.0 for row in rows)
+    assert len(rows) == 1 and all(row["tools/call_frequency"] == 3.0 and row["tools/failure_frequency"] == 1.0 for row in rows)
     turns = json.loads((run / "samples.jsonl").read_text().splitlines()[0])["completion"]
     results = [turn["content"] for turn in turns if turn["role"] == "tool"]
     assert "multiply: no result within 1 s (grpo.tool_timeout)" in results[0]
