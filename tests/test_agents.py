@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,9 @@ import yaml
 from conftest import REPO, run_ft
 
 from ft_cli.core.errors import EXIT_USAGE
+
+# One worker runs the file: the shipped-config runs (a module fixture) serve two tests.
+pytestmark = pytest.mark.xdist_group("agents")
 
 CALCULATOR = REPO / "examples" / "agents" / "calculator.py"
 PROMPTS = REPO / "examples" / "data" / "calculator_prompts.jsonl"
@@ -198,8 +200,13 @@ def test_a_tool_that_hangs_or_exits_becomes_an_error_in_its_tool_turn(tmp_path):
         ({"environment": "{file}:Env"}, "class Env:\n    def act(self, x: int) -> int:\n        '''Act.\n\n        Args:\n            x: A number.\n        '''\n        return x\n", "grpo.environment: {file}:Env has no reset() method"),
         ({"environment": "{file}:Env"}, "class Env:\n    def reset(self, **kw):\n        raise ValueError('no board')\n    def act(self, x: int) -> int:\n        '''Act.\n\n        Args:\n            x: A number.\n        '''\n        return x\n    def get_reward(self) -> float:\n        return 0.0\n", "grpo.environment (Env): reset() failed on the first record: ValueError: no board"),
         ({"environment": "{file}:Env"}, "class Env:\n    def reset(self, **kw):\n        pass\n    def act(self, x: int) -> int:\n        '''Act.\n\n        Args:\n            x: A number.\n        '''\n        return x\n", "grpo.rewards: empty, and no environment scores rollouts"),
+        (
+            {"environment": {"calc": f"{CALCULATOR}:Calculator"}},
+            None,
+            "record 1: environment None: expected one of 'calc' (grpo.environment names several, so each record says which it uses)",
+        ),
     ],
-    ids=["missing-file", "missing-function", "no-type-hints", "import-error", "no-reset", "reset-raises", "no-reward"],
+    ids=["missing-file", "missing-function", "no-type-hints", "import-error", "no-reset", "reset-raises", "no-reward", "no-environment-column"],
 )
 def test_bad_tools_and_environments_are_one_line_errors_before_the_model_loads(grpo, source, message, tmp_path, tiny_model_dir):
     # In this process (ft train's own function): the CLI's rendering of the same errors is checked below.
@@ -241,20 +248,29 @@ def test_rloo_with_tools_is_refused_naming_grpo(tmp_path, tiny_model_dir):
     assert "grpo.environment: TRL's RLOOTrainer has no tool calling; use method: grpo" in result.stderr
 
 
-def test_shipped_agent_configs_run_end_to_end_on_a_miniature(family_model_dir, tmp_path):
-    # The real (random) sampler: no call is expected of a random model; the configs, tools, parser and
-    # environment must still carry a whole run to its adapter.
+@pytest.fixture(scope="module")
+def shipped_runs(family_model_dir, tmp_path_factory) -> dict[str, Path]:
+    """configs/grpo-environment.yaml and configs/grpo-tools.yaml, one step each on the Qwen2.5 miniature, with
+    the real (random) sampler: no call is expected of a random model; the configs, tools, parser and
+    environment must still carry a whole run to its adapter. The environment run is also ft eval's agent."""
+    root = tmp_path_factory.mktemp("shipped-agents")
+    runs = {}
     for name in ("grpo-environment.yaml", "grpo-tools.yaml"):
-        out = tmp_path / name
+        out = root / name.removesuffix(".yaml")
         result = run_ft(
             "train", REPO / "configs" / name, f"model.path={family_model_dir('qwen2.5')}", f"training.output_dir={out}",
             "training.max_steps=1", "training.per_device_train_batch_size=4", "grpo.num_generations=4",
             "grpo.max_completion_length=16", "model.max_seq_length=512", cwd=REPO,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
+        runs[name] = out
+    return runs
+
+
+def test_shipped_agent_configs_run_end_to_end_on_a_miniature(shipped_runs):
+    for out in shipped_runs.values():
         assert (out / "lora_weights").is_dir()
         assert "tools/call_frequency" in (out / "metrics.jsonl").read_text()
-        shutil.rmtree(out)
 
 
 # ------------------------------------------------------------------ ft eval: agent episodes
@@ -289,24 +305,20 @@ def test_eval_plays_episodes_with_the_environment_and_scores_success_and_calls(f
     assert episodes[0].turns[-1]["content"].startswith("The answer is")
 
 
-def test_ft_eval_on_an_agent_run_reports_agent_metrics_for_base_and_run(family_model_dir, tmp_path):
-    config = agent_config(tmp_path, family_model_dir("qwen2.5"), environment=f"{CALCULATOR}:Calculator", max_tool_calls=2)
-    body = yaml.safe_load(config.read_text())
-    body["training"]["max_steps"] = 1
-    body["grpo"]["max_completion_length"] = 16
-    config.write_text(yaml.safe_dump(body))
-    assert run_ft("train", config).returncode == 0
+def test_ft_eval_on_an_agent_run_reports_agent_metrics_for_base_and_run(shipped_runs, family_model_dir, tmp_path):
+    run = shipped_runs["grpo-environment.yaml"]
     results = tmp_path / "eval.json"
-    result = run_ft("eval", tmp_path / "run", "--data", REPO / "examples" / "data" / "calculator_eval.jsonl", "--limit", "2", "--max-new-tokens", "8", "-o", results)
+    # from the repository, where the run's relative grpo.environment path resolves (as it did for ft train)
+    result = run_ft("eval", run, "--data", REPO / "examples" / "data" / "calculator_eval.jsonl", "--limit", "2", "--max-new-tokens", "8", "--max-tool-calls", "2", "-o", results, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     scores = json.loads(results.read_text())["scores"]["calculator_eval.jsonl"]
-    assert set(scores) == {str(family_model_dir("qwen2.5")), str(tmp_path / "run")}
+    assert set(scores) == {str(family_model_dir("qwen2.5")), str(run)}
     for values in scores.values():
         assert set(values) == {"agent_reward", "agent_success", "agent_calls", "agent_tool_errors"}
         assert values["agent_reward"] is not None
     samples = [json.loads(line) for line in (tmp_path / "eval.samples.jsonl").read_text().splitlines()]
     assert samples and all("turns" in row and "raw_generations" in row for row in samples)
-    bad = run_ft("eval", tmp_path / "run", "--data", REPO / "examples" / "data" / "calculator_eval.jsonl", "--environment", f"{CALCULATOR}:Nothing", "-o", tmp_path / "bad.json")
+    bad = run_ft("eval", run, "--data", REPO / "examples" / "data" / "calculator_eval.jsonl", "--environment", f"{CALCULATOR}:Nothing", "-o", tmp_path / "bad.json", cwd=REPO)
     assert bad.returncode == EXIT_USAGE and "has no function 'Nothing'" in bad.stderr.strip().splitlines()[-1]
 
 
