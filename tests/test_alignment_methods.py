@@ -16,7 +16,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-import yaml
 from conftest import REPO, run_ft
 from test_methods import metrics, preference_records, prompt_records, run_config, write_jsonl
 from test_train import arithmetic_chats

@@ -36,7 +36,7 @@ def method_problems(config: Config) -> list[tuple[str, str]]:
         defaults = GrpoSection()
         for key in _GRPO_ONLY:
             if getattr(config.grpo, key) != getattr(defaults, key):
-                problems.append((f"grpo.{key}", f"applies to method: grpo only; rloo would ignore it, so remove it"))
+                problems.append((f"grpo.{key}", "applies to method: grpo only; rloo would ignore it, so remove it"))
     targets = config.lora.target_modules if config.uses_lora else []
     if spec.samples and isinstance(targets, list) and "lm_head" in targets:
         problems.append(("lora.target_modules", f"{method} cannot put a LoRA adapter on lm_head; train it in full with lora.modules_to_save: [lm_head]"))
