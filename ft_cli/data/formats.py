@@ -345,6 +345,6 @@ def describe_shape(example: Example) -> str:
     columns = "+".join(SHAPE_COLUMNS[example.shape])
     if example.shape in ("preference", "prompt-completion", "unpaired-preference"):
         columns += " as message lists" if example.conversational else " as strings"
-    if example.shape == "conversational":
-        columns += " with an images column" if example.vision else " without images"
+    if example.shape == "conversational" and example.vision:
+        columns += " with an images column"
     return columns
