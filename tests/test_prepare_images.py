@@ -12,6 +12,7 @@ Images are real files made with PIL; the bad ones are real bad files (truncated,
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import re
@@ -131,7 +132,7 @@ def test_every_input_form_becomes_the_contract(data_dir: Path):
         ),
         preview=1,
     )
-    written = output.with_name("train.images") / (__import__("hashlib").sha256(embedded).hexdigest() + ".png")
+    written = output.with_name("train.images") / (hashlib.sha256(embedded).hexdigest() + ".png")
     assert written.read_bytes() == embedded
     assert records == [
         contract([IMAGE, ASK], "red", [red]),
@@ -273,7 +274,7 @@ def test_skip_invalid_keeps_the_good_records_and_embedded_images_land_once(data_
     Path(records[0]["images"][0]).write_bytes(b"someone else's file")
     with pytest.raises(DataError) as error:
         run(data_dir, jsonl({"messages": [user_parts(part, ASK), answer("green")]}))
-    assert error.value.problems[0].endswith(f"exists with other content; ft does not replace it")
+    assert error.value.problems[0].endswith("exists with other content; ft does not replace it")
 
 
 def test_cli_preview_marks_images_in_the_prompt_with_a_text_tokenizer(data_dir: Path, family_model_dir, ft):
@@ -296,3 +297,65 @@ def test_cli_pixel_limit_refuses_with_exit_2_and_writes_nothing(data_dir: Path, 
     assert f"{data_dir}/in.jsonl:1: messages[0].content[0]: image img/red.png: 64x64 is 4096 pixels, more than --max-image-pixels 1000" in result.stderr
     assert "Traceback" not in result.stderr
     assert written(output.parent) == []
+
+
+def test_preference_pairs_keep_their_images_in_the_prompt(data_dir: Path):
+    """TRL's vision DPO shape; its collator fills the prompt from `images` and reads chosen/rejected as they are."""
+    from trl.data_utils import is_conversational, prepare_multimodal_messages
+
+    red = (data_dir / "img" / "red.png").resolve()
+    pair = {
+        "prompt": [{"role": "user", "content": "<image>" + QUESTION}],
+        "chosen": [{"role": "assistant", "content": "red"}],
+        "rejected": [{"role": "assistant", "content": [{"type": "text", "text": "blue"}]}],
+        "images": ["img/red.png"],
+    }
+    records, output, result = run(data_dir, jsonl(pair), "pairs.jsonl", preview=1)
+    assert records == [
+        {
+            "prompt": [{"role": "user", "content": [IMAGE, ASK]}],
+            "chosen": [{"role": "assistant", "content": [{"type": "text", "text": "red"}]}],
+            "rejected": [{"role": "assistant", "content": [{"type": "text", "text": "blue"}]}],
+            "images": [str(red)],
+        }
+    ]
+    (record,) = records
+    assert is_conversational(record)
+    filled = prepare_multimodal_messages(record["prompt"], images=[Image.open(record["images"][0])])
+    assert filled[0]["content"][0]["image"].size == (64, 64)
+    assert prepare_multimodal_messages(record["chosen"]) == record["chosen"]
+    assert result.previews[0]["prompt"][0]["content"] == f"[image 1: 64x64 img/red.png]{QUESTION}"
+
+
+REFUSED = {
+    "string-prompt-pair": (
+        {"prompt": "<image>" + QUESTION, "chosen": "red", "rejected": "blue", "images": ["img/red.png"]},
+        {},
+        "prompt: a preference pair with images gives its prompt as a list of messages (prompt + chosen + rejected)",
+    ),
+    "completion": ({"prompt": "<image>", "completion": "red", "images": ["img/red.png"]}, {}, "images: images are read in chat, sharegpt, alpaca and preference records; not in completion data"),
+    "template": (
+        {"messages": [user_parts({"type": "image", "path": "img/red.png"}, ASK), answer("red")]},
+        {"template": "chatml"},
+        "--template chatml renders text; records with images keep their messages (leave --template out)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_what_is_not_read_with_images_is_refused_with_the_reason(data_dir: Path, case: str):
+    record, options, expected = REFUSED[case]
+    with pytest.raises(DataError) as error:
+        run(data_dir, jsonl(record), **options)
+    assert error.value.problems == [f"{data_dir}/in.jsonl:1: {expected}"]
+
+
+def test_training_on_raw_data_refuses_embedded_images_and_reads_paths(data_dir: Path):
+    """ft train given raw data reads it as prepare does, but writes no files: a data: URL asks for ft prepare."""
+    source = data_dir / "raw.jsonl"
+    source.write_text(jsonl({"messages": [user_parts({"type": "image_url", "image_url": {"url": data_url(png_bytes("green"))}}), answer("green")]}))
+    with pytest.raises(DataError) as error:
+        load_records(source)
+    assert error.value.problems[0].endswith("embedded images are written out by ft prepare; run ft prepare on this file and train on its output")
+    source.write_text(jsonl({"messages": [user_parts({"type": "image", "path": "img/red.png"}), answer("red")]}))
+    assert load_records(source).records[0]["images"] == [str((data_dir / "img" / "red.png").resolve())]

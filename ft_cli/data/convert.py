@@ -180,6 +180,8 @@ class Converter:
     def _with_images(self, record: dict, data_format: str, source: str) -> Example:
         """A record with images: the turns checked as text, then each image file checked (ft_cli.data.images)."""
         flat, refs, vision = flatten(record, data_format)
+        if self.options.unpair:
+            raise RecordProblem("images", "--unpair writes KTO records, which ft does not read with images; train the pairs with DPO")
         (example,) = normalise(flat, data_format, self.options.text_field)
         check_images(refs, ImageOptions(Path(source).parent, self.options.max_image_pixels, self.options.image_store))
         return Example(restore(example.record, refs, vision), example.shape, example.template_vars, refs)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import glob
 import hashlib
 import io
 import os
@@ -32,7 +33,8 @@ from typing import Any
 from ft_cli.data.readers import json_type
 from ft_cli.data.record_problems import RecordProblem
 
-IMAGE_FORMATS = ("chat", "sharegpt", "alpaca")  # the formats whose records may carry images
+IMAGE_FORMATS = ("chat", "sharegpt", "alpaca", "preference")  # the formats whose records may carry images
+_MESSAGE_KEYS = ("messages", "prompt", "chosen", "rejected")  # where a normalised record keeps messages
 DEFAULT_MAX_PIXELS = 50_000_000  # below PIL's own decompression-bomb error (2 x 89.5M pixels)
 PLACEHOLDER = "<image>"  # LLaMA-Factory's mark for the next entry of `images`
 _IMAGE, _BREAK = "\ue002", "\ue003"  # stand-ins while the text normalisers read the record; never written
@@ -68,7 +70,7 @@ def has_images(record: dict) -> bool:
     """A record the image path reads: an images column, or a message whose content is a list of parts."""
     if "images" in record:
         return True
-    for key in ("messages", "conversations"):
+    for key in ("messages", "conversations", "prompt", "chosen", "rejected"):
         turns = record.get(key)
         if isinstance(turns, list) and any(isinstance(t, dict) and isinstance(t.get("content", t.get("value")), list) for t in turns):
             return True
@@ -79,7 +81,7 @@ def flatten(record: dict, data_format: str) -> tuple[dict, list[ImageRef], bool]
     """The record with its images swapped for marks (for the text normalisers), the images in order, and whether
     it is an image record (an images column or an image part; a list of text parts alone is plain text)."""
     if data_format not in IMAGE_FORMATS:
-        raise RecordProblem("images", f"images are read in chat, sharegpt and alpaca records; not in {data_format} data")
+        raise RecordProblem("images", f"images are read in chat, sharegpt, alpaca and preference records; not in {data_format} data")
     column = record.get("images")
     if column is not None and not isinstance(column, list):
         raise RecordProblem("images", f"expected a list of image paths, got {json_type(column)}")
@@ -92,6 +94,12 @@ def flatten(record: dict, data_format: str) -> tuple[dict, list[ImageRef], bool]
         for key in ("instruction", "input", "output"):
             if isinstance(record.get(key), str):
                 flat[key] = _marked_text(record[key], key, refs, placeholders, "an output" if key == "output" else None)
+    elif data_format == "preference":  # TRL's vision pairs: the images sit in the prompt's messages
+        if not isinstance(record.get("prompt"), list):
+            raise RecordProblem("prompt", "a preference pair with images gives its prompt as a list of messages (prompt + chosen + rejected)")
+        for key in ("prompt", "chosen", "rejected"):
+            if isinstance(record.get(key), list):
+                flat[key] = [_flat_turn(t, f"{key}[{i}]", "role", "content", refs, placeholders) for i, t in enumerate(record[key])]
     else:
         key, role_key, text_key = ("messages", "role", "content") if data_format == "chat" else ("conversations", "from", "value")
         turns = record.get(key)
@@ -169,19 +177,23 @@ def _marked_text(text: str, where: str, refs: list[ImageRef], placeholders: bool
 def restore(record: dict, refs: list[ImageRef], vision: bool) -> dict:
     """A normalised record with its marks turned back: content parts and an images column (vision), or the text
     parts joined (a list of text parts only, no images column: plain text, as before)."""
-    messages = []
-    for message in record["messages"]:
-        content = message.get("content")
-        if isinstance(content, str) and vision:
-            parts = [{"type": "image"} if piece == _IMAGE else {"type": "text", "text": piece} for piece in _SPLIT.split(content) if piece and piece != _BREAK]
-            message = {**message, "content": parts}
-        elif isinstance(content, str):
-            message = {**message, "content": content.replace(_BREAK, "")}
-        messages.append(message)
-    out = {**record, "messages": messages}
+    out = dict(record)
+    for key in _MESSAGE_KEYS:
+        if isinstance(record.get(key), list):
+            out[key] = [_restored(message, vision) for message in record[key]]
     if vision:
         out["images"] = [ref.path for ref in refs]
     return out
+
+
+def _restored(message: dict, vision: bool) -> dict:
+    content = message.get("content")
+    if isinstance(content, str) and vision:
+        parts = [{"type": "image"} if piece == _IMAGE else {"type": "text", "text": piece} for piece in _SPLIT.split(content) if piece and piece != _BREAK]
+        return {**message, "content": parts}
+    if isinstance(content, str):
+        return {**message, "content": content.replace(_BREAK, "")}
+    return message
 
 
 # --- the files --------------------------------------------------------------------
@@ -270,8 +282,18 @@ class ImageStore:
 
     def __init__(self, final_dir: Path):
         self.final_dir = final_dir
-        self.staging = final_dir.with_name(f".{final_dir.name}.tmp-{os.getpid()}")
+        self.staging = final_dir.with_name(f".{final_dir.name}.ft{os.getpid()}.tmp")  # the name writer.py's temp files have
         self.staged: list[str] = []
+
+    def remove_stale(self) -> None:
+        """Staging directories a killed `ft prepare` left here, when their process is gone."""
+        from ft_cli.core.partial import process_alive
+
+        parent = self.final_dir.parent
+        for leftover in parent.glob(f".{glob.escape(self.final_dir.name)}.ft*.tmp") if parent.is_dir() else []:
+            pid = leftover.name[len(self.final_dir.name) + 4 :].split(".", 1)[0]
+            if leftover.is_dir() and not leftover.is_symlink() and pid.isdigit() and not process_alive(int(pid)):
+                shutil.rmtree(leftover, ignore_errors=True)
 
     def put(self, data: bytes, extension: str) -> Path:
         name = f"{hashlib.sha256(data).hexdigest()}.{extension}"
@@ -306,16 +328,18 @@ def text_view(record: dict, refs: list[ImageRef]) -> dict:
     """The record with each image as a text marker: what a text tokenizer renders for token counts and the preview.
     The markers sit in user turns, so they fall in the untrained (prompt) part, as the image tokens will."""
     numbered = iter(enumerate(refs, start=1))
-    messages = []
-    for message in record["messages"]:
+
+    def text(message: dict) -> dict:
         content = message.get("content")
-        if isinstance(content, list):
-            message = {
-                **message,
-                "content": "".join(part["text"] if part["type"] == "text" else image_marker(*next(numbered)) for part in content),
-            }
-        messages.append(message)
-    return {key: value for key, value in record.items() if key != "images"} | {"messages": messages}
+        if not isinstance(content, list):
+            return message
+        return {**message, "content": "".join(part["text"] if part["type"] == "text" else image_marker(*next(numbered)) for part in content)}
+
+    view = {key: value for key, value in record.items() if key != "images"}
+    for key in _MESSAGE_KEYS:  # prompt before chosen and rejected: the order the images were numbered in
+        if isinstance(record.get(key), list):
+            view[key] = [text(message) for message in record[key]]
+    return view
 
 
 @dataclass

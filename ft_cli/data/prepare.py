@@ -176,6 +176,7 @@ def prepare(opts: PrepareOptions) -> PrepareResult:
         if tokenizer is not None:  # a model's own template file may use bos_token / eos_token
             template.special_tokens = template_tokens(tokenizer)
     store = ImageStore(images_dir(opts.output))
+    store.remove_stale()
     converter = Converter(
         ConvertOptions(
             opts.data_format, template, mapping, opts.text_field, opts.subset, opts.split, opts.unpair, opts.answers, opts.max_image_pixels, store

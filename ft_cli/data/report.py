@@ -79,7 +79,8 @@ def report_rows(stats: Stats) -> list[tuple[str, str]]:
             ("tool calls", f"{stats.tool_calls} in {stats.tool_records} records; {stats.tool_turns} tool results; {len(stats.tools_offered)} distinct tools offered")
         )
     if stats.shape_has_images:
-        rows.append(("images", stats.images.row()))
+        counted = "; tokens count each as its text marker, not the processor's image tokens" if stats.token_lengths else ""
+        rows.append(("images", stats.images.row() + counted))
     dropped = " (dropped)" if stats.dropped_duplicates else " (kept; --dedupe drops them)" if stats.duplicates else ""
     rows.append(("exact duplicates", f"{stats.duplicates}{dropped}"))
     if stats.token_lengths:
