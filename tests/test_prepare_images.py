@@ -359,3 +359,22 @@ def test_training_on_raw_data_refuses_embedded_images_and_reads_paths(data_dir: 
     assert error.value.problems[0].endswith("embedded images are written out by ft prepare; run ft prepare on this file and train on its output")
     source.write_text(jsonl({"messages": [user_parts({"type": "image", "path": "img/red.png"}), answer("red")]}))
     assert load_records(source).records[0]["images"] == [str((data_dir / "img" / "red.png").resolve())]
+
+
+def test_system_images_pass_tool_images_refused_and_text_parts_stay_text(data_dir: Path):
+    system = {"role": "system", "content": [{"type": "image", "path": "img/blue.jpg"}, {"type": "text", "text": "Reference colour."}]}
+    records, _, _ = run(data_dir, jsonl({"messages": [system, user_parts({"type": "image", "path": "img/red.png"}, ASK), answer("red")]}))
+    assert [Path(p).name for p in records[0]["images"]] == ["blue.jpg", "red.png"]
+    records, _, _ = run(data_dir, jsonl({"messages": [user_parts(ASK, {"type": "text", "text": " Say it."}), answer("red")]}))
+    assert records == [{"messages": [{"role": "user", "content": QUESTION + " Say it."}, {"role": "assistant", "content": "red"}]}]
+    tool = {"role": "tool", "content": [{"type": "image", "path": "img/red.png"}]}
+    with pytest.raises(DataError) as error:
+        run(data_dir, jsonl({"messages": [user_parts(ASK), answer("red"), tool, answer("red")]}))
+    assert error.value.problems == [f"{data_dir}/in.jsonl:1: messages[2].content[0]: an image in a tool turn: TRL places no image in a tool turn"]
+
+
+def test_a_failed_run_leaves_no_embedded_image_behind(data_dir: Path):
+    embedded = {"messages": [user_parts({"type": "image_url", "image_url": {"url": data_url(png_bytes("green"))}}), answer("green")]}
+    with pytest.raises(DataError):
+        run(data_dir, jsonl(embedded, {"messages": [user_parts({"type": "image", "path": "img/empty.png"}), answer("red")]}))
+    assert written(data_dir.parent / "out") == []

@@ -39,7 +39,15 @@ DEFAULT_MAX_PIXELS = 50_000_000  # below PIL's own decompression-bomb error (2 x
 PLACEHOLDER = "<image>"  # LLaMA-Factory's mark for the next entry of `images`
 _IMAGE, _BREAK = "\ue002", "\ue003"  # stand-ins while the text normalisers read the record; never written
 _SPLIT = re.compile(f"({_IMAGE}|{_BREAK})")
-_ANSWER_ROLES = {"assistant": "an assistant", "gpt": "a gpt", "function_call": "a function_call", "tool": "a tool", "observation": "an observation"}
+# Turns an image may not sit in, and why: answers are trained as text; TRL skips tool turns when it places images.
+_ANSWERS, _RESULTS = "ft trains text answers, so images go in user turns", "TRL places no image in a tool turn"
+_NO_IMAGES = {
+    "assistant": ("an assistant", _ANSWERS),
+    "gpt": ("a gpt", _ANSWERS),
+    "function_call": ("a function_call", _ANSWERS),
+    "tool": ("a tool", _RESULTS),
+    "observation": ("an observation", _RESULTS),
+}
 
 
 @dataclass
@@ -93,7 +101,7 @@ def flatten(record: dict, data_format: str) -> tuple[dict, list[ImageRef], bool]
             raise RecordProblem("instances", "a record with images has one instruction and one output (not instances)")
         for key in ("instruction", "input", "output"):
             if isinstance(record.get(key), str):
-                flat[key] = _marked_text(record[key], key, refs, placeholders, "an output" if key == "output" else None)
+                flat[key] = _marked_text(record[key], key, refs, placeholders, ("an output", _ANSWERS) if key == "output" else None)
     elif data_format == "preference":  # TRL's vision pairs: the images sit in the prompt's messages
         if not isinstance(record.get("prompt"), list):
             raise RecordProblem("prompt", "a preference pair with images gives its prompt as a list of messages (prompt + chosen + rejected)")
@@ -124,7 +132,7 @@ def _flat_turn(turn: Any, here: str, role_key: str, text_key: str, refs: list[Im
     if not isinstance(turn, dict):
         return turn  # read_turns says what is wrong with it
     role = turn.get(role_key)
-    answer = _ANSWER_ROLES.get(role) if isinstance(role, str) else None
+    answer = _NO_IMAGES.get(role) if isinstance(role, str) else None
     content = turn.get(text_key)
     if isinstance(content, str):
         return {**turn, text_key: _marked_text(content, f"{here}.{text_key}", refs, placeholders, answer)}
@@ -142,7 +150,7 @@ def _flat_turn(turn: Any, here: str, role_key: str, text_key: str, refs: list[Im
             pieces.append(part["text"])
         elif kind in ("image", "image_url"):
             if answer:
-                raise RecordProblem(where, f"an image in {answer} turn: ft trains text answers, so images go in user turns")
+                raise RecordProblem(where, f"an image in {answer[0]} turn: {answer[1]}")
             refs.append(ImageRef(where, _part_source(part, where)))
             pieces.append(_IMAGE)
         else:
@@ -165,11 +173,11 @@ def _part_source(part: dict, where: str) -> str | None:
     return None
 
 
-def _marked_text(text: str, where: str, refs: list[ImageRef], placeholders: bool, answer: str | None) -> str:
+def _marked_text(text: str, where: str, refs: list[ImageRef], placeholders: bool, answer: tuple[str, str] | None) -> str:
     if not placeholders or PLACEHOLDER not in text:
         return text
     if answer:
-        raise RecordProblem(where, f"{PLACEHOLDER} in {answer} turn: ft trains text answers, so images go in user turns")
+        raise RecordProblem(where, f"{PLACEHOLDER} in {answer[0]} turn: {answer[1]}")
     refs.extend(ImageRef(where, None) for _ in range(text.count(PLACEHOLDER)))
     return text.replace(PLACEHOLDER, _IMAGE)
 
