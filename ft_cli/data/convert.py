@@ -133,6 +133,7 @@ class Converter:
         self.mapped_columns_seen: set[str] = set()  # --map sources some record has: a typo'd one is an error
         self.first_columns: list[str] | None = None
         self._answers: dict[str, dict] = {}  # answers file -> {question id: ground truth}
+        self._images_checked: dict = {}  # each image file is opened once however many records use it
 
     def convert(self, inputs: list[str]) -> Iterator[Converted]:
         for spec in inputs:
@@ -183,7 +184,7 @@ class Converter:
         if self.options.unpair:
             raise RecordProblem("images", "--unpair writes KTO records, which ft does not read with images; train the pairs with DPO")
         (example,) = normalise(flat, data_format, self.options.text_field)
-        check_images(refs, ImageOptions(Path(source).parent, self.options.max_image_pixels, self.options.image_store))
+        check_images(refs, ImageOptions(Path(source).parent, self.options.max_image_pixels, self.options.image_store, self._images_checked))
         return Example(restore(example.record, refs, vision), example.shape, example.template_vars, refs)
 
     def _bfcl_answers(self, source: str) -> dict:

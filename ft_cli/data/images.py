@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,7 @@ class ImageOptions:
     base_dir: Path  # relative paths resolve against the data file's directory
     max_pixels: int = DEFAULT_MAX_PIXELS
     store: ImageStore | None = None  # where embedded images are written; None refuses them (ft train on raw data)
+    checked: dict = field(default_factory=dict)  # (path, size, mtime) -> (absolute path, width, height): an image reused is read once
 
 
 def has_images(record: dict) -> bool:
@@ -239,8 +240,12 @@ def _check(ref: ImageRef, options: ImageOptions) -> None:
         raise _Bad(f"no such file ({path})")
     if not path.is_file():
         raise _Bad(f"not a file ({path})")
-    ref.width, ref.height, _ = _measure(lambda: open(path, "rb"), path.stat().st_size, options.max_pixels)
-    ref.path = str(path.resolve())
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in options.checked:
+        width, height, _ = _measure(lambda: open(path, "rb"), stat.st_size, options.max_pixels)
+        options.checked[key] = (str(path.resolve()), width, height)
+    ref.path, ref.width, ref.height = options.checked[key]
 
 
 def _decode_data_url(url: str) -> bytes:
