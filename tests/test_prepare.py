@@ -253,7 +253,7 @@ BAD_INPUTS = [
     ("turn-not-object", "x.jsonl", jsonl({"messages": [{"role": "user", "content": "a"}, "b"]}), "chat", "1: messages[1]: expected an object, got string"),
     ("messages-not-list", "x.jsonl", jsonl({"messages": "hi"}), "chat", "1: messages: expected a list, got string"),
     ("empty-conversation", "x.jsonl", jsonl({"messages": []}), "chat", "1: messages: empty conversation"),
-    ("content-wrong-type", "x.jsonl", jsonl({"messages": [{"role": "user", "content": ["a"]}]}), "chat", "1: messages[0].content: expected a string, got array"),
+    ("content-wrong-type", "x.jsonl", jsonl({"messages": [{"role": "user", "content": ["a"]}]}), "chat", "1: messages[0].content[0]: expected a content part (an object with a type), got string"),
     ("empty-assistant", "x.jsonl", jsonl(chat(("user", "a"), ("assistant", ""))), "chat", "1: messages[1].content: empty assistant turn"),
     ("blank-assistant", "x.jsonl", jsonl(chat(("user", "a"), ("assistant", " \n"))), "chat", "1: messages[1].content: whitespace-only assistant turn"),
     ("no-final-assistant", "x.jsonl", jsonl(chat(("user", "a"), ("assistant", "b"), ("user", "c"))), "chat",

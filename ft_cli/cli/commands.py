@@ -93,11 +93,13 @@ def prepare(
         Optional[str], typer.Option("--chat-template", help="Replace --model's chat template: chatml_tools (tool calls in ChatML) or another template ft ships, or a .jinja file.")
     ] = None,
     answers: Annotated[Optional[str], typer.Option("--answers", help="BFCL ground truth (default: X.answers.json or possible_answer/X.json beside X.json).")] = None,
+    max_image_pixels: Annotated[int, typer.Option("--max-image-pixels", help="Refuse images with more pixels (width x height) than this.")] = 50_000_000,
 ) -> None:
     """Convert raw data into validated training JSONL.
 
     Reads Alpaca, ShareGPT, chat messages, plain text, preference, KTO (unpaired preference) and prompt-only data,
-    and tool-calling data (OpenAI tool_calls, ShareGPT function_call/observation, BFCL).
+    and tool-calling data (OpenAI tool_calls, ShareGPT function_call/observation, BFCL); images in chat, ShareGPT and
+    Alpaca records (content parts, data: URLs, an images column with <image> placeholders) are checked and kept as paths.
     """
     from ft_cli.data.prepare import PrepareOptions
     from ft_cli.data.prepare import prepare as run_prepare
@@ -107,6 +109,7 @@ def prepare(
         inputs=inputs, output=output, data_format=data_format, template=template, mapping=map_ or [], text_field=text_field,
         subset=subset, split=split, skip_invalid=skip_invalid, model=model, max_seq_length=max_seq_length, long=long,
         eval_split=eval_split, seed=seed, dedupe=dedupe, preview=preview, unpair=unpair, chat_template=chat_template, answers=answers,
+        max_image_pixels=max_image_pixels,
     )  # fmt: skip
     if as_json and not (preview and model):
         from ft_cli.core.errors import UsageError

@@ -28,6 +28,7 @@ from ft_cli.data.formats import (
     normalise_prompt_only,
     normalise_sharegpt,
 )
+from ft_cli.data.images import DEFAULT_MAX_PIXELS, ImageOptions, ImageStore, check_images, flatten, has_images, restore
 from ft_cli.data.preference_formats import UNPAIR_ADVICE, normalise_kto, normalise_preference, unpair
 from ft_cli.data.readers import Location, json_type, read_input
 from ft_cli.data.templates import Template, load_template
@@ -105,6 +106,8 @@ class ConvertOptions:
     split: str = "train"
     unpair: bool = False  # preference pairs become two KTO records each
     answers: str | None = None  # BFCL ground truth (--answers); by default found beside each question file
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    image_store: ImageStore | None = None  # where embedded (data: URL) images go; None refuses them
 
 
 @dataclass
@@ -130,6 +133,7 @@ class Converter:
         self.mapped_columns_seen: set[str] = set()  # --map sources some record has: a typo'd one is an error
         self.first_columns: list[str] | None = None
         self._answers: dict[str, dict] = {}  # answers file -> {question id: ground truth}
+        self._images_checked: dict = {}  # each image file is opened once however many records use it
 
     def convert(self, inputs: list[str]) -> Iterator[Converted]:
         for spec in inputs:
@@ -156,9 +160,15 @@ class Converter:
             try:
                 if data_format == "bfcl":
                     examples = [Example(normalise_bfcl(record, self._bfcl_answers(source)), "conversational")]
+                elif has_images(record):
+                    examples = [self._with_images(record, data_format, source)]
                 else:
                     examples = normalise(record, data_format, options.text_field, split_pairs=options.unpair)
                 self._check_shape(examples[0], raw.location)
+                if options.template is not None and examples[0].vision:
+                    raise RecordProblem(
+                        None, f"--template {options.template.name} renders text; records with images keep their messages (leave --template out)"
+                    )
                 if options.template is not None:
                     _check_template_renders_calls(options.template, examples)
                     examples = [options.template.apply(example) for example in examples]
@@ -167,6 +177,15 @@ class Converter:
                 continue
             self.output_shape = self.output_shape or examples[0].shape
             yield Converted(raw.location, examples, value=raw.value)
+
+    def _with_images(self, record: dict, data_format: str, source: str) -> Example:
+        """A record with images: the turns checked as text, then each image file checked (ft_cli.data.images)."""
+        flat, refs, vision = flatten(record, data_format)
+        if self.options.unpair:
+            raise RecordProblem("images", "--unpair writes KTO records, which ft does not read with images; train the pairs with DPO")
+        (example,) = normalise(flat, data_format, self.options.text_field)
+        check_images(refs, ImageOptions(Path(source).parent, self.options.max_image_pixels, self.options.image_store, self._images_checked))
+        return Example(restore(example.record, refs, vision), example.shape, example.template_vars, refs)
 
     def _bfcl_answers(self, source: str) -> dict:
         """The ground truth for a BFCL question file: --answers, else the file beside it; read once."""
@@ -210,12 +229,14 @@ class Converter:
         """TRL needs one shape per dataset: every record must look like the first one."""
         if self.first is None:
             self.first = (example, location)
-            self._first_kind = (example.shape, example.conversational)
+            self._first_kind = (example.shape, example.conversational, example.vision)
             return
         first, where = self.first
-        if self._first_kind != (example.shape, example.conversational):
+        if self._first_kind != (example.shape, example.conversational, example.vision):
             origin = "" if where.source == location.source else f" ({where})"
-            raise RecordProblem(None, f"expected {describe_shape(first)} like the first record{origin}")
+            # Arrow reads one column type per dataset: text and image records share a file only with images: [] on each text one
+            hint = "; give every record an images column (images: [] where a record has none)" if first.vision != example.vision else ""
+            raise RecordProblem(None, f"expected {describe_shape(first)} like the first record{origin}{hint}")
 
     def _in_source_terms(self, problem: RecordProblem) -> str:
         """Name a renamed column by the name the user's file has (`--map instruction=question` → 'question')."""

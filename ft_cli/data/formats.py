@@ -59,6 +59,12 @@ class Example:
     record: dict
     shape: str
     template_vars: dict = field(default_factory=dict)
+    images: list = field(default_factory=list)  # ImageRef per image of the record, in order (ft_cli.data.images)
+
+    @property
+    def vision(self) -> bool:
+        """Records with an images column (TRL's vision shape): a dataset is all of them or none."""
+        return "images" in self.record
 
     @property
     def conversational(self) -> bool:
@@ -339,4 +345,6 @@ def describe_shape(example: Example) -> str:
     columns = "+".join(SHAPE_COLUMNS[example.shape])
     if example.shape in ("preference", "prompt-completion", "unpaired-preference"):
         columns += " as message lists" if example.conversational else " as strings"
+    if example.shape == "conversational" and example.vision:
+        columns += " with an images column"
     return columns

@@ -29,6 +29,7 @@ from ft_cli.data.convert import (
     unused_mapping_error,
 )
 from ft_cli.data.formats import ALIASES, FORMATS, RecordProblem, canonical_format
+from ft_cli.data.images import DEFAULT_MAX_PIXELS, ImageStore, text_view
 from ft_cli.data.manifest import manifest_path, write_manifest
 from ft_cli.data.report import Stats, summarize_lengths
 from ft_cli.data.templates import TOKENIZER, load_template, template_tokens
@@ -58,6 +59,7 @@ class PrepareOptions:
     unpair: bool = False  # preference pairs → KTO records (prompt, chosen, true) + (prompt, rejected, false)
     chat_template: str | None = None  # replaces --model's chat template: a name ft ships (chatml_tools) or a .jinja file
     answers: str | None = None  # BFCL ground truth, when it is not beside the question file
+    max_image_pixels: int = DEFAULT_MAX_PIXELS  # larger images are refused (decompression bombs, or a mistake)
 
 
 @dataclass
@@ -69,6 +71,11 @@ class PrepareResult:
 
 def rejects_path(output: Path) -> Path:
     return output.with_name(f"{output.stem}.rejects.jsonl")
+
+
+def images_dir(output: Path) -> Path:
+    """Where embedded (data: URL) images are written: train.jsonl → train.images/<sha256>.<ext>."""
+    return output.with_name(f"{output.stem}.images")
 
 
 def eval_path(output: Path) -> Path:
@@ -100,6 +107,8 @@ def check_options(opts: PrepareOptions) -> None:
         problems.append("--max-seq-length needs --model: tokens are counted with its tokenizer")
     if opts.long in LONG_POLICIES and opts.long != "truncate" and not opts.max_seq_length:
         problems.append(f"--long {opts.long} needs --max-seq-length")
+    if opts.max_image_pixels <= 0:
+        problems.append(f"--max-image-pixels {opts.max_image_pixels}: expected an integer > 0")
     if opts.preview < 0:
         problems.append(f"--preview {opts.preview}: expected a number >= 0")
     if opts.unpair and opts.data_format in known and canonical_format(opts.data_format) not in ("auto", *UNPAIR_FORMATS):
@@ -126,6 +135,7 @@ def output_paths(opts: PrepareOptions) -> dict[str, Path]:
         paths["eval manifest"] = manifest_path(eval_path(opts.output))
     if opts.skip_invalid:
         paths["rejects file"] = rejects_path(opts.output)
+    paths["images directory"] = images_dir(opts.output)
     return paths
 
 
@@ -134,6 +144,10 @@ def _output_problems(opts: PrepareOptions) -> list[str]:
     problems = []
     for what, path in output_paths(opts).items():
         label = f"-o {opts.output}" if what == "-o" else f"-o {opts.output}: its {what} {path}"
+        if what == "images directory":
+            if path.is_symlink() or (path.exists() and not path.is_dir()):
+                problems.append(f"{label}: exists and is not a directory; ft writes embedded images there")
+            continue
         if path.is_symlink() or (path.exists() and not path.is_file()):
             problems.append(f"{label}: exists and is not a regular file (a link, device or directory); ft replaces only regular files")
             continue
@@ -149,7 +163,7 @@ def _output_problems(opts: PrepareOptions) -> list[str]:
 
 def prepare(opts: PrepareOptions) -> PrepareResult:
     check_options(opts)
-    remove_stale_temp_files(output_paths(opts).values())
+    remove_stale_temp_files(path for what, path in output_paths(opts).items() if what != "images directory")
     mapping = parse_mapping(opts.mapping)
     template = load_template(opts.template)
     tokenizer = None
@@ -161,7 +175,13 @@ def prepare(opts: PrepareOptions) -> PrepareResult:
         template.check()
         if tokenizer is not None:  # a model's own template file may use bos_token / eos_token
             template.special_tokens = template_tokens(tokenizer)
-    converter = Converter(ConvertOptions(opts.data_format, template, mapping, opts.text_field, opts.subset, opts.split, opts.unpair, opts.answers))
+    store = ImageStore(images_dir(opts.output))
+    store.remove_stale()
+    converter = Converter(
+        ConvertOptions(
+            opts.data_format, template, mapping, opts.text_field, opts.subset, opts.split, opts.unpair, opts.answers, opts.max_image_pixels, store
+        )
+    )
     stats = Stats(
         detected=opts.data_format == "auto", template=opts.template, chat_template=opts.chat_template, long_policy=opts.long, max_seq_length=opts.max_seq_length
     )
@@ -171,14 +191,19 @@ def prepare(opts: PrepareOptions) -> PrepareResult:
     try:
         staging = _convert_all(opts, converter, tokenizer, stats, staged, rejects)
         stats.formats, stats.shape = converter.formats, converter.output_shape
+        stats.shape_has_images = converter.first is not None and converter.first[0].vision
         if (problem := unused_mapping_error(converter)) is not None:
             raise problem
         finals = _finish(opts, staged, staging, stats)
+        store.publish()  # the images first: a published JSONL never names a missing image
+        if store.staged:
+            stats.outputs["images"] = (store.final_dir, len(store.staged))
         _publish(opts, finals, rejects, stats, tokenizer)
     except BaseException:
         for writer in (staged, rejects, *finals):
             if writer is not None:
                 writer.discard()
+        store.discard()
         raise
     return PrepareResult(stats, staging.previews, tokenizer)
 
@@ -221,10 +246,12 @@ def _convert_all(opts, converter, tokenizer, stats, staged, rejects) -> _Staging
                     continue
                 for example in item.examples:
                     stats.examples += 1
+                    # Images as text markers: a text tokenizer renders them, and they show where the image tokens go
+                    shown = text_view(example.record, example.images) if example.vision else example.record
                     if tokenizer is not None:
-                        require_tool_rendering(tokenizer, example.record, who, PREPARE_FIX)
+                        require_tool_rendering(tokenizer, shown, who, PREPARE_FIX)
                         try:
-                            sequences = loss_sequences(capped(example.record, opts.max_seq_length or COUNT_LIMIT, tokenizer), tokenizer)
+                            sequences = loss_sequences(capped(shown, opts.max_seq_length or COUNT_LIMIT, tokenizer), tokenizer)
                         except RecordProblem as problem:  # the model's template refuses or rewrites the record
                             refuse(item.location, str(problem), item.value)
                             continue
@@ -253,13 +280,15 @@ def _convert_all(opts, converter, tokenizer, stats, staged, rejects) -> _Staging
                         continue
                     staged.write_encoded(line)
                     stats.count_tools(example.record)
+                    if example.vision:
+                        stats.images.count(example.images)
                     hashes.append(int.from_bytes(hashlib.blake2b(line, digest_size=8).digest(), "little"))
                     if example.shape == "unpaired-preference":  # every record has the first one's shape
                         staging.labels.append(int(example.record["label"]))
                     if opts.unpair:
                         staging.sources.append(stats.records_in)
                     if len(previews) < opts.preview:
-                        previews.append(example.record)
+                        previews.append(shown)
     if stats.rejected and not opts.skip_invalid:
         raise invalid_records_error(
             opts.inputs, stats.rejected, problems, f"nothing written (--skip-invalid writes the valid ones and the rest to {rejects_path(opts.output).name})"
@@ -407,6 +436,8 @@ def _publish(opts: PrepareOptions, finals: list[AtomicJsonl], rejects: AtomicJso
             "token_lengths": stats.token_lengths,
             "ft_version": __version__,
         }
+        if stats.images.records or stats.shape_has_images:
+            manifest["images"] = {**stats.images.as_dict(), "max_image_pixels": opts.max_image_pixels}
         if split in stats.labels:
             manifest["labels"] = dict(zip(("desirable", "undesirable"), stats.labels[split]))
         if tokenizer is not None:

@@ -8,6 +8,8 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ft_cli.data.images import ImageStats
+
 # Without colour (a pipe, a log file, NO_COLOR) trained text is bracketed instead.
 TRAINED_OPEN, TRAINED_CLOSE = "⟦", "⟧"
 
@@ -37,6 +39,8 @@ class Stats:
     tool_calls: int = 0
     tool_turns: int = 0  # tool results
     tools_offered: set[str] = field(default_factory=set)  # distinct function names offered
+    images: ImageStats = field(default_factory=ImageStats)
+    shape_has_images: bool = False  # records carry an images column (TRL's vision shape)
 
     def count_tools(self, record: dict) -> None:
         from ft_cli.data.tool_formats import tool_counts
@@ -74,6 +78,9 @@ def report_rows(stats: Stats) -> list[tuple[str, str]]:
         rows.append(
             ("tool calls", f"{stats.tool_calls} in {stats.tool_records} records; {stats.tool_turns} tool results; {len(stats.tools_offered)} distinct tools offered")
         )
+    if stats.shape_has_images:
+        counted = "; tokens count each as its text marker, not the processor's image tokens" if stats.token_lengths else ""
+        rows.append(("images", stats.images.row() + counted))
     dropped = " (dropped)" if stats.dropped_duplicates else " (kept; --dedupe drops them)" if stats.duplicates else ""
     rows.append(("exact duplicates", f"{stats.duplicates}{dropped}"))
     if stats.token_lengths:
@@ -91,6 +98,9 @@ def report_rows(stats: Stats) -> list[tuple[str, str]]:
         )
     if (weights := kto_weight_hint(*stats.labels.get("train", (0, 0)))) is not None:
         rows.append(("label balance", weights))
+    if "images" in stats.outputs:
+        where, count = stats.outputs["images"]
+        rows.append(("embedded images written", f"{count} → {where}"))
     for name in ("train", "eval"):
         if name in stats.outputs:
             path, count = stats.outputs[name]
