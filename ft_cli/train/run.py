@@ -158,12 +158,19 @@ def train(
         wait_for_everyone()  # every process has read the run directory before rank 0 writes into it
     check_integrations(loaded)
     backend, why = choose_backend(cfg, source=loaded.source_of("backend"))
-    train_data = load_training_records(cfg.data.train, cfg.method, method.shapes, cfg.data.format, cfg.data.template, cfg.model.path)
-    eval_data = (
-        load_training_records(cfg.data.eval, cfg.method, method.shapes, cfg.data.format, cfg.data.template, cfg.model.path)
-        if cfg.data.eval
-        else None
-    )
+    if _trains_on_images(cfg):  # SFT of a vision-language model: image chats (ft_cli/train/vision.py)
+        from ft_cli.train.vision import load_vision_records, refuse_unsupported
+
+        refuse_unsupported(loaded, backend)
+        train_data = load_vision_records(cfg.data.train)
+        eval_data = load_vision_records(cfg.data.eval) if cfg.data.eval else None
+    else:
+        train_data = load_training_records(cfg.data.train, cfg.method, method.shapes, cfg.data.format, cfg.data.template, cfg.model.path)
+        eval_data = (
+            load_training_records(cfg.data.eval, cfg.method, method.shapes, cfg.data.format, cfg.data.template, cfg.model.path)
+            if cfg.data.eval
+            else None
+        )
     if method.takes_chats_as_prompts:  # distillation samples the answers itself: chats give their prompts
         train_data = as_prompts(train_data)
         eval_data = as_prompts(eval_data) if eval_data else None
@@ -320,6 +327,10 @@ def build_trainer(
     from ft_cli.train.model import load_tokenizer, with_chat_template
 
     cfg = loaded.config
+    if _trains_on_images(cfg):
+        from ft_cli.train.vision_trainer import build_vision_trainer
+
+        return build_vision_trainer(loaded, train_data, eval_data, callbacks)
     method = METHODS[cfg.method]
     output_dir = Path(cfg.training.output_dir)
     # Weights made at load time (a reward model's new score head) come from training.seed, like everything after;
@@ -392,6 +403,12 @@ def build_trainer(
     if cfg.method == "sft":
         _check_some_labels_are_trained(trainer.train_dataset, cfg.data.train)
     return trainer
+
+
+def _trains_on_images(cfg) -> bool:
+    from ft_cli.train.vision import is_vision_model
+
+    return cfg.method == "sft" and is_vision_model(cfg.model)
 
 
 def _as_dataset(data: TrainingData, sft: bool = False):
