@@ -330,7 +330,9 @@ def build_trainer(
     if _trains_on_images(cfg):
         from ft_cli.train.vision_trainer import build_vision_trainer
 
-        return build_vision_trainer(loaded, train_data, eval_data, callbacks)
+        has_eval = eval_data is not None or cfg.data.eval_split > 0
+        args = _trainer_args(loaded, METHODS[cfg.method], Path(cfg.training.output_dir), train_data.shape, has_eval)
+        return build_vision_trainer(loaded, train_data, eval_data, args, say, callbacks)
     method = METHODS[cfg.method]
     output_dir = Path(cfg.training.output_dir)
     # Weights made at load time (a reward model's new score head) come from training.seed, like everything after;

@@ -13,12 +13,11 @@ from ft_cli.train.distributed import with_fsdp_on_cpu
 from ft_cli.train.trackers import quiet_tracker_prints
 
 
-def build_vision_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_data: TrainingData | None, callbacks=()):
+def build_vision_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_data: TrainingData | None, args, say, callbacks=()):
     """build_trainer for SFT on images: the processor, ft's vision collator (answer masks), LoRA on the language model."""
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback
 
-    from ft_cli.train.run import _trainer_args, say
     from ft_cli.train.callbacks import MetricsCallback, PreemptionCallback, ProgressCallback, ScheduleOnResume
     from ft_cli.train.checkpoints import with_safe_checkpoints
     from ft_cli.train.vision import VisionCollator, as_dataset, check_records, load_vision_model_and_lora
@@ -33,7 +32,7 @@ def build_vision_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_da
     if eval_data is not None:
         check_records(eval_data, collator)
     say(f"images: {sum(len(r['images']) for r in train_data.records)} in {len(train_data.records)} records, "
-        f"up to {max(image_tokens, default=0)} per record; vision tower "
+        f"up to {max(image_tokens, default=0)} image tokens per record; vision tower "
         f"{'frozen' if cfg.model.freeze_vision_tower else 'trained'}, projector {'frozen' if cfg.model.freeze_multi_modal_projector else 'trained'}; "
         "not packed (image records are batched with padding)")  # fmt: skip
     train_dataset = as_dataset(train_data)
@@ -44,7 +43,7 @@ def build_vision_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_da
     trainer_cls = with_fsdp_on_cpu(with_safe_checkpoints(method.load(method.trainer)))
     trainer = trainer_cls(
         model=model,
-        args=_trainer_args(loaded, method, output_dir, train_data.shape, has_eval=eval_dataset is not None),
+        args=args,  # run._trainer_args: the shared training settings
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=collator,
