@@ -154,13 +154,13 @@ def test_labels_are_the_answers_and_match_trls_training_template(family, vision_
     assert (record["labels"][0] != -100).tolist() == policy
 
 
-def _train_config(tmp_path: Path, model: Path, data: Path, steps: int, extra: str = "") -> Path:
+def _train_config(tmp_path: Path, model: Path, data: Path, steps: int, extra: str = "", lora: str = "{r: 8, alpha: 16, dropout: 0.0}", lr: float = 0.005) -> Path:
     path = tmp_path / "run.yaml"
     path.write_text(
-        f"method: sft\nmodel: {{path: {model}, max_seq_length: 256}}\nlora: {{r: 8, alpha: 16, dropout: 0.0}}\n"
+        f"method: sft\nmodel: {{path: {model}, max_seq_length: 256}}\nlora: {lora}\n"
         f"data: {{train: {data}}}\ntraining: {{output_dir: {tmp_path / 'out'}, max_steps: {steps}, per_device_train_batch_size: 4, "
         "gradient_accumulation_steps: 1, logging_steps: 1, save_steps: 1000, optim: adamw_torch, gradient_checkpointing: false, "
-        f"learning_rate: 0.005, lr_scheduler_type: constant, seed: 0{extra}}}\n"
+        f"learning_rate: {lr}, lr_scheduler_type: constant, seed: 0{extra}}}\n"
     )
     return path
 
@@ -207,24 +207,25 @@ def test_vision_tower_and_projector_frozen_by_default_and_lora_targets(vision_mo
 
 
 @pytest.mark.slow
-@pytest.mark.cost(150)
+@pytest.mark.cost(45)
 def test_it_learns_to_read_the_colour_from_the_image(vision_model_dir, tmp_path, ft):
     """Only the image says the colour: after a short SFT the held-out accuracy is far above chance (25%), and with the
     images swapped for other colours the model follows the image, not the question."""
     import torch
-    from peft import PeftModel
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     model_dir = vision_model_dir("gemma3-vision")
     rng = random.Random(0)
     names = list(COLOURS)
     train = [image_chat(tmp_path, f"t{k}", rng.choice(names), size=rng.choice([24, 32, 48])) for k in range(96)]
-    config = _train_config(tmp_path, model_dir, write_jsonl(tmp_path / "train.jsonl", train), 60)
+    # The language model trains in full, the vision tower and projector stay frozen (random): the answer must come
+    # through them. (LoRA alone cannot move a random miniature's tiny logits far: its output head and norms stay as built.)
+    config = _train_config(tmp_path, model_dir, write_jsonl(tmp_path / "train.jsonl", train), 100, lora="{enabled: false}", lr=0.003)
     result = ft("train", config, timeout=900)
     assert result.returncode == 0, result.stderr
 
     processor = AutoProcessor.from_pretrained(model_dir)
-    model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(model_dir), tmp_path / "out" / "lora_weights").eval()
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "out" / "model").eval()
     from PIL import Image
 
     def answer(colour: str, shade: int, question: str = QUESTION) -> str:
@@ -240,9 +241,15 @@ def test_it_learns_to_read_the_colour_from_the_image(vision_model_dir, tmp_path,
     accuracy = sum(answer(colour, shade) == colour for colour, shade in held_out) / len(held_out)
     print(f"held-out accuracy {accuracy:.2f} (chance 0.25)")
     assert accuracy >= 0.75
-    # Swapped: the question names one colour, the image shows another: the answer follows the image.
-    swapped = [answer(names[(k + 1) % 4], 0, f"{QUESTION} The caption says {colour}.") for k, colour in enumerate(names)]
-    by_image = sum(said == names[(k + 1) % 4] for k, said in enumerate(swapped))
-    by_prompt = sum(said == colour for said, colour in zip(swapped, names))
-    print(f"swapped images: {by_image}/4 answered by the image, {by_prompt}/4 by the prompt")
-    assert by_image >= 3 and by_prompt == 0
+    # Swapped: each held-out record's image replaced by the next colour's: the answers follow the images, so they are
+    # wrong for the records' own labels.
+    swapped = [(colour, names[(names.index(colour) + 1) % 4], answer(names[(names.index(colour) + 1) % 4], shade)) for colour, shade in held_out]
+    by_image = sum(said == shown for _, shown, said in swapped) / len(swapped)
+    by_label = sum(said == label for label, _, said in swapped) / len(swapped)
+    print(f"swapped images: {by_image:.2f} answered as the image shows, {by_label:.2f} as the record's label")
+    assert by_image >= 0.75 and by_label <= 0.1
+    # A question that names a wrong colour does not win over the image either.
+    misled = [answer(names[(k + 1) % 4], 0, f"{QUESTION} The caption says {colour}.") for k, colour in enumerate(names)]
+    print(f"misleading captions: {sum(said == names[(k + 1) % 4] for k, said in enumerate(misled))}/4 as the image, "
+          f"{sum(said == colour for said, colour in zip(misled, names))}/4 as the caption; answers {misled}")
+    assert not any(said == colour for said, colour in zip(misled, names))

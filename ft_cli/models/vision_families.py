@@ -189,6 +189,10 @@ def build_vision_model(out_dir: str | Path, family: str, seed: int = 0, overwrit
     config, write_processor = _BUILDERS[family](spec, tokenizer)
     torch.manual_seed(seed)
     model = getattr(transformers, spec.architecture)(config)
+    if family == "gemma3-vision":
+        # transformers initialises Gemma 3's projection to zeros (the real one is trained): an image would reach the
+        # language model as nothing. Random like every other linear layer, so the miniature can see.
+        torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=config.initializer_range)
     text = spec.text
     ids = tokenizer.convert_tokens_to_ids
     model.generation_config = GenerationConfig(
