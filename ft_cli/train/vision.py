@@ -52,6 +52,11 @@ def is_vision_model(model: ModelSection) -> bool:
         return False
 
 
+def trains_on_images(cfg: Config) -> bool:
+    """SFT of a vision-language model: ft_cli/train/vision_trainer.py builds its trainer."""
+    return cfg.method == "sft" and is_vision_model(cfg.model)
+
+
 def refuse_unsupported(loaded, backend: str) -> None:
     """Settings image records cannot honour, each as one line naming where it was set."""
     cfg = loaded.config
@@ -235,6 +240,14 @@ def check_records(data, collator: VisionCollator) -> list[int]:
     if problems:
         raise template_problems_error(data, problems)
     return image_tokens
+
+
+def dry_run_lengths(cfg: Config, data) -> list[int]:
+    """`ft train --dry-run`: each record's tokens with its images expanded (the processor alone, no weights),
+    after every record is checked as training would check it."""
+    collator = VisionCollator(load_processor(cfg.model), cfg.model.max_seq_length)
+    check_records(data, collator)
+    return [int(collator.encode([record])["attention_mask"].sum()) for record in data.records]
 
 
 # --- model ------------------------------------------------------------------------------------------
