@@ -184,6 +184,18 @@ def test_ft_train_sft_lora_on_images_adapts_only_the_language_model(family, visi
     assert refused.returncode == 2 and "training.packing: image records are not packed" in refused.stderr
 
 
+def test_bad_image_records_are_one_line_each_before_the_model_loads(vision_model_dir, tmp_path, ft):
+    good = image_chat(tmp_path, "ok", "red")
+    missing = {**good, "images": [str(tmp_path / "nowhere.png")]}
+    two_parts = {**good, "messages": [{"role": "user", "content": [{"type": "image"}, {"type": "image"}]}, good["messages"][1]]}
+    data = write_jsonl(tmp_path / "bad.jsonl", [good, missing, two_parts])
+    result = ft("train", _train_config(tmp_path, vision_model_dir("gemma3-vision"), data, 1))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{data}:2: images: {tmp_path / 'nowhere.png'}: image file not found" in result.stderr
+    assert f"{data}:3: messages: 2 image part(s) for 1 image(s) in images" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_vision_tower_and_projector_frozen_by_default_and_lora_targets(vision_model_dir):
     from ft_cli.config.loading import Config
     from ft_cli.train.vision import load_vision_model_and_lora, vision_parts
@@ -226,6 +238,11 @@ def test_it_learns_to_read_the_colour_from_the_image(vision_model_dir, tmp_path,
 
     processor = AutoProcessor.from_pretrained(model_dir)
     model = AutoModelForImageTextToText.from_pretrained(tmp_path / "out" / "model").eval()
+    base = AutoModelForImageTextToText.from_pretrained(model_dir).state_dict()
+    trained = model.state_dict()
+    frozen = [name for name in base if "vision_tower." in name or "multi_modal_projector." in name]
+    assert frozen and all(torch.equal(base[name], trained[name]) for name in frozen)  # tower and projector as built
+    assert not all(torch.equal(base[name], trained[name]) for name in base if "language_model." in name)
     from PIL import Image
 
     def answer(colour: str, shade: int, question: str = QUESTION) -> str:
