@@ -184,6 +184,21 @@ def test_ft_train_sft_lora_on_images_adapts_only_the_language_model(family, visi
     assert refused.returncode == 2 and "training.packing: image records are not packed" in refused.stderr
 
 
+def test_full_fine_tuning_trains_the_language_model_and_keeps_tower_and_projector(vision_model_dir, tmp_path, ft):
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    records = [image_chat(tmp_path, f"i{k}", colour) for k, colour in enumerate(["red", "blue", "green", "yellow"])]
+    config = _train_config(tmp_path, vision_model_dir("smolvlm"), write_jsonl(tmp_path / "train.jsonl", records), 2, lora="{enabled: false}")
+    result = ft("train", config)
+    assert result.returncode == 0, result.stderr
+    base = AutoModelForImageTextToText.from_pretrained(vision_model_dir("smolvlm")).state_dict()
+    trained = AutoModelForImageTextToText.from_pretrained(tmp_path / "out" / "model").state_dict()
+    frozen = [name for name in base if "vision_model." in name or "connector." in name]
+    assert frozen and all(torch.equal(base[name], trained[name]) for name in frozen)
+    assert not all(torch.equal(base[name], trained[name]) for name in base if "text_model." in name)
+
+
 def test_bad_image_records_are_one_line_each_before_the_model_loads(vision_model_dir, tmp_path, ft):
     good = image_chat(tmp_path, "ok", "red")
     missing = {**good, "images": [str(tmp_path / "nowhere.png")]}
@@ -224,25 +239,21 @@ def test_it_learns_to_read_the_colour_from_the_image(vision_model_dir, tmp_path,
     """Only the image says the colour: after a short SFT the held-out accuracy is far above chance (25%), and with the
     images swapped for other colours the model follows the image, not the question."""
     import torch
+    from peft import PeftModel
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     model_dir = vision_model_dir("gemma3-vision")
     rng = random.Random(0)
     names = list(COLOURS)
     train = [image_chat(tmp_path, f"t{k}", rng.choice(names), size=rng.choice([24, 32, 48])) for k in range(96)]
-    # The language model trains in full, the vision tower and projector stay frozen (random): the answer must come
-    # through them. (LoRA alone cannot move a random miniature's tiny logits far: its output head and norms stay as built.)
-    config = _train_config(tmp_path, model_dir, write_jsonl(tmp_path / "train.jsonl", train), 100, lora="{enabled: false}", lr=0.003)
+    # LoRA on the language model (ft's default); the vision tower and projector stay as built (random): the answer
+    # can only come through them.
+    config = _train_config(tmp_path, model_dir, write_jsonl(tmp_path / "train.jsonl", train), 100, lora="{r: 16, alpha: 32, dropout: 0.0}", lr=0.01)
     result = ft("train", config, timeout=900)
     assert result.returncode == 0, result.stderr
 
     processor = AutoProcessor.from_pretrained(model_dir)
-    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "out" / "model").eval()
-    base = AutoModelForImageTextToText.from_pretrained(model_dir).state_dict()
-    trained = model.state_dict()
-    frozen = [name for name in base if "vision_tower." in name or "multi_modal_projector." in name]
-    assert frozen and all(torch.equal(base[name], trained[name]) for name in frozen)  # tower and projector as built
-    assert not all(torch.equal(base[name], trained[name]) for name in base if "language_model." in name)
+    model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(model_dir), tmp_path / "out" / "lora_weights").eval()
     from PIL import Image
 
     def answer(colour: str, shade: int, question: str = QUESTION) -> str:
@@ -255,8 +266,11 @@ def test_it_learns_to_read_the_colour_from_the_image(vision_model_dir, tmp_path,
         return processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
     held_out = [(colour, shade) for colour in names for shade in (-15, 0, 15)]  # shades and a size never trained on
+    with model.disable_adapter():  # the miniature as built: no colour names at all
+        before = sum(answer(colour, shade) == colour for colour, shade in held_out) / len(held_out)
     accuracy = sum(answer(colour, shade) == colour for colour, shade in held_out) / len(held_out)
-    print(f"held-out accuracy {accuracy:.2f} (chance 0.25)")
+    print(f"held-out accuracy {before:.2f} before, {accuracy:.2f} after (chance 0.25)")
+    assert before <= 0.25
     assert accuracy >= 0.75
     # Swapped: each held-out record's image replaced by the next colour's: the answers follow the images, so they are
     # wrong for the records' own labels.
@@ -265,8 +279,3 @@ def test_it_learns_to_read_the_colour_from_the_image(vision_model_dir, tmp_path,
     by_label = sum(said == label for label, _, said in swapped) / len(swapped)
     print(f"swapped images: {by_image:.2f} answered as the image shows, {by_label:.2f} as the record's label")
     assert by_image >= 0.75 and by_label <= 0.1
-    # A question that names a wrong colour does not win over the image either.
-    misled = [answer(names[(k + 1) % 4], 0, f"{QUESTION} The caption says {colour}.") for k, colour in enumerate(names)]
-    print(f"misleading captions: {sum(said == names[(k + 1) % 4] for k, said in enumerate(misled))}/4 as the image, "
-          f"{sum(said == colour for said, colour in zip(misled, names))}/4 as the caption; answers {misled}")
-    assert not any(said == colour for said, colour in zip(misled, names))
