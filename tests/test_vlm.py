@@ -40,6 +40,24 @@ def vision_model_dir(tmp_path_factory):
     return get
 
 
+def processor_for(directory: Path):
+    """AutoProcessor; for Qwen2.5-VL without torchvision, its processor class assembled by hand from the miniature's
+    tokenizer, image processor and template, with no video processor (a test-only stand-in: transformers refuses
+    to build the class without one, and only videos use it), so ft's masks are still checked on its template."""
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+    if HAS_TORCHVISION or json.loads((directory / "config.json").read_text())["model_type"] != "qwen2_5_vl":
+        return AutoProcessor.from_pretrained(directory)
+    from transformers import Qwen2_5_VLProcessor
+
+    processor = object.__new__(Qwen2_5_VLProcessor)
+    processor.tokenizer, processor.image_processor = AutoTokenizer.from_pretrained(directory), AutoImageProcessor.from_pretrained(directory)
+    processor.chat_template = (directory / "chat_template.jinja").read_text()
+    processor.image_token, processor.video_token = "<|image_pad|>", "<|video_pad|>"
+    processor.image_token_id, processor.video_token_id = processor.tokenizer.convert_tokens_to_ids(["<|image_pad|>", "<|video_pad|>"])
+    return processor
+
+
 def image_chat(directory: Path, name: str, colour: str, answer: str | None = None, size: int = 32) -> dict:
     from PIL import Image
 
@@ -98,16 +116,15 @@ def test_qwen2_5_vl_processor_without_torchvision_is_one_line(vision_model_dir):
         load_processor(ModelSection(path=str(vision_model_dir("qwen2.5-vl"))))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ["gemma3-vision", "smolvlm", "qwen2.5-vl"])
 def test_labels_are_the_answers_and_match_trls_training_template(family, vision_model_dir, tmp_path):
     """ft's labels: the assistant's answer and its stop token, never an image token; TRL's `{% generation %}` mask
     (the outside referee) is the same up to ft's first-stop policy (the template's newline after the stop token)."""
     from PIL import Image
-    from transformers import AutoProcessor
 
     from ft_cli.train.vision import VisionCollator
 
-    processor = AutoProcessor.from_pretrained(vision_model_dir(family))
+    processor = processor_for(vision_model_dir(family))
     tokenizer = processor.tokenizer
     two_turns = image_chat(tmp_path, "a", "blue", "It is blue.")
     two_turns["messages"] += [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "And this?"}]},
@@ -197,6 +214,40 @@ def test_full_fine_tuning_trains_the_language_model_and_keeps_tower_and_projecto
     frozen = [name for name in base if "vision_model." in name or "connector." in name]
     assert frozen and all(torch.equal(base[name], trained[name]) for name in frozen)
     assert not all(torch.equal(base[name], trained[name]) for name in base if "text_model." in name)
+
+
+def test_qwen2_5_vl_lora_step_on_a_batch_leaves_the_tower_and_merger(vision_model_dir, tmp_path):
+    """Qwen2.5-VL in process (its CLI run needs torchvision): LoRA targets the language model only, not the tower nor
+    the patch merger inside it, and one optimizer step on ft's batch moves only the adapter."""
+    import re
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from ft_cli.train.vision import VisionCollator, lora_targets, vision_parts
+
+    directory = vision_model_dir("qwen2.5-vl")
+    model = AutoModelForImageTextToText.from_pretrained(directory)
+    parts = vision_parts(model)
+    assert parts == {"language": "model.language_model", "tower": "model.visual", "projector": "model.visual.merger"}
+    targets = lora_targets(model, parts, "all-linear", tower_frozen=True)
+    chosen = [name for name, _ in model.named_modules() if re.fullmatch(targets, name)]
+    assert chosen and all(name.startswith("model.language_model.") for name in chosen)
+    unfrozen = lora_targets(model, parts, ["qkv", "q_proj"], tower_frozen=False)
+    chosen = [name for name, _ in model.named_modules() if re.fullmatch(unfrozen, name)]
+    assert any(name.startswith("model.visual.blocks.") for name in chosen) and not any(".merger." in name for name in chosen)
+    assert {name.rsplit(".", 1)[-1] for name in chosen} == {"qkv", "q_proj"}
+
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    before = {name: value.clone() for name, value in peft_model.state_dict().items() if "lora_" not in name}
+    batch = VisionCollator(processor_for(directory), 256).encode([image_chat(tmp_path, "q", "red"), image_chat(tmp_path, "r", "blue", size=48)])
+    loss = peft_model(**{k: v for k, v in batch.items() if k not in ("offset_mapping", "text_replacement_offsets")}).loss
+    loss.backward()
+    torch.optim.SGD([p for p in peft_model.parameters() if p.requires_grad], lr=1.0).step()
+    assert torch.isfinite(loss)
+    after = peft_model.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before)
 
 
 def test_bad_image_records_are_one_line_each_before_the_model_loads(vision_model_dir, tmp_path, ft):
