@@ -285,7 +285,7 @@ def test_vision_tower_and_projector_frozen_by_default_and_lora_targets(vision_mo
 
 
 @pytest.mark.slow
-@pytest.mark.cost(45)
+@pytest.mark.cost(30)
 def test_it_learns_to_read_the_colour_from_the_image(vision_model_dir, tmp_path, ft):
     """Only the image says the colour: after a short SFT the held-out accuracy is far above chance (25%), and with the
     images swapped for other colours the model follows the image, not the question."""

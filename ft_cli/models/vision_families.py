@@ -88,7 +88,7 @@ def _text_config(spec: VisionFamily, tokenizer) -> dict:
 
 
 def _qwen2_5_vl(spec: VisionFamily, tokenizer):
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLProcessor, Qwen2VLImageProcessorPil
+    from transformers import Qwen2_5_VLConfig, Qwen2VLImageProcessorPil
 
     ids = tokenizer.convert_tokens_to_ids
     text = _text_config(spec, tokenizer)
@@ -108,7 +108,8 @@ def _qwen2_5_vl(spec: VisionFamily, tokenizer):
                                                temporal_patch_size=2, image_mean=CLIP_MEAN, image_std=CLIP_STD)  # fmt: skip
 
     def processor_files(directory: Path) -> None:
-        # Written piece by piece: Qwen2_5_VLProcessor cannot be built without torchvision (its video processor).
+        # Written piece by piece (what Qwen2_5_VLProcessor.save_pretrained writes): transformers cannot build that
+        # class without torchvision, which its video processor needs.
         tokenizer.save_pretrained(directory)
         image_processor.save_pretrained(directory)
         video = {**image_processor.to_dict(), "video_processor_type": "Qwen2VLVideoProcessor", "min_pixels": 3136,
@@ -118,7 +119,6 @@ def _qwen2_5_vl(spec: VisionFamily, tokenizer):
         (directory / "processor_config.json").write_text(json.dumps({"processor_class": spec.processor}, indent=2) + "\n")
         (directory / "chat_template.jinja").write_text(tokenizer.chat_template, encoding="utf-8")
 
-    del Qwen2_5_VLProcessor  # named for the reader: the class processor_config.json names
     return config, processor_files
 
 

@@ -84,6 +84,9 @@ def load_vision_records(path: str | Path):
         lines = [number for number, line in enumerate(handle, start=1) if line.strip()]
     problems = []
     for line, record in zip(lines, records):
+        if isinstance(record.get("images"), list):  # a relative path is relative to the data file, as in ft prepare
+            record["images"] = [str(path.parent / image) if isinstance(image, str) and not Path(image).is_absolute() else image
+                                for image in record["images"]]  # fmt: skip
         problem = _record_problem(record)
         if problem:
             problems.append(f"{path}:{line}: {problem}")
@@ -94,8 +97,8 @@ def load_vision_records(path: str | Path):
 
 def _record_problem(record: dict) -> str | None:
     messages, images = record.get("messages"), record.get("images", [])
-    if not isinstance(messages, list) or not messages:
-        return "messages: expected a non-empty list of turns"
+    if not isinstance(messages, list) or not messages or not all(isinstance(turn, dict) for turn in messages):
+        return "messages: expected a non-empty list of turns (objects with role and content)"
     if not isinstance(images, list) or not all(isinstance(image, str) for image in images):
         return "images: expected a list of image file paths"
     parts = sum(1 for turn in messages if isinstance(turn.get("content"), list)
@@ -125,7 +128,8 @@ def as_image_chat(record: dict) -> dict:
 def as_dataset(data):
     from datasets import Dataset
 
-    # Arrow gives every part the keys of all the others (text: null on image parts); the collator drops them again.
+    # messages cross datasets as JSON text: Arrow would give every part the keys of all the others (text: null on
+    # image parts) and refuse content that is a string in one turn and a list in another.
     return Dataset.from_list([{"messages": json.dumps(r["messages"]), "images": r["images"]} for r in data.records])
 
 
@@ -155,8 +159,6 @@ class VisionCollator:
 
     def encode(self, records: list[dict]):
         """The processor's batch (padded on the right) with `labels`: -100 everywhere but the answers ft trains."""
-        from PIL import Image
-
         from ft_cli.data.chat_masks import assistant_spans
 
         texts, spans = [], []
