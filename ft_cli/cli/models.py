@@ -22,7 +22,7 @@ def tiny_model(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing directory.")] = False,
     family: Annotated[
         Optional[str],
-        typer.Option(help="A faithful miniature of a family: llama3.1, llama3.2, qwen2.5, qwen3, mistral, gemma3, phi3, smollm2, deepseek-r1-distill."),
+        typer.Option(help="A faithful miniature of a family: llama3.1, llama3.2, qwen2.5, qwen3, mistral, gemma3, phi3, smollm2, deepseek-r1-distill; vision-language: qwen2.5-vl, smolvlm, gemma3-vision."),
     ] = None,
 ) -> None:
     """Build a tiny offline model for tests and demos.
@@ -33,6 +33,12 @@ def tiny_model(
     """
     if family is not None:
         from ft_cli.models.families import build_family_model
+        from ft_cli.models.vision_families import VISION_FAMILIES, build_vision_model
+
+        if family in VISION_FAMILIES:
+            path = build_vision_model(out_dir, family, seed=seed, overwrite=overwrite)
+            typer.echo(f"tiny {family} model written to {path}")
+            return
 
         path = build_family_model(out_dir, family, seed=seed, overwrite=overwrite)
         typer.echo(f"tiny {family} model written to {path}")

@@ -98,6 +98,12 @@ class ModelSection(Section):
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"] = Field(
         "auto", description="Attention kernel; auto lets transformers choose."
     )
+    freeze_vision_tower: bool = Field(
+        True, description="Vision-language models: keep the vision tower's weights as they are; false = LoRA on its linear layers too (full fine-tuning: it trains in full)."
+    )
+    freeze_multi_modal_projector: bool = Field(
+        True, description="Vision-language models: keep the projector (vision features to the language model) as it is; false = train it in full (with LoRA: saved with the adapter)."
+    )
     chat_template: str | None = Field(
         None,
         description="Replace the tokenizer's chat template (saved with the run): chatml_tools (ChatML with tool calls, for models whose template drops them), another template ft ships, or a .jinja path.",

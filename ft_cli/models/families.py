@@ -185,9 +185,10 @@ FAMILIES: dict[str, Family] = {
 
 def family_spec(name: str) -> Family:
     if name not in FAMILIES:
-        close = difflib.get_close_matches(name, list(FAMILIES), n=1, cutoff=0.5)
+        known = [*FAMILIES, "qwen2.5-vl", "smolvlm", "gemma3-vision"]  # the vision ones: ft_cli.models.vision_families
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]}?" if close else ""
-        raise UsageError(f"--family: unknown family '{name}' (expected one of {', '.join(FAMILIES)}){hint}")
+        raise UsageError(f"--family: unknown family '{name}' (expected one of {', '.join(known)}){hint}")
     return FAMILIES[name]
 
 

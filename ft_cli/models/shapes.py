@@ -32,6 +32,8 @@ def config_mismatch(config: dict, shapes: dict[str, list[int]]) -> str | None:
     if config.get("quantization_config") or not shapes:
         return None
     text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    if isinstance(config.get("vision_config"), dict):  # a VLM: the sizes are the language model's, not its vision tower's
+        shapes = {name: shape for name, shape in shapes.items() if not _VISION.search(name)}
     hidden, vocab, inter = text.get("hidden_size"), text.get("vocab_size"), text.get("intermediate_size")
     heads, kv_heads = text.get("num_attention_heads"), text.get("num_key_value_heads") or text.get("num_attention_heads")
     head_dim = text.get("head_dim") or (hidden // heads if isinstance(hidden, int) and isinstance(heads, int) and heads else None)
@@ -51,6 +53,9 @@ def config_mismatch(config: dict, shapes: dict[str, list[int]]) -> str | None:
     if layers and isinstance(wanted, int) and max(layers) + 1 < wanted:
         return f"the weights hold {max(layers) + 1} layers, but config.json's num_hidden_layers is {wanted}"
     return None
+
+
+_VISION = re.compile(r"(^|\.)(vision_tower|vision_model|visual)\.")
 
 
 def _times(a, b):

@@ -44,6 +44,7 @@ from ft_cli.train.distributed import (
 from ft_cli.train.lifecycle import claim, guarded
 from ft_cli.train.plan import check_integrations, check_paths, count_tokens, make_plan, needs_chat_template
 from ft_cli.train.trackers import quiet_tracker_prints, tracker_options, where_they_write
+from ft_cli.train.vision import dry_run_lengths, trains_on_images
 
 
 def say(line: str) -> None:
@@ -158,12 +159,19 @@ def train(
         wait_for_everyone()  # every process has read the run directory before rank 0 writes into it
     check_integrations(loaded)
     backend, why = choose_backend(cfg, source=loaded.source_of("backend"))
-    train_data = load_training_records(cfg.data.train, cfg.method, method.shapes, cfg.data.format, cfg.data.template, cfg.model.path)
-    eval_data = (
-        load_training_records(cfg.data.eval, cfg.method, method.shapes, cfg.data.format, cfg.data.template, cfg.model.path)
-        if cfg.data.eval
-        else None
-    )
+    if trains_on_images(cfg):  # SFT of a vision-language model: image chats (ft_cli/train/vision.py)
+        from ft_cli.train.vision import load_vision_records, refuse_unsupported
+
+        refuse_unsupported(loaded, backend)
+        train_data = load_vision_records(cfg.data.train)
+        eval_data = load_vision_records(cfg.data.eval) if cfg.data.eval else None
+    else:
+        train_data = load_training_records(cfg.data.train, cfg.method, method.shapes, cfg.data.format, cfg.data.template, cfg.model.path)
+        eval_data = (
+            load_training_records(cfg.data.eval, cfg.method, method.shapes, cfg.data.format, cfg.data.template, cfg.model.path)
+            if cfg.data.eval
+            else None
+        )
     if method.takes_chats_as_prompts:  # distillation samples the answers itself: chats give their prompts
         train_data = as_prompts(train_data)
         eval_data = as_prompts(eval_data) if eval_data else None
@@ -191,10 +199,14 @@ def train(
         from ft_cli.train.data import template_problems_error
         from ft_cli.train.model import load_tokenizer
 
-        token_lengths, problems = count_tokens(records, load_tokenizer(cfg.model), cfg.model.max_seq_length)
+        if trains_on_images(cfg):  # image tokens counted by the processor, as training will see them
+            token_lengths, problems = dry_run_lengths(cfg, train_data), []
+        else:
+            token_lengths, problems = count_tokens(records, load_tokenizer(cfg.model), cfg.model.max_seq_length)
         if problems:
             raise template_problems_error(train_data, problems)
     plan = make_plan(cfg, records, shape, len(eval_records or []), token_lengths)
+    plan.batching = None if trains_on_images(cfg) else plan.batching  # image records are padded, never packed
     say(f"backend: {backend} ({why})")
     for line in plan.lines() + where_they_write(cfg):
         say(line)
@@ -320,6 +332,12 @@ def build_trainer(
     from ft_cli.train.model import load_tokenizer, with_chat_template
 
     cfg = loaded.config
+    if trains_on_images(cfg):
+        from ft_cli.train.vision_trainer import build_vision_trainer
+
+        has_eval = eval_data is not None or cfg.data.eval_split > 0
+        args = _trainer_args(loaded, METHODS[cfg.method], Path(cfg.training.output_dir), train_data.shape, has_eval)
+        return build_vision_trainer(loaded, train_data, eval_data, args, say, callbacks)
     method = METHODS[cfg.method]
     output_dir = Path(cfg.training.output_dir)
     # Weights made at load time (a reward model's new score head) come from training.seed, like everything after;
