@@ -279,3 +279,47 @@ def reward_model_refusal(path: str | Path, command: str) -> str:
         f"{path}: is a reward model (one score per answer, from method: reward); {command} needs a language model. "
         f"Score preference data with `ft eval {path} --data pairs.jsonl`, or use it, merged (ft merge), as a GRPO reward: grpo.rewards: [{{model: MERGED_DIR}}]"
     )
+
+
+def is_vision_language(path: str | Path | None) -> bool:
+    """A vision-language model: a directory whose config.json has a vision_config, or an adapter / run directory
+    whose base (adapter_config.json's base_model_name_or_path, else the run's model.path) is one. Reads files only."""
+    if not path:
+        return False
+    directory = Path(path).expanduser()
+    config = _json_dict(directory / "config.json")
+    if config is not None:
+        return "vision_config" in config
+    for adapter_dir in (directory, directory / "lora_weights"):
+        adapter = _json_dict(adapter_dir / "adapter_config.json")
+        if adapter is None:
+            continue
+        bases = [adapter.get("base_model_name_or_path")]
+        import yaml
+
+        try:
+            record = yaml.safe_load((adapter_dir.parent / "ft_run.yaml").read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            record = None
+        model = record.get("model") if isinstance(record, dict) else None
+        bases.append(model.get("path") if isinstance(model, dict) else None)
+        return any(base and "vision_config" in (_json_dict(Path(str(base)).expanduser() / "config.json") or {}) for base in bases)
+    return False
+
+
+def _json_dict(file: Path) -> dict | None:
+    if not file.is_file():
+        return None
+    try:
+        value = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def vision_export_refusal(path: str | Path) -> str:
+    return (
+        f"{path}: is a vision-language model; ft export writes GGUF for language models only, and llama.cpp needs the "
+        "language model plus an mmproj file for the vision tower, which ft does not write yet. Merge it (ft merge), then run "
+        "llama.cpp's convert_hf_to_gguf.py on the merged directory, once plain and once with --mmproj"
+    )
