@@ -51,3 +51,73 @@ def test_export_refuses_a_vision_language_model_in_one_line(vision_run, tmp_path
         assert len(lines) == 1 and "vision-language model" in lines[0] and "mmproj" in lines[0] and "ft merge" in lines[0], result.stderr
         assert "convert_hf_to_gguf.py" in lines[0] and "Traceback" not in result.stderr
     assert not (tmp_path / "out.gguf").exists()
+
+
+def _image_inputs(processor, image_path: Path) -> dict:
+    from PIL import Image
+
+    chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+    text = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    return dict(processor(text=text, images=[Image.open(image_path).convert("RGB")], return_tensors="pt"))
+
+
+def _logits(model, inputs: dict):
+    import torch
+
+    with torch.inference_mode():
+        return model(**inputs).logits.float()
+
+
+@pytest.fixture(scope="module")
+def merged(vision_run):
+    from tests.conftest import run_ft
+
+    output = vision_run["root"] / "merged"
+    result = run_ft("merge", vision_run["run"], "-o", output)
+    assert result.returncode == 0, result.stderr
+    return output, result
+
+
+def test_merge_a_vision_adapter_reproduces_base_plus_adapter_on_an_image(vision_run, merged):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from ft_cli.merge.run import RELATIVE_TOLERANCE
+
+    output, result = merged
+    assert "verify: max |logit diff|" in result.stderr and "fp32" in result.stderr, result.stderr
+    record = json.loads((output / "ft_merge.json").read_text())
+    assert record["verification"]["passed"] and record["verification"]["after_reload"] <= record["verification"]["tolerance"]
+    assert not (output / "adapter_config.json").exists()
+
+    processor = AutoProcessor.from_pretrained(output)
+    inputs = _image_inputs(processor, vision_run["image"])
+    assert "pixel_values" in inputs and int((inputs["input_ids"] == processor.tokenizer.convert_tokens_to_ids(processor.image_token)).sum()) > 0
+    merged_model = AutoModelForImageTextToText.from_pretrained(output).eval()
+    assert type(merged_model).__name__ == "Gemma3ForConditionalGeneration"
+    adapted = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(vision_run["base"]), vision_run["run"] / "lora_weights").eval()
+    reference, got = _logits(adapted, inputs), _logits(merged_model, inputs)
+    tolerance = RELATIVE_TOLERANCE["fp32"] * max(1.0, float(reference.abs().max()))
+    assert float((reference - got).abs().max()) <= tolerance
+    # the adapter changed the model (so the comparison means something), and the image matters to the answer
+    with adapted.disable_adapter():
+        assert float((_logits(adapted, inputs) - reference).abs().max()) > 100 * tolerance
+    other = _image_inputs(processor, vision_run["root"] / "i2.png")
+    assert not torch.allclose(_logits(merged_model, other), got)
+
+
+def test_merged_processor_round_trips(vision_run, merged, tmp_path):
+    from transformers import AutoProcessor
+
+    output, _ = merged
+    processor = AutoProcessor.from_pretrained(output)
+    base = AutoProcessor.from_pretrained(vision_run["base"])
+    assert type(processor) is type(base) and type(processor.image_processor) is type(base.image_processor)
+    assert processor.chat_template == (vision_run["run"] / "lora_weights" / "chat_template.jinja").read_text()
+    processor.save_pretrained(tmp_path / "again")
+    again = AutoProcessor.from_pretrained(tmp_path / "again")
+    first, second = _image_inputs(processor, vision_run["image"]), _image_inputs(again, vision_run["image"])
+    assert first.keys() == second.keys() and all(bool((first[k] == second[k]).all()) for k in first)
+    base_inputs = _image_inputs(base, vision_run["image"])
+    assert bool((base_inputs["pixel_values"] == first["pixel_values"]).all())
