@@ -121,3 +121,31 @@ def test_merged_processor_round_trips(vision_run, merged, tmp_path):
     assert first.keys() == second.keys() and all(bool((first[k] == second[k]).all()) for k in first)
     base_inputs = _image_inputs(base, vision_run["image"])
     assert bool((base_inputs["pixel_values"] == first["pixel_values"]).all())
+
+
+def test_generate_with_images_on_merged_and_adapter_agree(vision_run, merged, ft):
+    output, _ = merged
+    args = ("--image", vision_run["image"], "-p", QUESTION, "--max-new-tokens", "6")
+    from_merged = ft("generate", output, *args, "--show-prompt")
+    assert from_merged.returncode == 0, from_merged.stderr
+    assert from_merged.stdout.strip() and "<start_of_image>" in from_merged.stderr and from_merged.stderr.count("<bos>") == 1
+    from_run = ft("generate", vision_run["run"], *args)
+    assert from_run.returncode == 0, from_run.stderr
+    assert from_run.stdout == from_merged.stdout  # greedy: base + adapter answers as its merge does
+    two = ft("generate", output, *args, "--image", vision_run["root"] / "i1.png", "--show-prompt")
+    assert two.returncode == 0 and two.stderr.count("<start_of_image>") == 2, two.stderr
+
+
+def test_generate_image_errors_are_one_line(vision_run, merged, tiny_model_dir, tmp_path, ft):
+    output, _ = merged
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not a png")
+    cases = [
+        ((output, "--image", tmp_path / "missing.png"), f"--image {tmp_path / 'missing.png'}: not found"),
+        ((output, "--image", not_an_image), f"--image {not_an_image}: not an image"),
+        ((tiny_model_dir, "--image", vision_run["image"]), "is a text-only model"),
+    ]
+    for args, expected in cases:
+        result = ft("generate", *args, "-p", QUESTION)
+        assert result.returncode == 2, result.stderr
+        assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1 and not result.stdout, result.stderr

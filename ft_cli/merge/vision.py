@@ -69,7 +69,8 @@ def encode(processor, messages: list[dict], images: list, add_generation_prompt:
         text = processor.apply_chat_template(as_parts(messages), add_generation_prompt=add_generation_prompt, tokenize=False)
     except TemplateError as exc:
         raise UsageError(f"the model's chat template refuses this conversation: {exc}") from None
-    return processor(text=text, images=images or None, return_tensors="pt")
+    # the template writes the bos itself (as in training, ft_cli/train/vision.py): the processor must not add another
+    return processor(text=text, images=images or None, return_tensors="pt", add_special_tokens=False)
 
 
 def verification_inputs(processor) -> list[dict]:
@@ -80,15 +81,17 @@ def verification_inputs(processor) -> list[dict]:
     ]
 
 
+def to_model(model, batch) -> dict:
+    """The processor's tensors on the model's device; image tensors in the model's dtype (the processor gives fp32)."""
+    dtype = next(model.parameters()).dtype
+    return {k: (v.to(model.device, dtype) if v.is_floating_point() else v.to(model.device)) for k, v in dict(batch).items()}
+
+
 def logits_for(model, inputs: list[dict]) -> list:
     import torch
 
-    dtype = next(model.parameters()).dtype
     with torch.inference_mode():
-        return [
-            model(**{k: (v.to(model.device, dtype) if v.is_floating_point() else v.to(model.device)) for k, v in batch.items()}).logits.float().cpu()
-            for batch in inputs
-        ]
+        return [model(**to_model(model, batch)).logits.float().cpu() for batch in inputs]
 
 
 def read_images(paths: list[Path]) -> list:
