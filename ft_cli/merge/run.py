@@ -155,9 +155,10 @@ def copy_tokenizer_files(adapter: Adapter, tokenizer, staging: Path) -> None:
 def prepare_for_saving(model, tokenizer) -> None:
     """No quantization config; a generation config that stops at the tokenizer's eos."""
     drop_quantization_config(model.config)
-    if getattr(model.config, "pad_token_id", 0) is None and tokenizer.pad_token_id is not None:  # a VLM config has none
+    config = model.config.get_text_config()  # a VLM's pad_token_id lives on its language model's config
+    if config.pad_token_id is None and tokenizer.pad_token_id is not None:
         # A reward model reads its score at the last non-pad token: it finds that token through pad_token_id.
-        model.config.pad_token_id = tokenizer.pad_token_id
+        config.pad_token_id = tokenizer.pad_token_id
     generation = getattr(model, "generation_config", None)
     if generation is not None:
         eos = eos_token_ids(tokenizer, generation)
