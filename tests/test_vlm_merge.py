@@ -155,3 +155,15 @@ def test_generate_image_errors_are_one_line(vision_run, merged, tiny_model_dir, 
         result = ft("generate", *args, "-p", QUESTION)
         assert result.returncode == 2, result.stderr
         assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1 and not result.stdout, result.stderr
+
+
+def test_is_vision_language_reads_configs_of_models_adapters_and_runs(vision_run, tiny_model_dir, tmp_path):
+    from ft_cli.models.check import is_vision_language
+
+    run = vision_run["run"]
+    assert all(is_vision_language(p) for p in (vision_run["base"], run, run / "lora_weights", str(run)))
+    assert not any(is_vision_language(p) for p in (tiny_model_dir, tmp_path / "missing", "nobody/not-cached", None, ""))
+    looped = tmp_path / "looped"  # an adapter naming itself as its base: no recursion, not a VLM
+    looped.mkdir()
+    (looped / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(looped)}))
+    assert not is_vision_language(looped)

@@ -283,13 +283,13 @@ def reward_model_refusal(path: str | Path, command: str) -> str:
 
 def is_vision_language(path: str | Path | None) -> bool:
     """A vision-language model: a directory whose config.json has a vision_config, or an adapter / run directory
-    whose base (adapter_config.json's base_model_name_or_path, else the run's model.path) is one. Reads files only."""
+    whose base (adapter_config.json's base_model_name_or_path, else the run's model.path) is one; a hub id by its cached
+    config. Reads files only, never the network."""
     if not path:
         return False
     directory = Path(path).expanduser()
-    config = _json_dict(directory / "config.json")
-    if config is not None:
-        return "vision_config" in config
+    if (directory / "config.json").is_file() or not directory.exists():
+        return _model_has_vision(str(path))
     for adapter_dir in (directory, directory / "lora_weights"):
         adapter = _json_dict(adapter_dir / "adapter_config.json")
         if adapter is None:
@@ -303,8 +303,24 @@ def is_vision_language(path: str | Path | None) -> bool:
             record = None
         model = record.get("model") if isinstance(record, dict) else None
         bases.append(model.get("path") if isinstance(model, dict) else None)
-        return any(base and "vision_config" in (_json_dict(Path(str(base)).expanduser() / "config.json") or {}) for base in bases)
+        return any(_model_has_vision(str(base)) for base in bases if base)
     return False
+
+
+def _model_has_vision(model: str) -> bool:
+    """A model directory's config.json, or a hub id's config from the local cache only (never the network), has a
+    vision tower; unknown counts as a language model (loading then reports what is wrong, as it does today)."""
+    directory = Path(model).expanduser()
+    if directory.exists():
+        return "vision_config" in (_json_dict(directory / "config.json") or {})
+    if not re.match(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", model):
+        return False
+    try:
+        from transformers import AutoConfig
+
+        return hasattr(AutoConfig.from_pretrained(model, local_files_only=True), "vision_config")
+    except Exception:  # noqa: BLE001 - not cached or unreadable: loading reports it as it does today
+        return False
 
 
 def _json_dict(file: Path) -> dict | None:
