@@ -24,6 +24,7 @@ def generate_command(
     base: Annotated[Optional[str], typer.Option(help="Base model for an adapter (default: from adapter_config.json).")] = None,
     tools: Annotated[Optional[Path], typer.Option("--tools", help=TOOLS_HELP, show_default=False)] = None,
     show_prompt: Annotated[bool, typer.Option("--show-prompt", help="Print the prompt as the chat template renders it (stderr).")] = False,
+    image: Annotated[Optional[list[Path]], typer.Option("--image", help="An image shown with each prompt (a vision-language model); repeat for several.", show_default=False)] = None,
 ) -> None:
     """Answer a prompt, rendered with the model's chat template; with several --prompt, each
     is answered on its own, under a `> PROMPT` line, from one load of the model.
@@ -34,13 +35,14 @@ def generate_command(
     from ft_cli.merge.generate import conversation, generate_turn, load_generator, note_empty
 
     toolbox = _load_tools(tools)
+    images = _load_images(model, image or [], toolbox)
     generator = load_generator(model, base)
     if toolbox is not None:
         from ft_cli.merge.tool_use import check_template_renders_tools, parse_turn, show
 
         check_template_renders_tools(generator, toolbox)
     for prompt in prompts:
-        turn = generate_turn(generator, conversation(prompt, system), max_new_tokens, temperature, tools=toolbox.schemas if toolbox else None)
+        turn = generate_turn(generator, conversation(prompt, system), max_new_tokens, temperature, tools=toolbox.schemas if toolbox else None, images=images)
         if show_prompt:
             typer.echo(turn.prompt, err=True)
         if len(prompts) > 1:
@@ -50,6 +52,21 @@ def generate_command(
             continue
         typer.echo(turn.text)
         note_empty(turn.text)
+
+
+def _load_images(model: Path, paths: list[Path], toolbox) -> list:
+    """The --image files, decoded before the model loads; only for a vision-language model (its config, or its base's)."""
+    if not paths:
+        return []
+    from ft_cli.core.errors import UsageError
+    from ft_cli.merge.vision import read_images
+    from ft_cli.models.check import is_vision_language
+
+    if toolbox is not None:
+        raise UsageError("--image: not with --tools (ft renders tool calls for text-only chats)")
+    if model.exists() and not any(is_vision_language(p) for p in (model, model / "model")):
+        raise UsageError(f"--image: {model} is a text-only model (no vision_config in its config.json or its base's); images need a vision-language model")
+    return read_images(paths)
 
 
 def _load_tools(path: Optional[Path]):

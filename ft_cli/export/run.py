@@ -122,10 +122,12 @@ def classify_source(path: Path) -> str:
     if path.is_file():
         hint = " (it is already GGUF)" if path.suffix.lower() == ".gguf" else ""
         raise UsageError(f"{path}: is a file{hint}; expected a model directory, a LoRA adapter or a run directory")
-    from ft_cli.models.check import is_reward_model, reward_model_refusal
+    from ft_cli.models.check import is_reward_model, is_vision_language, reward_model_refusal, vision_export_refusal
 
     if is_reward_model(path):
         raise UsageError(reward_model_refusal(path, "export to GGUF (for llama.cpp and Ollama to generate with)"))
+    if is_vision_language(path):
+        raise UsageError(vision_export_refusal(path))
     if (path / ADAPTER_CONFIG).exists() or (path / ADAPTER_DIR / ADAPTER_CONFIG).exists():
         return "adapter"
     if (path / "config.json").exists():
@@ -198,6 +200,11 @@ def _export_model(
     check_output_name(output)
     source = Path(model_path)
     kind = classify_source(source)
+    if kind == "adapter" and base:
+        from ft_cli.models.check import is_vision_language, vision_export_refusal
+
+        if is_vision_language(base):
+            raise UsageError(vision_export_refusal(base))
     check_output(output, overwrite, export_inputs(source, kind, base), ollama)  # before anything is written
     if system is not None:
         if not ollama:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ft_cli.core.errors import UsageError
-from ft_cli.models.check import ARCHITECTURE_KEYS, architecture_of, safetensors_problem
+from ft_cli.models.check import ARCHITECTURE_KEYS, architecture_of, is_vision_language, safetensors_problem
 from ft_cli.models.gguf import is_gguf
 from ft_cli.runs.directory import ADAPTER_DIR, RUN_FILE  # what `ft train` writes (no training stack import)
 
@@ -191,13 +191,18 @@ def load_base(base: BaseModel, dtype: str | None, sequence_classification: bool 
     if problem:
         raise UsageError(problem)
     try:
-        model = auto_model(
-            base.path,
-            revision=base.revision,
-            trust_remote_code=base.trust_remote_code,
-            dtype=getattr(torch, DTYPES[dtype]) if dtype else "auto",
-            sequence_classification=sequence_classification,
-        )
+        if not sequence_classification and is_vision_language(base.path):  # image+text: the whole model, tower included
+            from ft_cli.merge.vision import load_vision_model
+
+            model = load_vision_model(base, DTYPES[dtype] if dtype else None)
+        else:
+            model = auto_model(
+                base.path,
+                revision=base.revision,
+                trust_remote_code=base.trust_remote_code,
+                dtype=getattr(torch, DTYPES[dtype]) if dtype else "auto",
+                sequence_classification=sequence_classification,
+            )
     except (OSError, ValueError) as exc:
         raise _load_error(base, exc) from None
     if getattr(model, "hf_quantizer", None) is not None:

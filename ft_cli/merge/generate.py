@@ -28,7 +28,9 @@ from ft_cli.merge.adapters import (
     resolve_base,
     say,
 )
+from ft_cli.merge import vision
 from ft_cli.merge.run import FAILED_MARKER
+from ft_cli.models.check import is_vision_language
 from ft_cli.models.gguf import auto_tokenizer, is_gguf
 from ft_cli.runs.directory import ADAPTER_DIR, FULL_MODEL_DIR
 
@@ -38,6 +40,7 @@ class Generator:
     model: object  # a transformers model, or a peft PeftModel (base + adapter)
     tokenizer: object
     description: str  # what was loaded, for the status line
+    processor: object | None = None  # a vision-language model's processor (ft_cli.merge.vision): renders chats with images
 
     @property
     def has_chat_template(self) -> bool:
@@ -68,13 +71,20 @@ def load_generator(path: str | Path, base: str | None = None) -> Generator:
         adapter = find_adapter(path)
         base_model = resolve_base(adapter, base)
         model = load_adapted_model(adapter, base_model, dtype=None)
-        return Generator(model, load_tokenizer(adapter, base_model), f"{base_model.path} + adapter {adapter.path}")
+        description = f"{base_model.path} + adapter {adapter.path}"
+        if is_vision_language(base_model.path):
+            processor = vision.load_processor(vision.processor_source(adapter, base_model), base_model.trust_remote_code)
+            return Generator(model, processor.tokenizer, description, processor)
+        return Generator(model, load_tokenizer(adapter, base_model), description)
     if (path / "config.json").exists():
         if base:
             raise UsageError(f"--base: {path} is a full model, not an adapter; leave --base out")
         if (path / FAILED_MARKER).exists():
             say(f"warning: {path} failed ft merge's verification ({FAILED_MARKER}): it may not answer like base + adapter")
         model = load_base(BaseModel(str(path), "MODEL_OR_ADAPTER"), dtype=None).eval()
+        if is_vision_language(path):
+            processor = vision.load_processor(path)
+            return Generator(model, processor.tokenizer, str(path), processor)
         return Generator(model, auto_tokenizer(path), str(path))
     raise UsageError(f"{path}: neither a model directory (config.json) nor a LoRA adapter directory ({ADAPTER_CONFIG})")
 
@@ -120,8 +130,11 @@ class Turn:
     prompt: str  # the rendered prompt it follows
 
 
-def generate_turn(generator: Generator, messages: list[dict], max_new_tokens: int = 128, temperature: float = 0.0, tools: list | None = None) -> Turn:
-    """The model's next turn after `messages` (with `tools` offered to the template); greedy when temperature is 0."""
+def generate_turn(
+    generator: Generator, messages: list[dict], max_new_tokens: int = 128, temperature: float = 0.0, tools: list | None = None, images: list | None = None
+) -> Turn:
+    """The model's next turn after `messages` (with `tools` offered to the template, `images` (PIL) shown with the
+    last user message); greedy when temperature is 0."""
     if max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens: expected an integer > 0, got {max_new_tokens}")
     if temperature < 0:
@@ -129,7 +142,13 @@ def generate_turn(generator: Generator, messages: list[dict], max_new_tokens: in
     import torch
 
     model, tokenizer = generator.model, generator.tokenizer
-    inputs = render_prompt(generator, messages, max_new_tokens, tools).to(model.device)
+    if generator.processor is not None and not tools:  # a VLM: its processor renders the chat and the images
+        messages = list(messages[:-1]) + [vision.user_turn(messages[-1]["content"], len(images or []))] if images else messages
+        inputs = vision.to_model(model, vision.encode(generator.processor, messages, images or []))
+    elif images:
+        raise UsageError("--image: the model is a text-only model; images need a vision-language model")
+    else:
+        inputs = render_prompt(generator, messages, max_new_tokens, tools).to(model.device)
     config = copy.deepcopy(model.generation_config)
     config.update(max_new_tokens=max_new_tokens, eos_token_id=eos_token_ids(tokenizer, model.generation_config))
     if config.pad_token_id is None:

@@ -39,6 +39,7 @@ from ft_cli.merge.adapters import (
     say,
     untie_adapted_embeddings,
 )
+from ft_cli.models.check import is_vision_language
 from ft_cli.runs.directory import ADAPTER_DIR
 
 MERGE_RECORD = "ft_merge.json"  # what was merged, how, and the verification result
@@ -154,9 +155,10 @@ def copy_tokenizer_files(adapter: Adapter, tokenizer, staging: Path) -> None:
 def prepare_for_saving(model, tokenizer) -> None:
     """No quantization config; a generation config that stops at the tokenizer's eos."""
     drop_quantization_config(model.config)
-    if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+    config = model.config.get_text_config()  # a VLM's pad_token_id lives on its language model's config
+    if config.pad_token_id is None and tokenizer.pad_token_id is not None:
         # A reward model reads its score at the last non-pad token: it finds that token through pad_token_id.
-        model.config.pad_token_id = tokenizer.pad_token_id
+        config.pad_token_id = tokenizer.pad_token_id
     generation = getattr(model, "generation_config", None)
     if generation is not None:
         eos = eos_token_ids(tokenizer, generation)
@@ -293,12 +295,20 @@ def _merge_adapter(
         say("the adapter was trained with QLoRA: it is merged into the unquantized base")
 
     model = load_adapted_model(adapter, base_model, dtype)
-    tokenizer = load_tokenizer(adapter, base_model)
+    vision = is_vision_language(base_model.path)
+    if vision:  # the processor (image processor, tokenizer, template) stands in for the tokenizer; probes carry an image
+        from ft_cli.merge import vision as vlm
+
+        processor = vlm.load_processor(vlm.processor_source(adapter, base_model), base_model.trust_remote_code)
+        tokenizer, probe, logits = processor.tokenizer, vlm.verification_inputs, vlm.logits_for
+    else:
+        tokenizer = processor = load_tokenizer(adapter, base_model)
+        probe, logits = verification_inputs, logits_for
     untied = untie_adapted_embeddings(model)
-    inputs = verification_inputs(tokenizer) if verify else []
-    reference = logits_for(model, inputs)
+    inputs = probe(processor) if verify else []
+    reference = logits(model, inputs)
     merged = model.merge_and_unload(safe_merge=True)
-    in_memory = max_abs_diff(reference, logits_for(merged, inputs))
+    in_memory = max_abs_diff(reference, logits(merged, inputs))
     prepare_for_saving(merged, tokenizer)
     result = MergeResult(output=output, base=base_model.path, dtype=dtype, verification=None, untied_embeddings=untied)
 
@@ -312,12 +322,14 @@ def _merge_adapter(
     staging.chmod(0o755)  # mkdtemp makes it private; a model dir is meant to be shared
     try:
         _save_or_say_why(merged, staging, output, max_shard_size)
+        if vision:  # the whole processor, then the run's own files byte for byte over it
+            processor.save_pretrained(staging)
         copy_tokenizer_files(adapter, tokenizer, staging)
         del model, merged
         gc.collect()  # free the in-memory model before loading the saved one
         if verify:
             saved = BaseModel(str(staging), "the merged output", trust_remote_code=base_model.trust_remote_code)
-            after_reload = max_abs_diff(reference, logits_for(load_base(saved, dtype, is_reward_adapter(adapter)), inputs))
+            after_reload = max_abs_diff(reference, logits(load_base(saved, dtype, is_reward_adapter(adapter)), inputs))
             tolerance = tolerance_for(dtype, reference)
             result.verification = Verification(in_memory, after_reload, tolerance, passed=max(in_memory, after_reload) <= tolerance)
         _write_record(staging / MERGE_RECORD, adapter, base_model, result)

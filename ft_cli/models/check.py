@@ -279,3 +279,63 @@ def reward_model_refusal(path: str | Path, command: str) -> str:
         f"{path}: is a reward model (one score per answer, from method: reward); {command} needs a language model. "
         f"Score preference data with `ft eval {path} --data pairs.jsonl`, or use it, merged (ft merge), as a GRPO reward: grpo.rewards: [{{model: MERGED_DIR}}]"
     )
+
+
+def is_vision_language(path: str | Path | None) -> bool:
+    """A vision-language model: a directory whose config.json has a vision_config, or an adapter / run directory
+    whose base (adapter_config.json's base_model_name_or_path, else the run's model.path) is one; a hub id by its cached
+    config. Reads files only, never the network."""
+    if not path:
+        return False
+    directory = Path(path).expanduser()
+    if (directory / "config.json").is_file() or not directory.exists():
+        return _model_has_vision(str(path))
+    for adapter_dir in (directory, directory / "lora_weights"):
+        adapter = _json_dict(adapter_dir / "adapter_config.json")
+        if adapter is None:
+            continue
+        bases = [adapter.get("base_model_name_or_path")]
+        import yaml
+
+        try:
+            record = yaml.safe_load((adapter_dir.parent / "ft_run.yaml").read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            record = None
+        model = record.get("model") if isinstance(record, dict) else None
+        bases.append(model.get("path") if isinstance(model, dict) else None)
+        return any(_model_has_vision(str(base)) for base in bases if base)
+    return False
+
+
+def _model_has_vision(model: str) -> bool:
+    """A model directory's config.json, or a hub id's config from the local cache only (never the network), has a
+    vision tower; unknown counts as a language model (loading then reports what is wrong, as it does today)."""
+    directory = Path(model).expanduser()
+    if directory.exists():
+        return "vision_config" in (_json_dict(directory / "config.json") or {})
+    if not re.match(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", model):
+        return False
+    try:
+        from transformers import AutoConfig
+
+        return hasattr(AutoConfig.from_pretrained(model, local_files_only=True), "vision_config")
+    except Exception:  # noqa: BLE001 - not cached or unreadable: loading reports it as it does today
+        return False
+
+
+def _json_dict(file: Path) -> dict | None:
+    if not file.is_file():
+        return None
+    try:
+        value = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def vision_export_refusal(path: str | Path) -> str:
+    return (
+        f"{path}: is a vision-language model; ft export writes GGUF for language models only, and llama.cpp needs the "
+        "language model plus an mmproj file for the vision tower, which ft does not write yet. Merge it (ft merge), then run "
+        "llama.cpp's convert_hf_to_gguf.py on the merged directory, once plain and once with --mmproj"
+    )
