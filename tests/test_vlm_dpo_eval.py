@@ -1,0 +1,70 @@
+"""Vision-language models past SFT: `ft train` with method: dpo on image preference pairs (TRL's vision preference
+collator, LoRA on the language model, reference = adapter off), and `ft eval` on image chat records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.test_vlm import COLOURS, QUESTION, image_chat, vision_model_dir, write_jsonl  # noqa: F401 - the fixture
+
+FAMILY = "gemma3-vision"
+
+
+def image_pair(directory: Path, name: str, colour: str, wrong: str) -> dict:
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), COLOURS[colour]).save(directory / f"{name}.png")
+    return {"prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}],
+            "chosen": [{"role": "assistant", "content": colour}], "rejected": [{"role": "assistant", "content": wrong}],
+            "images": [f"{name}.png"]}  # fmt: skip - relative to the data file
+
+
+def _dpo_config(tmp_path: Path, model: Path, data: Path, steps: int, extra: str = "") -> Path:
+    path = tmp_path / "dpo.yaml"
+    path.write_text(
+        f"method: dpo\nmodel: {{path: {model}, max_seq_length: 256}}\nlora: {{r: 8, alpha: 16, dropout: 0.0}}\n"
+        f"data: {{train: {data}}}\ntraining: {{output_dir: {tmp_path / 'out'}, max_steps: {steps}, per_device_train_batch_size: 2, "
+        "gradient_accumulation_steps: 1, logging_steps: 1, save_steps: 1000, optim: adamw_torch, gradient_checkpointing: false, "
+        f"learning_rate: 0.005, lr_scheduler_type: constant, seed: 0}}\n{extra}"
+    )
+    return path
+
+
+def test_ft_train_dpo_on_image_pairs_moves_the_margin_and_only_the_language_model(vision_model_dir, tmp_path, ft):
+    from safetensors import safe_open
+
+    colours = list(COLOURS)
+    pairs = [image_pair(tmp_path, f"p{k}", colour, colours[(k + 1) % 4]) for k, colour in enumerate(colours)]
+    config = _dpo_config(tmp_path, vision_model_dir(FAMILY), write_jsonl(tmp_path / "pairs.jsonl", pairs), 3)
+    result = ft("train", config)
+    assert result.returncode == 0, result.stderr
+    assert "(image preference)" in result.stderr and "reference model: the base with the adapter off" in result.stderr
+    assert "vision tower frozen, projector frozen" in result.stderr
+    logged = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    margins = [row["rewards/margins"] for row in logged if "rewards/margins" in row]
+    assert len(margins) == 3 and margins[0] == 0.0 and margins[-1] > 0.0  # the adapter starts off (= reference), then moves
+    adapter = tmp_path / "out" / "lora_weights"
+    with safe_open(adapter / "adapter_model.safetensors", "pt") as weights:
+        names = list(weights.keys())
+    # LoRA only: the tower and projector have no weights in the adapter, so they are the base's, unchanged
+    assert names and all("language_model." in name for name in names), names
+    assert (adapter / "processor_config.json").is_file()
+
+
+def test_bad_image_pairs_are_one_line_each_before_the_model_loads(vision_model_dir, tmp_path, ft):
+    good = image_pair(tmp_path, "ok", "red", "blue")
+    missing = {**good, "images": ["nowhere.png"]}
+    two_parts = {**good, "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "?"}]}]}
+    no_rejected = {key: value for key, value in good.items() if key != "rejected"}
+    data = write_jsonl(tmp_path / "bad.jsonl", [good, missing, two_parts, no_rejected])
+    result = ft("train", _dpo_config(tmp_path, vision_model_dir(FAMILY), data, 1))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{data}:2: images: {tmp_path / 'nowhere.png'}: image file not found" in result.stderr
+    assert f"{data}:3: prompt: 2 image part(s) for 1 image(s) in images" in result.stderr
+    assert f"{data}:4: rejected: expected the answer as a string or a list of assistant turns" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+    write_jsonl(data, [good])
+    keep_end = ft("train", _dpo_config(tmp_path, vision_model_dir(FAMILY), data, 1, "dpo: {truncation_mode: keep_end}\n"))
+    assert keep_end.returncode == 2 and "dpo.truncation_mode: keep_end would cut the image tokens" in keep_end.stderr
