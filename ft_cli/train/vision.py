@@ -259,7 +259,7 @@ def dry_run_lengths(cfg: Config, data) -> list[int]:
     if cfg.method == "dpo":
         from ft_cli.train.vision_dpo import dry_run_pair_lengths
 
-        return dry_run_pair_lengths(cfg, data)
+        return dry_run_pair_lengths(load_processor(cfg.model), cfg.model.max_seq_length, data)
     collator = VisionCollator(load_processor(cfg.model), cfg.model.max_seq_length)
     check_records(data, collator)
     return [int(collator.encode([record])["attention_mask"].sum()) for record in data.records]

@@ -108,16 +108,12 @@ class PairCollator:
         self.inner = DataCollatorForVisionPreference(processor=processor, max_length=max_length)
 
     def __call__(self, examples: list[dict]) -> dict:
-        from ft_cli.train.vision import _open
-
         rows = [{**{key: json.loads(e[key]) if isinstance(e[key], str) else e[key] for key in _TURNS},
                  "images": [_open(path) for path in e["images"]]} for e in examples]  # fmt: skip
         return self.inner(rows)
 
     def prompt_tokens(self, record: dict) -> tuple[int, int]:
         """(tokens of the prompt with its images expanded, of which image tokens), as the collator renders it."""
-        from ft_cli.train.vision import _open
-
         text = self.processor.apply_chat_template(record["prompt"], add_generation_prompt=True, tokenize=False)
         images = [_open(path) for path in record["images"]] or None
         batch = self.processor(text=[text], images=[images] if images else None, add_special_tokens=False,
@@ -126,6 +122,13 @@ class PairCollator:
         offsets = batch["offset_mapping"][0]
         image_tokens = sum(any(s <= a and b <= e for s, e in spans) for a, b in offsets if a < b)
         return len(batch["input_ids"][0]), image_tokens
+
+
+def _open(path: str):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")
 
 
 def check_pairs(data, collator: PairCollator) -> list[int]:
@@ -153,11 +156,9 @@ def check_pairs(data, collator: PairCollator) -> list[int]:
     return image_tokens
 
 
-def dry_run_pair_lengths(cfg, data) -> list[int]:
+def dry_run_pair_lengths(processor, max_length: int, data) -> list[int]:
     """`ft train --dry-run`: each pair's longer side (prompt with its images expanded + answer), checked first."""
-    from ft_cli.train.vision import load_processor
-
-    collator = PairCollator(load_processor(cfg.model), cfg.model.max_seq_length)
+    collator = PairCollator(processor, max_length)
     check_pairs(data, collator)
     lengths = []
     for record in data.records:
