@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.test_vlm import COLOURS, QUESTION, image_chat, vision_model_dir, write_jsonl  # noqa: F401 - the fixture
 
 FAMILY = "gemma3-vision"
@@ -68,3 +70,39 @@ def test_bad_image_pairs_are_one_line_each_before_the_model_loads(vision_model_d
     write_jsonl(data, [good])
     keep_end = ft("train", _dpo_config(tmp_path, vision_model_dir(FAMILY), data, 1, "dpo: {truncation_mode: keep_end}\n"))
     assert keep_end.returncode == 2 and "dpo.truncation_mode: keep_end would cut the image tokens" in keep_end.stderr
+
+
+@pytest.mark.slow  # a 16-step SFT, then two models scored and generating (about a minute on CPU)
+def test_ft_eval_on_image_records_scores_base_and_run_with_trainings_masks(vision_model_dir, tmp_path, ft):
+    """A short SFT on colour images, then `ft eval RUN --data held-out image chats`: the base is added and loads as a
+    VLM; loss and perplexity for both, equal to transformers' own loss on training's batch; exact_match rises."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from ft_cli.train.vision import VisionCollator
+    from tests.test_vlm import _train_config
+
+    model_dir = vision_model_dir(FAMILY)
+    train = [image_chat(tmp_path, f"t{k}", colour) for k, colour in enumerate(list(COLOURS) * 2)]
+    held_out = [image_chat(tmp_path, f"h{k}", colour, size=40) for k, colour in enumerate(COLOURS)]
+    config = _train_config(tmp_path, model_dir, write_jsonl(tmp_path / "train.jsonl", train), 16, lr=0.01)
+    assert (trained := ft("train", config)).returncode == 0, trained.stderr
+    data, output = write_jsonl(tmp_path / "held.jsonl", held_out), tmp_path / "eval" / "results.json"
+    result = ft("eval", str(tmp_path / "out"), "--data", str(data), "--max-new-tokens", "4", "-o", str(output))
+    assert result.returncode == 0, result.stderr
+    assert f"{model_dir} (the base of {tmp_path / 'out'})" in result.stderr
+    scores = json.loads(output.read_text())["scores"]["held.jsonl"]
+    base, run = scores[str(model_dir)], scores[str(tmp_path / "out")]
+    assert set(base) == set(run) == {"loss", "perplexity", "exact_match"}
+    assert base["exact_match"] == 0.0 and run["exact_match"] >= 0.75 and run["loss"] < base["loss"]
+    samples = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert samples[-1]["images"] == held_out[-1]["images"] and samples[-1]["reference"] == "yellow"
+
+    # The referee: transformers' own (shifted, token-averaged) loss on training's batch of the held-out records.
+    processor = AutoProcessor.from_pretrained(tmp_path / "out" / "lora_weights")
+    model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(model_dir), tmp_path / "out" / "lora_weights").eval()
+    batch = VisionCollator(processor, 256).encode(held_out)
+    with torch.no_grad():
+        loss = model(**{k: v for k, v in batch.items() if k not in ("offset_mapping", "text_replacement_offsets")}).loss
+    assert abs(float(loss) - run["loss"]) < 1e-3, (float(loss), run["loss"])
