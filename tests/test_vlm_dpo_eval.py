@@ -106,3 +106,33 @@ def test_ft_eval_on_image_records_scores_base_and_run_with_trainings_masks(visio
     with torch.no_grad():
         loss = model(**{k: v for k, v in batch.items() if k not in ("offset_mapping", "text_replacement_offsets")}).loss
     assert abs(float(loss) - run["loss"]) < 1e-3, (float(loss), run["loss"])
+
+
+def test_dpo_batches_score_the_answers_never_the_image_tokens(vision_model_dir, tmp_path):
+    """ft's rows through TRL's vision preference collator: the completion mask covers exactly each answer (and what the
+    template closes it with), the image tokens sit in the unscored prompt, and the pixels come along."""
+    from transformers import AutoProcessor
+
+    from ft_cli.train.vision_dpo import PairCollator, as_pair_dataset, load_vision_pairs
+
+    processor = AutoProcessor.from_pretrained(vision_model_dir(FAMILY))
+    data = load_vision_pairs(write_jsonl(tmp_path / "pairs.jsonl", [image_pair(tmp_path, "a", "red", "blue"), image_pair(tmp_path, "b", "green", "yellow")]))
+    batch = PairCollator(processor, 256)(list(as_pair_dataset(data)))
+    assert batch["input_ids"].shape[0] == 4 and batch["pixel_values"].shape[0] == 4  # chosen rows, then rejected rows, each with its image
+    image_token = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    scored = batch["completion_mask"].bool()
+    assert (batch["input_ids"] == image_token).sum() > 0 and not (scored & (batch["input_ids"] == image_token)).any()
+    answers = [processor.tokenizer.decode(batch["input_ids"][row][scored[row]]) for row in range(4)]
+    assert [answer.split("<end_of_turn>")[0] for answer in answers] == ["red", "green", "blue", "yellow"]
+
+
+def test_other_methods_on_a_vision_model_and_image_records_for_a_text_model_are_refused(vision_model_dir, tiny_model_dir, tmp_path, ft):
+    data = write_jsonl(tmp_path / "pairs.jsonl", [image_pair(tmp_path, "a", "red", "blue")])
+    config = _dpo_config(tmp_path, vision_model_dir(FAMILY), data, 1)
+    config.write_text(config.read_text().replace("method: dpo", "method: orpo"))
+    refused = ft("train", config)
+    assert refused.returncode == 2 and "method: orpo on a vision-language model" in refused.stderr and "Traceback" not in refused.stderr
+
+    chats = write_jsonl(tmp_path / "chats.jsonl", [image_chat(tmp_path, "c", "red")])
+    text_model = ft("eval", str(tiny_model_dir), "--data", str(chats), "-o", str(tmp_path / "r" / "results.json"))
+    assert text_model.returncode == 2 and "not a vision-language model" in text_model.stderr and "without their images" in text_model.stderr

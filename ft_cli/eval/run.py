@@ -19,7 +19,7 @@ from ft_cli.eval import metrics as M
 from ft_cli.eval.data import REFERENCE_COLUMNS, EvalData, load_eval_data, run_eval_data
 from ft_cli.eval.models import ModelSpec, base_of, load_model, release, resolve_models
 from ft_cli.eval.report import Progress, samples_path, table, versions, write_outputs
-from ft_cli.eval.vision import is_processor, is_vision_spec, load_vision_model, score_vision
+from ft_cli.eval.vision import is_processor, is_vision_spec, load_vision_model, refuse_images_for_text_models, score_vision
 
 
 @dataclass
@@ -200,6 +200,7 @@ def _plan(data: EvalData, request: EvalRequest, models: list[ModelSpec]) -> Plan
     grpo_agent = agent_section(request.tools, request.environment, request.max_tool_calls, [m.run for m in models if m.run])
     names = list(request.metrics) or M.default_metrics(data.shape, data.references, data.has_tool_calls, agent=grpo_agent is not None)
     M.check_metric_names(names)
+    refuse_images_for_text_models(data, models)
     if not names:
         raise UsageError(f"{data.path}: {data.shape} data without reference answers (columns {', '.join(REFERENCE_COLUMNS)}): no metric applies; pass --metric REWARD")
     for model in models:

@@ -41,6 +41,16 @@ def is_vision_spec(spec) -> bool:
     return _has_vision_config(spec.path) or (spec.kind == "adapter" and _has_vision_config(spec.base))
 
 
+def refuse_images_for_text_models(data, models) -> None:
+    """Image records with a text model would be answered without their images: refused before any model loads."""
+    if not any(item.record.get("images") for item in data.items):
+        return
+    for model in models:
+        if not is_vision_spec(model):
+            raise UsageError(f"{model.name}: not a vision-language model (no vision_config in its config.json), so it would answer "
+                             f"{data.path}'s image records without their images; evaluate a vision-language model")  # fmt: skip
+
+
 def is_processor(processing) -> bool:
     return hasattr(processing, "image_processor") and hasattr(processing, "tokenizer")
 

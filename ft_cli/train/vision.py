@@ -53,8 +53,14 @@ def is_vision_model(model: ModelSection) -> bool:
 
 
 def trains_on_images(cfg: Config) -> bool:
-    """SFT or DPO of a vision-language model: ft_cli/train/vision_trainer.py builds its trainer."""
-    return cfg.method in ("sft", "dpo") and is_vision_model(cfg.model)
+    """SFT or DPO of a vision-language model: ft_cli/train/vision_trainer.py builds its trainer; any other method on one
+    is refused here (the text path would load it as a causal LM and fail deep in the trainer)."""
+    if not is_vision_model(cfg.model):
+        return False
+    if cfg.method not in ("sft", "dpo"):
+        raise ConfigError(f"method: {cfg.method} on a vision-language model ({cfg.model.path}): not supported yet; "
+                          "ft trains vision-language models with method: sft or dpo")  # fmt: skip
+    return True
 
 
 def refuse_unsupported(loaded, backend: str) -> None:
