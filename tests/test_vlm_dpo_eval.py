@@ -68,6 +68,10 @@ def test_bad_image_pairs_are_one_line_each_before_the_model_loads(vision_model_d
     assert not (tmp_path / "out").exists()
 
     write_jsonl(data, [good])
+    short = _dpo_config(tmp_path, vision_model_dir(FAMILY), data, 1)
+    short.write_text(short.read_text().replace("max_seq_length: 256", "max_seq_length: 12"))
+    filled = ft("train", short, "--dry-run")  # the processor renders each pair: its image tokens are counted
+    assert filled.returncode == 2 and f"{data}:1: the prompt with its image tokens is" in filled.stderr
     keep_end = ft("train", _dpo_config(tmp_path, vision_model_dir(FAMILY), data, 1, "dpo: {truncation_mode: keep_end}\n"))
     assert keep_end.returncode == 2 and "dpo.truncation_mode: keep_end would cut the image tokens" in keep_end.stderr
 

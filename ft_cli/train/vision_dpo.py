@@ -41,7 +41,9 @@ def load_vision_pairs(path: str | Path):
     if problems:
         raise DataError(f"{path}: {len(problems)} record(s) are not image preference pairs (prompt + chosen + rejected + images)",
                         problems[:20])  # fmt: skip
-    return TrainingData(path, [as_image_pair(record) for record in records], SHAPE, converted=True)
+    # converted=False: one pair per non-blank line, so a problem found later (check_pairs) names path:LINE; the rows
+    # reach the trainer through as_pair_dataset, never from the file itself
+    return TrainingData(path, [as_image_pair(record) for record in records], SHAPE, converted=False)
 
 
 def _image_parts(turns) -> int:
