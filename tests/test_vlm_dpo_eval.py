@@ -26,13 +26,14 @@ def _dpo_config(tmp_path: Path, model: Path, data: Path, steps: int, extra: str 
     path = tmp_path / "dpo.yaml"
     path.write_text(
         f"method: dpo\nmodel: {{path: {model}, max_seq_length: 256}}\nlora: {{r: 8, alpha: 16, dropout: 0.0}}\n"
-        f"data: {{train: {data}}}\ntraining: {{output_dir: {tmp_path / 'out'}, max_steps: {steps}, per_device_train_batch_size: 2, "
+        f"data: {{train: {data}}}\ntraining: {{output_dir: {tmp_path / 'out'}, max_steps: {steps}, per_device_train_batch_size: 4, "
         "gradient_accumulation_steps: 1, logging_steps: 1, save_steps: 1000, optim: adamw_torch, gradient_checkpointing: false, "
         f"learning_rate: 0.005, lr_scheduler_type: constant, seed: 0}}\n{extra}"
     )
     return path
 
 
+@pytest.mark.slow  # a 3-step DPO run, then two models scored (about a minute on CPU)
 def test_ft_train_dpo_on_image_pairs_moves_the_margin_and_only_the_language_model(vision_model_dir, tmp_path, ft):
     from safetensors import safe_open
 
@@ -52,6 +53,20 @@ def test_ft_train_dpo_on_image_pairs_moves_the_margin_and_only_the_language_mode
     # LoRA only: the tower and projector have no weights in the adapter, so they are the base's, unchanged
     assert names and all("language_model." in name for name in names), names
     assert (adapter / "processor_config.json").is_file()
+
+    # ft eval on the same pairs: the base's log-probabilities are TRL's own at step 1 (adapter still zero, all four
+    # pairs in that batch), and the run prefers the chosen answers more than its base does.
+    output = tmp_path / "eval" / "results.json"
+    result = ft("eval", str(tmp_path / "out"), "--data", str(tmp_path / "pairs.jsonl"), "-o", str(output))
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(output.read_text())["scores"]["pairs.jsonl"]
+    base, run = scores[str(vision_model_dir(FAMILY))], scores[str(tmp_path / "out")]
+    assert run["reward_margin"] > base["reward_margin"]
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    base_rows = [row for row in rows if row["model"] == str(vision_model_dir(FAMILY))]
+    for side in ("chosen", "rejected"):
+        mean = sum(row[f"{side}_logprob"] for row in base_rows) / len(base_rows)
+        assert abs(mean - logged[0][f"logps/{side}"]) < 1e-3, (side, mean, logged[0])
 
 
 def test_bad_image_pairs_are_one_line_each_before_the_model_loads(vision_model_dir, tmp_path, ft):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ft_cli.core.errors import UsageError
 from ft_cli.eval import metrics as M
-from ft_cli.eval.loss import TokenScores, loss_metrics
+from ft_cli.eval.loss import TokenScores, loss_metrics, preference_metrics
 from ft_cli.eval.report import Progress
 
 PRETOKENIZED = ("offset_mapping", "text_replacement_offsets", "labels")
@@ -87,6 +87,8 @@ def load_vision_model(spec):
 
 
 def _check_items(plan, name: str) -> None:
+    if plan.data.shape == "preference":
+        return  # reward_accuracy and reward_margin (checked by eval/run.py's _plan)
     if plan.data.shape != "conversational":
         raise UsageError(f"{name}: a vision-language model is evaluated on chat records (messages + images); "
                          f"{plan.data.path} is {plan.data.shape} data")  # fmt: skip
@@ -106,6 +108,14 @@ def score_vision(model, processor, plan, request, name: str) -> tuple[dict, list
     data, wanted, scores, timing, rows = plan.data, set(plan.metrics), {}, {}, []
     label = f"{name} on {data.name}"
     limit = getattr(model.config.get_text_config(), "max_position_embeddings", None) or 1 << 30
+    if data.shape == "preference":  # image pairs as DPO sees them: log p(chosen) vs log p(rejected)
+        progress = Progress(f"{label}: log-probabilities", 2 * len(data.items))
+        chosen, rejected = pair_scores(model, processor, [item.record for item in data.items], limit, request.batch_size, progress.tick)
+        timing["logprob_s"] = progress.finish()
+        scores.update({k: v for k, v in preference_metrics(chosen, rejected).items() if k in wanted})
+        rows = [{"model": name, "data": data.name, "index": i, "chosen_logprob": c.logprob, "rejected_logprob": r.logprob}
+                for i, (c, r) in enumerate(zip(chosen[: request.samples], rejected[: request.samples]))]  # fmt: skip
+        return scores, rows, timing
     collator = VisionCollator(processor, limit)
     if wanted & {"loss", "perplexity"}:
         records = [item.record for item in data.items]
@@ -127,6 +137,35 @@ def score_vision(model, processor, plan, request, name: str) -> tuple[dict, list
             rows.append({"model": name, "data": data.name, "index": index, "prompt": item.prompt, "images": item.record.get("images", []),
                          "reference": item.reference, "answer": answer, "scores": {m: per_item[m][index] for m in generation}})  # fmt: skip
     return scores, rows, timing
+
+
+def pair_scores(model, processor, records: list[dict], limit: int, batch_size: int, tick=None) -> tuple[list[TokenScores], list[TokenScores]]:
+    """Summed log-probabilities of each pair's chosen and rejected answers, batched by TRL's vision preference collator
+    as DPO training batches them (the completion mask: the answers, never the prompt and its image tokens)."""
+    import torch
+
+    from ft_cli.train.vision_dpo import PairCollator, as_image_pair
+
+    collator = PairCollator(processor, limit)
+    chosen: list[TokenScores] = []
+    rejected: list[TokenScores] = []
+    for start in range(0, len(records), batch_size):
+        chunk = [as_image_pair(record) for record in records[start : start + batch_size]]
+        batch = collator(chunk)
+        scored = batch.pop("completion_mask")[:, 1:].bool()
+        inputs = {key: value.to(model.device) if hasattr(value, "to") else value for key, value in batch.items()}
+        with torch.inference_mode():
+            logits = model(**inputs).logits.float()
+        targets = inputs["input_ids"][:, 1:]
+        logprobs = -torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                                      reduction="none").view(targets.shape)  # fmt: skip
+        scored = scored.to(logprobs.device)
+        found = [TokenScores(float(logprobs[row][scored[row]].double().sum()), int(scored[row].sum())) for row in range(2 * len(chunk))]
+        chosen += found[: len(chunk)]
+        rejected += found[len(chunk) :]
+        if tick is not None:
+            tick(2 * len(chunk))
+    return chosen, rejected
 
 
 def answer_scores(model, collator, records: list[dict], batch_size: int, tick: Callable[[int], None] | None = None) -> list[TokenScores]:
