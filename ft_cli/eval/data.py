@@ -121,9 +121,10 @@ def split_record(record: dict, shape: str) -> EvalItem:
         if expected is not None:
             content = messages[last].get("content")
             return EvalItem(record, record, messages[:last], content if isinstance(content, str) else None, tools=record.get("tools"), expected=expected)
-        if last is None or not isinstance(messages[last].get("content"), str):
+        answer = _text_of(messages[last].get("content")) if last is not None else None
+        if answer is None:
             return EvalItem(record, record, None, None)
-        return EvalItem(record, record, messages[:last], messages[last]["content"])
+        return EvalItem(record, record, messages[:last], answer)
     if shape == "prompt-completion":
         completion = record["completion"]
         reference = completion[-1]["content"] if isinstance(completion, list) else completion
@@ -143,6 +144,13 @@ def split_record(record: dict, shape: str) -> EvalItem:
         else:
             loss_record = {"prompt": prompt, "completion": reference}
     return EvalItem(record, loss_record, prompt, reference, columns)
+
+
+def _text_of(content) -> str | None:
+    """An answer as text: a string, or content parts that are all text (image records write every content as parts)."""
+    if isinstance(content, list) and content and all(isinstance(part, dict) and part.get("type") == "text" for part in content):
+        return "".join(str(part.get("text", "")) for part in content)
+    return content if isinstance(content, str) else None
 
 
 def run_eval_data(run_dir: Path, record: dict) -> str:

@@ -19,6 +19,7 @@ from ft_cli.eval import metrics as M
 from ft_cli.eval.data import REFERENCE_COLUMNS, EvalData, load_eval_data, run_eval_data
 from ft_cli.eval.models import ModelSpec, base_of, load_model, release, resolve_models
 from ft_cli.eval.report import Progress, samples_path, table, versions, write_outputs
+from ft_cli.eval.vision import is_processor, is_vision_spec, load_vision_model, refuse_images_for_text_models, score_vision
 
 
 @dataclass
@@ -77,7 +78,7 @@ def evaluate(request: EvalRequest) -> dict:
     samples: list[dict] = []
     for model_spec in models:
         say(f"loading {model_spec.name}" + (f" (the base of {model_spec.added_as_base_of})" if model_spec.added_as_base_of else ""))
-        model, tokenizer = load_model(model_spec)
+        model, tokenizer = (load_vision_model if is_vision_spec(model_spec) else load_model)(model_spec)  # tokenizer: a VLM's processor
         for plan in plans:
             with _out_of_memory_guard(model_spec, plan.data.name, request):
                 scores, rows, timing = _score(model, tokenizer, plan, request, model_spec.name)
@@ -199,6 +200,7 @@ def _plan(data: EvalData, request: EvalRequest, models: list[ModelSpec]) -> Plan
     grpo_agent = agent_section(request.tools, request.environment, request.max_tool_calls, [m.run for m in models if m.run])
     names = list(request.metrics) or M.default_metrics(data.shape, data.references, data.has_tool_calls, agent=grpo_agent is not None)
     M.check_metric_names(names)
+    refuse_images_for_text_models(data, models)
     if not names:
         raise UsageError(f"{data.path}: {data.shape} data without reference answers (columns {', '.join(REFERENCE_COLUMNS)}): no metric applies; pass --metric REWARD")
     for model in models:
@@ -270,6 +272,8 @@ def _score(model, tokenizer, plan: Plan, request: EvalRequest, name: str) -> tup
         sequences_of,
     )
 
+    if is_processor(tokenizer):  # a vision-language model: image chats through its processor (ft_cli/eval/vision.py)
+        return score_vision(model, tokenizer, plan, request, name)
     torch.manual_seed(request.seed)
     data, wanted, scores, timing, rows = plan.data, set(plan.metrics), {}, {}, []
     label = f"{name} on {data.name}"

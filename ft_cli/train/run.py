@@ -163,8 +163,8 @@ def train(
         from ft_cli.train.vision import load_vision_records, refuse_unsupported
 
         refuse_unsupported(loaded, backend)
-        train_data = load_vision_records(cfg.data.train)
-        eval_data = load_vision_records(cfg.data.eval) if cfg.data.eval else None
+        train_data = load_vision_records(cfg.data.train, cfg.method)
+        eval_data = load_vision_records(cfg.data.eval, cfg.method) if cfg.data.eval else None
     else:
         train_data = load_training_records(cfg.data.train, cfg.method, method.shapes, cfg.data.format, cfg.data.template, cfg.model.path)
         eval_data = (

@@ -53,8 +53,14 @@ def is_vision_model(model: ModelSection) -> bool:
 
 
 def trains_on_images(cfg: Config) -> bool:
-    """SFT of a vision-language model: ft_cli/train/vision_trainer.py builds its trainer."""
-    return cfg.method == "sft" and is_vision_model(cfg.model)
+    """SFT or DPO of a vision-language model: ft_cli/train/vision_trainer.py builds its trainer; any other method on one
+    is refused here (the text path would load it as a causal LM and fail deep in the trainer)."""
+    if not is_vision_model(cfg.model):
+        return False
+    if cfg.method not in ("sft", "dpo"):
+        raise ConfigError(f"method: {cfg.method} on a vision-language model ({cfg.model.path}): not supported yet; "
+                          "ft trains vision-language models with method: sft or dpo")  # fmt: skip
+    return True
 
 
 def refuse_unsupported(loaded, backend: str) -> None:
@@ -69,14 +75,23 @@ def refuse_unsupported(loaded, backend: str) -> None:
     if cfg.training.padding_free:
         raise ConfigError(f"{loaded.source_of('training.padding_free')}: training.padding_free: not available for image "
                           "records (TRL batches them padded); set it to false")  # fmt: skip
+    if cfg.method == "dpo" and cfg.dpo.truncation_mode == "keep_end":
+        raise ConfigError(f"{loaded.source_of('dpo.truncation_mode')}: dpo.truncation_mode: keep_end would cut the image "
+                          "tokens out of the prompt (TRL refuses it for images); use keep_start")  # fmt: skip
 
 
 # --- records ----------------------------------------------------------------------------------------
 
 
-def load_vision_records(path: str | Path):
-    """Records in TRL's vision shape, each checked: messages, images that exist, one image part per image."""
+def load_vision_records(path: str | Path, method: str = "sft"):
+    """Records in TRL's vision shape, each checked: messages, images that exist, one image part per image
+    (for DPO: pairs, ft_cli/train/vision_dpo.py)."""
     from ft_cli.train.data import TrainingData, read_jsonl
+
+    if method == "dpo":
+        from ft_cli.train.vision_dpo import load_vision_pairs
+
+        return load_vision_pairs(path)
 
     path = Path(path)
     records = read_jsonl(path)
@@ -247,6 +262,10 @@ def check_records(data, collator: VisionCollator) -> list[int]:
 def dry_run_lengths(cfg: Config, data) -> list[int]:
     """`ft train --dry-run`: each record's tokens with its images expanded (the processor alone, no weights),
     after every record is checked as training would check it."""
+    if cfg.method == "dpo":
+        from ft_cli.train.vision_dpo import dry_run_pair_lengths
+
+        return dry_run_pair_lengths(load_processor(cfg.model), cfg.model.max_seq_length, data)
     collator = VisionCollator(load_processor(cfg.model), cfg.model.max_seq_length)
     check_records(data, collator)
     return [int(collator.encode([record])["attention_mask"].sum()) for record in data.records]

@@ -1,4 +1,4 @@
-"""The trainer for SFT on images (run.build_trainer hands over when model.path is a vision-language model):
+"""The trainer for SFT and DPO on images (run.build_trainer hands over when model.path is a vision-language model):
 the processor, ft's vision collator with its answer masks, LoRA on the language model (ft_cli/train/vision.py)."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from ft_cli.train.trackers import quiet_tracker_prints
 
 
 def build_vision_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_data: TrainingData | None, args, say, callbacks=()):
-    """build_trainer for SFT on images: the processor, ft's vision collator (answer masks), LoRA on the language model."""
+    """build_trainer for SFT (ft's vision collator, its answer masks) or DPO (TRL's vision preference collator) on
+    images: the processor, LoRA on the language model."""
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback
 
@@ -27,10 +28,15 @@ def build_vision_trainer(loaded: LoadedConfig, train_data: TrainingData, eval_da
     output_dir = Path(cfg.training.output_dir)
     set_seed(cfg.training.seed)
     model, processor, peft_config = load_vision_model_and_lora(cfg)
-    collator = VisionCollator(processor, cfg.model.max_seq_length)
-    image_tokens = check_records(train_data, collator)
+    if cfg.method == "dpo":  # pairs: TRL's vision preference collator; the reference is the base with the adapter off
+        from ft_cli.train.vision_dpo import PairCollator, as_pair_dataset, check_pairs
+
+        collator, check, as_dataset = PairCollator(processor, cfg.model.max_seq_length), check_pairs, as_pair_dataset
+    else:
+        collator, check = VisionCollator(processor, cfg.model.max_seq_length), check_records
+    image_tokens = check(train_data, collator)
     if eval_data is not None:
-        check_records(eval_data, collator)
+        check(eval_data, collator)
     say(f"images: {sum(len(r['images']) for r in train_data.records)} in {len(train_data.records)} records, "
         f"up to {max(image_tokens, default=0)} image tokens per record; vision tower "
         f"{'frozen' if cfg.model.freeze_vision_tower else 'trained'}, projector {'frozen' if cfg.model.freeze_multi_modal_projector else 'trained'}; "
