@@ -168,8 +168,18 @@ def held_out_success(model_dir: Path, max_turns: int = 4, max_new_tokens: int = 
 
 def grpo_curve(run: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    keys = ("step", "rewards/Calculator/mean", "tools/call_frequency", "tools/failure_frequency", "loss", "grad_norm")
+    keys = ("step", "rewards/Calculator/mean", "tools/call_frequency", "tools/failure_frequency", "loss", "grad_norm", "step_time")
     return [{k: row.get(k) for k in keys} for row in rows if "rewards/Calculator/mean" in row]
+
+
+def print_curve(curve: list[dict], n: int) -> None:
+    print("step  reward  calls/episode  failed calls  step time (s)")
+    for row in curve:
+        print(f"{row['step']:>4}  {row['rewards/Calculator/mean']:.3f}   {row['tools/call_frequency']:.2f}           {row['tools/failure_frequency']:.3f}         {row['step_time'] or 0:.0f}")
+    reward = [row["rewards/Calculator/mean"] for row in curve]
+    calls = [row["tools/call_frequency"] for row in curve]
+    print(f"reward, mean of the first {n} vs last {n} of {len(curve)} steps: {mean(reward[:n]):.3f} -> {mean(reward[-n:]):.3f}")
+    print(f"calls per episode: {mean(calls[:n]):.2f} -> {mean(calls[-n:]):.2f}")
 
 
 def mean(values) -> float:
@@ -191,8 +201,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--window", type=int, default=5, help="steps averaged at each end of the GRPO curve")
     parser.add_argument("--reuse-sft", action="store_true", help="keep OUT/sft-merged from an earlier run")
-    parser.add_argument("--skip-eval", action="store_true")
+    parser.add_argument("--skip-eval", action="store_true", help="no held-out rollouts (they cost minutes on a busy CPU)")
+    parser.add_argument("--summarize", type=Path, help="only print the curve of this GRPO run directory (also a run still going)")
     args = parser.parse_args()
+    if args.summarize:
+        print_curve(grpo_curve(args.summarize), args.window)
+        return
     out: Path = args.out
     started = time.monotonic()
     summary: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "wall_s": {}}
@@ -224,11 +238,7 @@ def main() -> None:
         summary["wall_s"]["eval_after"] = time.monotonic() - t
     summary["wall_s"]["total"] = time.monotonic() - started
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print("\nstep  reward  calls/episode")
-    for row in curve:
-        print(f"{row['step']:>4}  {row['rewards/Calculator/mean']:.3f}   {row['tools/call_frequency']:.2f}")
-    print(f"\nreward, mean of the first {n} vs last {n} steps: {summary['reward_first']:.3f} -> {summary['reward_last']:.3f}")
-    print(f"calls per episode: {summary['calls_first']:.2f} -> {summary['calls_last']:.2f}")
+    print_curve(curve, n)
     for key in ("held_out_before", "held_out_after"):
         if key in summary:
             h = summary[key]
