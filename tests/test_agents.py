@@ -387,3 +387,23 @@ def test_tools_that_hang_exit_or_raise_in_a_run_become_error_turns_and_the_run_f
     from ft_cli.runs.directory import FULL_MODEL_DIR
 
     assert (run / FULL_MODEL_DIR / "config.json").is_file()  # the run went to its end and saved
+
+
+def test_the_shipped_demonstrations_are_valid_sft_data_that_offers_the_environment_tools(family_model_dir, tmp_path):
+    # The SFT that teaches a model the calling format before GRPO (docs/agents.md): every record offers
+    # the Calculator's tools, as GRPO's prompts will, so ft's checks accept every call in it.
+    demos = REPO / "examples" / "data" / "calculator_demos.jsonl"
+    records = [json.loads(line) for line in demos.read_text().splitlines()]
+    from transformers.utils import get_json_schema
+
+    from ft_cli.train.tools import import_object
+
+    cls = import_object(f"{CALCULATOR}:Calculator", "test")
+    expected = [get_json_schema(getattr(cls, name)) for name in ("add", "multiply", "submit")]
+    assert all(record["tools"] == expected for record in records)
+    body = {"method": "sft", "model": {"path": str(family_model_dir("qwen2.5")), "max_seq_length": 2048},
+            "data": {"train": str(demos)}, "training": {"output_dir": str(tmp_path / "sft")}}  # fmt: skip
+    (tmp_path / "sft.yaml").write_text(yaml.safe_dump(body))
+    result = run_ft("train", tmp_path / "sft.yaml", "--dry-run")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "data: 64 train" in result.stderr

@@ -49,13 +49,14 @@ def _number(value) -> float | None:
 
 class Calculator:
     """Arithmetic with tools: the model computes with add/multiply and submits its result; reward 1.0 when the
-    submitted number is the record's `answer`, else 0.0. TRL builds one instance per rollout and calls reset()
+    submitted number is the record's `answer` (less 0.25 per call after the submission), else 0.0. TRL builds one instance per rollout and calls reset()
     with the record's columns before each."""
 
     def reset(self, answer=None, **columns) -> None:
         self.expected = _number(answer)
         self.submitted: float | None = None
         self.calls = 0
+        self.after_submit = 0  # calls made once the answer is in: the episode should end there
 
     def add(self, a: float, b: float) -> float:
         """Add two numbers.
@@ -67,7 +68,7 @@ class Calculator:
         Returns:
             The sum a + b.
         """
-        self.calls += 1
+        self._count()
         return a + b
 
     def multiply(self, a: float, b: float) -> float:
@@ -80,7 +81,7 @@ class Calculator:
         Returns:
             The product a * b.
         """
-        self.calls += 1
+        self._count()
         return a * b
 
     def submit(self, answer: float) -> str:
@@ -92,11 +93,19 @@ class Calculator:
         Returns:
             A confirmation.
         """
+        self._count()
         if self.submitted is None:
             self.submitted = _number(answer)
         return "submitted"
 
+    def _count(self) -> None:
+        self.calls += 1
+        if self.submitted is not None:
+            self.after_submit += 1
+
     def get_reward(self) -> float:
-        if self.submitted is None or self.expected is None:
+        """1.0 for the right number submitted, less 0.25 for every call made after it (the episode is over
+        once the answer is in: without this, calls after the submission would cost nothing)."""
+        if self.submitted is None or self.expected is None or abs(self.submitted - self.expected) >= 1e-6:
             return 0.0
-        return 1.0 if abs(self.submitted - self.expected) < 1e-6 else 0.0
+        return max(0.0, 1.0 - 0.25 * self.after_submit)
