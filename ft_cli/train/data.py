@@ -31,6 +31,26 @@ def detect_shape(record: dict) -> str | None:
     return None
 
 
+def read_image_records(path: str | Path, problem_of, what: str) -> tuple[Path, list[dict]]:
+    """Records of a vision data file, each image path made absolute against the data file's folder (as ft prepare
+    does) and each record checked by `problem_of(record) -> str | None`; the problems are one DataError of path:LINE lines."""
+    path = Path(path)
+    records = read_jsonl(path)
+    with path.open(encoding="utf-8") as handle:
+        lines = [number for number, line in enumerate(handle, start=1) if line.strip()]
+    problems = []
+    for line, record in zip(lines, records):
+        if isinstance(record.get("images"), list):
+            record["images"] = [str(path.parent / image) if isinstance(image, str) and not Path(image).is_absolute() else image
+                                for image in record["images"]]  # fmt: skip
+        problem = problem_of(record)
+        if problem:
+            problems.append(f"{path}:{line}: {problem}")
+    if problems:
+        raise DataError(f"{path}: {len(problems)} record(s) are not {what}", problems[:20])
+    return path, records
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """Read a JSONL file; the first bad line is an error naming `path:LINE`."""
     path = Path(path)

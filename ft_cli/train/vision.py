@@ -86,27 +86,14 @@ def refuse_unsupported(loaded, backend: str) -> None:
 def load_vision_records(path: str | Path, method: str = "sft"):
     """Records in TRL's vision shape, each checked: messages, images that exist, one image part per image
     (for DPO: pairs, ft_cli/train/vision_dpo.py)."""
-    from ft_cli.train.data import TrainingData, read_jsonl
+    from ft_cli.train.data import TrainingData, read_image_records
 
     if method == "dpo":
         from ft_cli.train.vision_dpo import load_vision_pairs
 
         return load_vision_pairs(path)
 
-    path = Path(path)
-    records = read_jsonl(path)
-    with path.open(encoding="utf-8") as handle:
-        lines = [number for number, line in enumerate(handle, start=1) if line.strip()]
-    problems = []
-    for line, record in zip(lines, records):
-        if isinstance(record.get("images"), list):  # a relative path is relative to the data file, as in ft prepare
-            record["images"] = [str(path.parent / image) if isinstance(image, str) and not Path(image).is_absolute() else image
-                                for image in record["images"]]  # fmt: skip
-        problem = _record_problem(record)
-        if problem:
-            problems.append(f"{path}:{line}: {problem}")
-    if problems:
-        raise DataError(f"{path}: {len(problems)} record(s) are not image chats (messages + images)", problems[:20])
+    path, records = read_image_records(path, _record_problem, "image chats (messages + images)")
     return TrainingData(path, [as_image_chat(record) for record in records], "conversational", converted=True)
 
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ft_cli.core.errors import DataError
-
 SHAPE = "image preference"  # not "preference": the text pair checks (tokenizer-only) do not read image parts
 _TURNS = ("prompt", "chosen", "rejected")
 
@@ -24,23 +22,9 @@ _TURNS = ("prompt", "chosen", "rejected")
 def load_vision_pairs(path: str | Path):
     """Pairs in TRL's vision preference shape, each checked (path:LINE): messages, images that exist, one image part
     per image, images in the prompt only."""
-    from ft_cli.train.data import TrainingData, read_jsonl
+    from ft_cli.train.data import TrainingData, read_image_records
 
-    path = Path(path)
-    records = read_jsonl(path)
-    with path.open(encoding="utf-8") as handle:
-        lines = [number for number, line in enumerate(handle, start=1) if line.strip()]
-    problems = []
-    for line, record in zip(lines, records):
-        if isinstance(record.get("images"), list):  # a relative path is relative to the data file, as in ft prepare
-            record["images"] = [str(path.parent / image) if isinstance(image, str) and not Path(image).is_absolute() else image
-                                for image in record["images"]]  # fmt: skip
-        problem = _pair_problem(record)
-        if problem:
-            problems.append(f"{path}:{line}: {problem}")
-    if problems:
-        raise DataError(f"{path}: {len(problems)} record(s) are not image preference pairs (prompt + chosen + rejected + images)",
-                        problems[:20])  # fmt: skip
+    path, records = read_image_records(path, _pair_problem, "image preference pairs (prompt + chosen + rejected + images)")
     # converted=False: one pair per non-blank line, so a problem found later (check_pairs) names path:LINE; the rows
     # reach the trainer through as_pair_dataset, never from the file itself
     return TrainingData(path, [as_image_pair(record) for record in records], SHAPE, converted=False)
