@@ -139,15 +139,18 @@ def pytest_report_header(config):
 
 @pytest.fixture(scope="session")
 def family_model_dir(tmp_path_factory):
-    """`family_model_dir("llama3.2")`: that family's miniature, built on first use, once per session (per worker)."""
+    """`family_model_dir("llama3.2")`: that family's miniature (a text or a vision-language family), built on
+    first use, once per session (per worker)."""
     from ft_cli.models.families import build_family_model
+    from ft_cli.models.vision_families import VISION_FAMILIES, build_vision_model
 
     built: dict[str, Path] = {}
     root = tmp_path_factory.mktemp("families")
 
     def get(family: str) -> Path:
         if family not in built:
-            built[family] = build_family_model(root / family, family)
+            build = build_vision_model if family in VISION_FAMILIES else build_family_model
+            built[family] = build(root / family, family)
         return built[family]
 
     return get

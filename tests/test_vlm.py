@@ -26,18 +26,8 @@ QUESTION = "What colour is this image?"
 
 
 @pytest.fixture(scope="session")
-def vision_model_dir(tmp_path_factory):
-    from ft_cli.models.vision_families import build_vision_model
-
-    built: dict[str, Path] = {}
-    root = tmp_path_factory.mktemp("vision")
-
-    def get(family: str) -> Path:
-        if family not in built:
-            built[family] = build_vision_model(root / family, family)
-        return built[family]
-
-    return get
+def vision_model_dir(family_model_dir):
+    return family_model_dir  # conftest builds vision families too
 
 
 def processor_for(directory: Path):
