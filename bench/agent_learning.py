@@ -2,7 +2,7 @@
 
 Stages, each `ft` run as a user runs it (a subprocess of the CLI), under OUT (default out/bench-agent):
 1. a SHORT LoRA SFT on examples/data/calculator_demos.jsonl (with the Calculator's tool schemas as the
-   `tools` column, so the SFT prompts are the prompts GRPO renders) teaches the Hermes <tool_call> format,
+   `tools` column the demos carry, so the SFT prompts are the prompts GRPO renders) teaches the Hermes <tool_call> format,
    then `ft merge`: a policy that calls tools but is far from always right;
 2. held-out success before GRPO: a greedy multi-turn rollout on examples/data/calculator_eval.jsonl
    (the tokenizer's chat template with the tools, TRL's parse_response, the Calculator itself);
@@ -11,7 +11,7 @@ Stages, each `ft` run as a user runs it (a subprocess of the CLI), under OUT (de
 4. `ft merge` of the GRPO adapter and the same held-out rollout after GRPO.
 
 Every stage uses model.chat_template: chatml_tools (SmolLM2's own template drops tools).
-    PYTHONPATH=$PWD .venv/bin/python bench/agent_learning.py            (about 30 min on 2 CPU cores)
+    PYTHONPATH=$PWD .venv/bin/python bench/agent_learning.py            (a GRPO step took 6-15 min on 2 busy CPU cores: see RESULTS.md)
 Results: bench/RESULTS.md ("An agent learns with GRPO ..."); the run writes OUT/summary.json.
 """
 
@@ -68,11 +68,7 @@ def write_yaml(path: Path, body: dict) -> Path:
 
 
 def sft_config(out: Path, args) -> Path:
-    demos = out / "demos.jsonl"
-    tools = tool_schemas()
-    with demos.open("w") as handle:
-        for line in DEMOS.read_text().splitlines():
-            handle.write(json.dumps({**json.loads(line), "tools": tools}) + "\n")
+    demos = DEMOS  # each demo offers the Calculator's three tools (its `tools` column), as GRPO's prompts will
     return write_yaml(out / "sft.yaml", {
         "method": "sft",
         "model": {"path": str(MODEL), "dtype": "fp32", "max_seq_length": 1024, "chat_template": "chatml_tools"},
