@@ -154,7 +154,7 @@ def with_samples_log(trainer_cls: type, samples_path: Path, per_log: int) -> typ
                         "rewards": {name: values[i] for name, values in rewards.items() if i < len(values)},
                         "advantage": advantages[i] if i < len(advantages) else None,
                     }  # fmt: skip
-                    if self.tools:  # an agent's rollout: its turns are in completion; how many calls it made
+                    if getattr(self, "tools", None):  # an agent's rollout (GRPO only: RLOO has no tools): its turns, and how many calls
                         row["tool_calls"] = sum(len(turn.get("tool_calls") or []) for turn in completions[i] if isinstance(turn, dict))
                     handle.write(json.dumps(row, default=str) + "\n")
 
