@@ -40,6 +40,7 @@ class Method:
     takes_chats_as_prompts: bool = False  # conversational records train from their prompt (all but the last answer)
     # Its trainer keeps a pair whose prompt fills the window and trains the empty answer (a NaN loss): ft drops such pairs.
     keeps_answerless_pairs: bool = False
+    vision: bool = False  # also trains vision-language models on image records (ft_cli/train/vision.py)
 
     def load(self, target: str) -> Any:
         """The object an import string of this entry names (the trainer, its config or the options function)."""
@@ -58,11 +59,11 @@ _PAIRS = ("rewards/margins", "rewards/accuracies")
 METHODS = {
     "sft": Method(
         "trl:SFTTrainer", "trl:SFTConfig", _OPTIONS + "sft_options", ("conversational", "prompt-completion", "language-modeling"),
-        summary="supervised fine-tuning on answers (chats, prompt+completion or text)",
+        summary="supervised fine-tuning on answers (chats, prompt+completion or text)", vision=True,
     ),
     "dpo": Method(
         "trl:DPOTrainer", "trl:DPOConfig", _OPTIONS + "dpo_options", ("preference",), section="dpo", extra_metrics=_PAIRS,
-        summary="direct preference optimisation on chosen/rejected pairs", pairwise=True, second_model="reference",
+        summary="direct preference optimisation on chosen/rejected pairs", pairwise=True, second_model="reference", vision=True,
     ),
     "grpo": Method(
         "trl:GRPOTrainer", "trl:GRPOConfig", _OPTIONS + "grpo_options", ("prompt-only",), section="grpo", extra_metrics=("reward",),

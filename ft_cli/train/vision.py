@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 
 from ft_cli.config.loading import Config, ModelSection
+from ft_cli.config.methods import METHODS
 from ft_cli.core.errors import ConfigError, DataError
 
 # Where transformers keeps each part of the VLMs ft knows (module name suffixes, most specific first).
@@ -57,9 +58,10 @@ def trains_on_images(cfg: Config) -> bool:
     is refused here (the text path would load it as a causal LM and fail deep in the trainer)."""
     if not is_vision_model(cfg.model):
         return False
-    if cfg.method not in ("sft", "dpo"):
+    if not METHODS[cfg.method].vision:
+        methods = " or ".join(name for name, method in METHODS.items() if method.vision)
         raise ConfigError(f"method: {cfg.method} on a vision-language model ({cfg.model.path}): not supported yet; "
-                          "ft trains vision-language models with method: sft or dpo")  # fmt: skip
+                          f"ft trains vision-language models with method: {methods}")  # fmt: skip
     return True
 
 
