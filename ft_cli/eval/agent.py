@@ -103,14 +103,9 @@ def _environment_columns(item) -> dict:
 
 
 def _new_environment(agent: Agent, columns: dict):
-    factory = agent.factory
-    if factory is None:
-        return None
-    cls = factory[columns.get("environment")] if isinstance(factory, dict) else factory
-    instance = cls()
-    reset = {k: v for k, v in columns.items() if k != "environment"} if isinstance(factory, dict) else columns
-    observation = instance.reset(**reset)
-    return instance, observation
+    from ft_cli.train.tools import new_environment
+
+    return None if agent.factory is None else new_environment(agent.factory, columns)
 
 
 def _offered(agent: Agent, episode: Episode) -> list[Callable]:

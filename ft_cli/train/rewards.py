@@ -167,6 +167,7 @@ def load_rewards(grpo, model_section=None, key: str = "grpo.rewards") -> tuple[l
 
 
 def dry_run_rewards(functions: list[Callable], grpo, example: dict, key: str = "grpo.rewards", environment=None) -> None:
+    # environment: an instance already reset on `example` (ft_cli/train/tools.py new_environment), or None
     """Call every reward as TRL will, on a few made-up completions for a real data row, before the model loads
     (with an environment, TRL also passes each rollout's environment instance as `environments`)."""
     conversational = isinstance(example.get("prompt"), list)
@@ -178,7 +179,7 @@ def dry_run_rewards(functions: list[Callable], grpo, example: dict, key: str = "
         "trainer_state": None, "log_extra": lambda *a, **k: None, "log_metric": lambda *a, **k: None, **extras,
     }  # fmt: skip
     if environment is not None:
-        kwargs["environments"] = [_reset_environment(environment, example)] * len(texts)
+        kwargs["environments"] = [environment] * len(texts)
     for index, function in enumerate(functions):
         if function is None:  # a reward model: scored by TRL, checked from its files (train/plan.py)
             continue
@@ -201,14 +202,6 @@ def dry_run_rewards(functions: list[Callable], grpo, example: dict, key: str = "
         bad = [s for s in scores if s is not None and not (isinstance(s, (int, float)) and math.isfinite(s))]
         if bad:
             raise ConfigError(f"{where}: returned {bad[0]!r}; every reward must be a finite float (or None)")
-
-
-def _reset_environment(environment, example: dict):
-    """An instance of the record's environment, reset on it (checked to work by train/tools.py)."""
-    cls = environment[example.get("environment")] if isinstance(environment, dict) else environment
-    instance = cls()
-    instance.reset(**({k: v for k, v in example.items() if k != "environment"} if isinstance(environment, dict) else example))
-    return instance
 
 
 def _reward_model(path: str, model_section, key: str):

@@ -305,6 +305,10 @@ def check_rewards(cfg, example: dict, environment=None) -> None:
     from ft_cli.train.rewards import dry_run_rewards, load_rewards
 
     functions, _ = load_rewards(cfg.grpo)
+    if environment is not None:  # the factory: rewards may read each rollout's instance (`environments`)
+        from ft_cli.train.tools import new_environment
+
+        environment = new_environment(environment, example)[0]
     dry_run_rewards(functions, cfg.grpo, example, environment=environment)
 
 

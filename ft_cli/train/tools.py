@@ -186,6 +186,16 @@ def environment_classes(factory) -> dict[str | None, type]:
     return dict(factory) if isinstance(factory, dict) else {None: factory}
 
 
+def new_environment(factory, columns: dict):
+    """(instance, what reset() returned) for a record, as TRL does it: with several environments the record's
+    `environment` column picks the class and is not passed to reset()."""
+    several = isinstance(factory, dict)
+    cls = factory[columns.get("environment")] if several else factory
+    instance = cls()
+    observation = instance.reset(**({k: v for k, v in columns.items() if k != "environment"} if several else columns))
+    return instance, observation
+
+
 def environment_owns_reward(factory) -> bool:
     return any(callable(getattr(cls, "get_reward", None)) for cls in environment_classes(factory).values())
 
