@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from ft_cli.config.methods import METHOD_NAMES  # noqa: F401 - the registry owns the names; re-exported for the schema's users
+from ft_cli.core.errors import ConfigError
 from ft_cli.core.redaction import REDACTED
 
 # --------------------------------------------------------------------------- schema
@@ -129,14 +130,72 @@ class LoraSection(Section):
     modules_to_save: list[str] | None = Field(None, description="Extra modules trained in full and saved with the adapter.")
 
 
+class SourceSection(Section):
+    path: str = Field(description="A data file or directory, in any format ft prepare reads (JSONL, .jsonl.gz, Parquet, ...).")
+    weight: PositiveFloat | None = Field(None, description="This source's share of an interleaved mix (normalised over the sources).")
+    count: PositiveInt | None = Field(None, description="Exactly this many of its records (the source repeats when it has fewer).")
+    format: Literal["auto", "alpaca", "sharegpt", "chat", "completion", "preference", "kto", "prompt-only", "bfcl"] = Field(
+        "auto", description="This source's format, when ft would detect another."
+    )
+    template: str | None = Field(None, description="This source's prompt template (default: data.template).")
+
+
 class DataSection(Section):
-    train: str | None = Field(None, description="Training data: a JSONL from `ft prepare` or any format it reads.")
+    train: Union[str, list[Union[str, SourceSection]], None] = Field(
+        None,
+        description="Training data: a JSONL from `ft prepare` or any format it reads; or a list of sources to mix, "
+        "each a path, `path:WEIGHT`, `path:n=COUNT` or a mapping {path, weight or count, format, template}.",
+    )
     eval: str | None = Field(None, description="Evaluation data file.")
     eval_split: Fraction = Field(0.0, description="Fraction of the training data held out for evaluation.")
     format: Literal["auto", "alpaca", "sharegpt", "chat", "completion", "preference", "kto", "prompt-only", "bfcl"] = Field(
         "auto", description="Input data format; auto detects it."
     )
     template: str = Field("tokenizer", description="Prompt template: tokenizer (the model's chat template), a name in ft_cli/templates/ (alpaca, vicuna_v1.1, chatml), or a .jinja path.")
+    mix: Literal["interleave", "concat"] = Field(
+        "interleave", description="How a list of sources becomes one stream: interleave (each record from a source drawn by weight) or concat (one after the other)."
+    )
+    exhausted: Literal["stop", "recycle"] = Field(
+        "stop", description="An interleaved source that runs out: stop ends the mix (no repeats), recycle starts it over until every source was used up once."
+    )
+    mix_seed: int | None = Field(None, description="Seed of the mix's draw (default: training.seed).")
+    streaming: bool = Field(
+        False, description="SFT: read the data as it trains (JSONL, .jsonl.gz, Parquet) instead of loading it: constant memory at any size; needs training.max_steps."
+    )
+    shuffle: bool = Field(True, description="Shuffle the training records (streamed: through a buffer of data.shuffle_buffer records).")
+    shuffle_buffer: PositiveInt = Field(10_000, description="Streamed data: records held to shuffle from.")
+    trace: bool = Field(False, description="Write data_trace.jsonl: per optimizer step, a fingerprint of each sequence trained (compare runs, resumes, streams).")
+
+    @model_validator(mode="after")
+    def _check_mix(self) -> "DataSection":
+        from ft_cli.config.sources import check_sources
+
+        if isinstance(self.train, list):
+            try:
+                check_sources(self.sources(), self.mix, where="")
+            except ConfigError as exc:
+                raise ValueError(str(exc).removeprefix(": ")) from None
+        return self
+
+    def sources(self) -> list:
+        """data.train as mix sources (ft_cli.config.sources.Source); one source when it is a single path."""
+        from ft_cli.config.sources import Source, parse_source_spec
+
+        if self.train is None:
+            return []
+        if isinstance(self.train, str):
+            return [Source(self.train)]
+        return [
+            parse_source_spec(item) if isinstance(item, str) else Source(item.path, item.weight, item.count, item.format, item.template)
+            for item in self.train
+        ]
+
+    def train_paths(self) -> list[str]:
+        return [source.path for source in self.sources()]
+
+    @property
+    def is_mix(self) -> bool:
+        return isinstance(self.train, list)
 
 
 class TrainingSection(Section):

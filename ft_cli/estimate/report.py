@@ -45,11 +45,14 @@ def optimizer_steps(config: Config, gpus: int) -> int | None:
     t = config.training
     if t.max_steps > 0:
         return t.max_steps
-    data = config.data.train
-    if not data or not Path(data).is_file():
-        return None
-    with open(data, "rb") as handle:
-        records = sum(1 for line in handle if line.strip())
+    sources = config.data.sources()
+    if sources and all(source.count for source in sources):  # a mix of counts has its size in the config
+        records = sum(source.count for source in sources)
+    elif len(sources) == 1 and Path(sources[0].path).is_file() and not config.data.is_mix:
+        with open(sources[0].path, "rb") as handle:
+            records = sum(1 for line in handle if line.strip())
+    else:
+        return None  # a weighted mix's size depends on when a source runs out
     per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps * max(gpus, 1)
     if METHODS[config.method].samples:
         per_step = max(per_step // config.grpo.num_generations, 1)

@@ -57,7 +57,7 @@ def run_inputs(loaded: LoadedConfig) -> list[Input]:
     config file itself (but not the run's own ft_run.yaml, read by `ft resume`)."""
     cfg = loaded.config
     named: list[tuple[str, object]] = [
-        ("data.train", cfg.data.train),
+        *(("data.train", path) for path in cfg.data.train_paths()),
         ("data.eval", cfg.data.eval),
         ("data.template", cfg.data.template),  # a name (alpaca, tokenizer) is no path: only its own name is refused
         ("model.path", cfg.model.path),
@@ -166,15 +166,14 @@ def run_record(loaded: LoadedConfig) -> dict:
     """The resolved config (secrets redacted) plus what is needed to reproduce the run."""
     from ft_cli.core.env_report import PACKAGES, package_version
 
-    data = loaded.config.data
-    files = {name: path for name, path in (("train", data.train), ("eval", data.eval)) if path}
+    files = data_files(loaded.config.data)
     record = config_to_dict(loaded.config)
     for dotted in PATH_KEYS:
         section, key = dotted.split(".")
         record[section][key] = absolute_path(record[section][key])
     record["run"] = {
         "versions": {name: package_version(name) for name in PACKAGES},
-        "data_sha256": {name: file_sha256(path) for name, path in files.items()},
+        "data_sha256": {name: file_sha256(path) for name, path in files.items() if Path(path).is_file()},
         "git_commit": _git_commit(),
         "base_architecture": architecture_of(loaded.config.model.path),  # ft merge --base checks it
     }
@@ -209,8 +208,27 @@ def _git_commit() -> str | None:
 PATH_KEYS = ("model.path", "data.train", "data.eval")
 
 
+def _source_mapping(source) -> dict:
+    """A `path:WEIGHT` source written out as the mapping the config would load it as (so resume compares like with like)."""
+    return {"path": source.path, "weight": source.weight, "count": source.count, "format": source.format, "template": source.template}
+
+
+def data_files(data) -> dict[str, str]:
+    """The run's data files by name: train (or train[0], train[1], ... for a mix) and eval; `ft resume` checks their hashes."""
+    paths = data.train_paths()
+    named = {"train": paths[0]} if not data.is_mix and paths else {f"train[{i}]": path for i, path in enumerate(paths)}
+    if data.eval:
+        named["eval"] = data.eval
+    return named
+
+
 def absolute_path(value):
-    """A local path that exists, made absolute; anything else (a hub id, None) as it is."""
+    """A local path that exists, made absolute (in a list of mix sources, each source's path); anything else as it is."""
+    if isinstance(value, list):  # data.train as mix sources: each as a mapping with its path absolute
+        from ft_cli.config.sources import parse_source_spec
+
+        sources = [item if isinstance(item, dict) else _source_mapping(parse_source_spec(item)) for item in value]
+        return [{**item, "path": absolute_path(item["path"])} for item in sources]
     return str(Path(value).resolve()) if isinstance(value, str) and value and Path(value).exists() else value
 
 

@@ -9,7 +9,7 @@ the same `path:LINE: field: reason` messages.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ft_cli.core.errors import DataError
@@ -91,6 +91,7 @@ class TrainingData:
     shape: str
     converted: bool  # the records differ from the file (raw data converted): train on the records, not the file
     manifest: dict | None = None  # ft prepare's manifest, when the file is its unchanged output
+    mix_table: list[str] = field(default_factory=list)  # data.train as a mix: what each source gave (the plan prints it)
 
 
 def load_training_records(
@@ -146,7 +147,7 @@ def load_sft_records(path: str | Path, data_format: str = "auto", template: str 
 
 
 _PROBLEM = "ft_problem"  # a column that carries a record's problem out of datasets.map
-RECORD_JSON = "ft_record_json"  # a whole record as JSON text (tool-calling records: see train.run._as_dataset)
+RECORD_JSON = "ft_record_json"  # a whole record as JSON text (tool-calling records: see train.data_sources.as_dataset)
 
 
 def tokenize_sft(dataset, tokenizer, data: TrainingData, max_length: int):

@@ -117,8 +117,9 @@ def prepare_launch(loaded: LoadedConfig, launch: Launch, overwrite: bool) -> Non
     check_launchable(cfg, launch, source)
     if cfg.data.train is None:
         raise ConfigError(f"{source}: data.train: required for ft train (a JSONL file)")
-    if not Path(cfg.data.train).is_file():
-        raise DataError(f"{cfg.data.train}: data file not found (data.train)")
+    for path in cfg.data.train_paths():
+        if not Path(path).exists():
+            raise DataError(f"{path}: data file not found (data.train)")
     output_dir = Path(cfg.training.output_dir)
     resuming = cfg.training.resume == "auto" and (output_dir / RUN_FILE).exists()
     refuse_secrets_in_fields(loaded)

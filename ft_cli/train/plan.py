@@ -12,7 +12,7 @@ import math
 import netrc
 import os
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ft_cli.config.loading import Config, LoadedConfig
 from ft_cli.config.methods import METHODS, other_models, second_model_runs
@@ -36,7 +36,7 @@ def check_paths(loaded: LoadedConfig, chat_template: bool = False) -> None:
 
         if (problem := chat_template_problem(cfg.model.chat_template)) is not None:
             problems.append(f"{loaded.source_of('model.chat_template')}: model.chat_template: {problem}")
-    for key, value in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval)):
+    for key, value in [*(("data.train", path) for path in cfg.data.train_paths()), ("data.eval", cfg.data.eval)]:
         if value and not Path(value).exists():
             problems.append(f"{loaded.source_of(key)}: {key}: {value}: no such file or directory")
 
@@ -168,12 +168,19 @@ class Plan:
     max_seq_length: int
     token_lengths: list[int] | None = None  # only for --dry-run: a real run lets TRL tokenize, once
     batching: str | None = None  # only for --dry-run: padding vs packing for these lengths (ft_cli.train.packing)
+    streamed: bool = False  # data.streaming: train_records and token_lengths are the first records of each source
+    mix_lines: list[str] = field(default_factory=list)  # data.train as a mix: the table of its sources
 
     method_line: str = ""
 
     def lines(self) -> list[str]:
         out = self.method_line.splitlines()
-        out.append(f"data: {self.train_records} train / {self.eval_records} eval records ({self.shape})")
+        if self.streamed:
+            out.append(f"data: streamed ({self.shape}), read as it trains; {self.eval_records} eval records; "
+                       f"the first {self.train_records} records checked; lengths below are theirs")  # fmt: skip
+        else:
+            out.append(f"data: {self.train_records} train / {self.eval_records} eval records ({self.shape})")
+        out.extend(self.mix_lines)
         if self.token_lengths:
             lengths = sorted(self.token_lengths)
             p95 = lengths[min(len(lengths) - 1, math.ceil(0.95 * len(lengths)) - 1)]

@@ -26,9 +26,11 @@ def _say(line: str) -> None:
 
 
 def _check_data_unchanged(config: Config, force: bool) -> None:
+    from ft_cli.runs.directory import data_files
+
     recorded = (config.run or {}).get("data_sha256") or {}
-    for name, path in (("train", config.data.train), ("eval", config.data.eval)):
-        if not path or name not in recorded:
+    for name, path in data_files(config.data).items():
+        if name not in recorded:
             continue
         if not Path(path).is_file():
             raise DataError(f"{path}: data.{name} of the run is missing; resume needs the same data file")

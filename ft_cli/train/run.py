@@ -31,7 +31,8 @@ from ft_cli.runs.directory import (
 )
 from ft_cli.train.backends import choose_backend
 from ft_cli.train.checkpoints import Checkpoint
-from ft_cli.train.data import TrainingData, load_training_records
+from ft_cli.train.data import TrainingData
+from ft_cli.train.data_sources import load_run_data, training_datasets
 from ft_cli.train.distributed import (
     describe_strategy,
     distributed_options,
@@ -88,6 +89,7 @@ def _trainer_args(loaded: LoadedConfig, method: Method, output_dir: Path, shape:
         save_total_limit=None,  # retention runs after a checkpoint is committed (checkpoints.py)
         seed=t.seed,
         data_seed=t.seed,
+        train_sampling_strategy="random" if cfg.data.shuffle else "sequential",  # a stream shuffles in data_sources
         **tracker_options(cfg),
         run_name=redact_text(t.run_name, declared_secrets(cfg.model_dump(mode="python"))) if t.run_name else None,
         bf16=dtype == torch.bfloat16,
@@ -159,22 +161,7 @@ def train(
         wait_for_everyone()  # every process has read the run directory before rank 0 writes into it
     check_integrations(loaded)
     backend, why = choose_backend(cfg, source=loaded.source_of("backend"))
-    if trains_on_images(cfg):  # SFT of a vision-language model: image chats (ft_cli/train/vision.py)
-        from ft_cli.train.vision import load_vision_records, refuse_unsupported
-
-        refuse_unsupported(loaded, backend)
-        train_data = load_vision_records(cfg.data.train, cfg.method)
-        eval_data = load_vision_records(cfg.data.eval, cfg.method) if cfg.data.eval else None
-    else:
-        train_data = load_training_records(cfg.data.train, cfg.method, method.shapes, cfg.data.format, cfg.data.template, cfg.model.path)
-        eval_data = (
-            load_training_records(cfg.data.eval, cfg.method, method.shapes, cfg.data.format, cfg.data.template, cfg.model.path)
-            if cfg.data.eval
-            else None
-        )
-    if method.takes_chats_as_prompts:  # distillation samples the answers itself: chats give their prompts
-        train_data = as_prompts(train_data)
-        eval_data = as_prompts(eval_data) if eval_data else None
+    train_data, eval_data = load_run_data(loaded, backend)
     records, shape = train_data.records, train_data.shape
     check_paths(loaded, chat_template=needs_chat_template(cfg, records[0]))
     _check_tool_rendering(cfg, records)
@@ -195,7 +182,7 @@ def train(
         if eval_data is not None:
             check_preference_data(eval_data, tokenizer, cfg.model.max_seq_length, cfg.method)
     token_lengths = None
-    if dry_run:
+    if dry_run or cfg.data.streaming:  # a stream's first records are checked before every run: the rest is read as it trains
         from ft_cli.train.data import template_problems_error
         from ft_cli.train.model import load_tokenizer
 
@@ -206,6 +193,7 @@ def train(
         if problems:
             raise template_problems_error(train_data, problems)
     plan = make_plan(cfg, records, shape, len(eval_records or []), token_lengths)
+    plan.streamed, plan.mix_lines = cfg.data.streaming, getattr(train_data, "mix_table", [])
     plan.batching = None if trains_on_images(cfg) else plan.batching  # image records are padded, never packed
     say(f"backend: {backend} ({why})")
     for line in plan.lines() + where_they_write(cfg):
@@ -220,8 +208,10 @@ def train(
         check_run_output(loaded, overwrite)
         prepare_output_dir(output_dir)
     elif main:
-        for log in (METRICS_FILE, SAMPLES_FILE):
-            keep_metrics_through(output_dir / log, resume_from.step)
+        from ft_cli.train.data_trace import trace_files
+
+        for log in [output_dir / METRICS_FILE, output_dir / SAMPLES_FILE, *trace_files(output_dir)]:
+            keep_metrics_through(log, resume_from.step)
     _quiet_library_noise()
     with guarded(output_dir, loaded, main):  # whatever stops it, ft_run.yaml never keeps saying "running"
         if main:
@@ -259,15 +249,6 @@ def _preemption(trainer):
     from ft_cli.train.callbacks import PreemptionCallback
 
     return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, PreemptionCallback))
-
-
-def as_prompts(data: TrainingData) -> TrainingData:
-    """Conversational data as prompt-only records (methods that sample their own answers)."""
-    from ft_cli.train.methods import prompts_of_chats
-
-    if data.shape != "conversational":
-        return data
-    return TrainingData(data.path, prompts_of_chats(data.records), "prompt-only", converted=True, manifest=data.manifest)
 
 
 def _say_if_prompts_fill_the_window(data: TrainingData, tokenizer, max_length: int, dropped: bool) -> None:
@@ -349,18 +330,7 @@ def build_trainer(
     set_seed(cfg.training.seed)
     model, tokenizer, peft_config = load_model_and_lora(cfg, backend)  # Unsloth returns its own tokenizer and a PeftModel
     tokenizer = with_chat_template(tokenizer, cfg.model) if tokenizer is not None else load_tokenizer(cfg.model)
-    sft = cfg.method == "sft"
-    train_dataset = _as_dataset(train_data, sft)
-    eval_dataset = _as_dataset(eval_data, sft) if eval_data else None
-    if cfg.method == "sft":  # ft's answer masks, the ones `ft prepare --preview` shows, for any chat template
-        from ft_cli.train.data import tokenize_sft
-
-        max_length = cfg.model.max_seq_length
-        train_dataset = tokenize_sft(train_dataset, tokenizer, train_data, max_length)
-        eval_dataset = tokenize_sft(eval_dataset, tokenizer, eval_data, max_length) if eval_dataset is not None else None
-    if cfg.data.eval_split > 0:
-        split = train_dataset.train_test_split(test_size=cfg.data.eval_split, seed=cfg.training.seed)
-        train_dataset, eval_dataset = split["train"], split["test"]
+    train_dataset, eval_dataset = training_datasets(cfg, train_data, eval_data, tokenizer, say)
 
     trainer_cls = with_fsdp_on_cpu(with_safe_checkpoints(method.load(method.trainer)))
     if cfg.method == "sft" and backend == "accelerate":  # packed rows on SDPA/eager, TRL's flattened batch on FlashAttention
@@ -368,6 +338,10 @@ def build_trainer(
 
         trainer_cls = with_packed_rows(trainer_cls)
     extra = {}
+    if cfg.data.trace:
+        from ft_cli.train.data_trace import with_data_trace
+
+        trainer_cls = with_data_trace(trainer_cls, output_dir)
     if method.samples:
         from ft_cli.train.rewards import load_rewards
 
@@ -411,39 +385,9 @@ def build_trainer(
         callback = make_callback(cfg, eval_data, tokenizer, output_dir)
         if callback is not None:
             trainer.add_callback(callback)
-    if cfg.method == "sft":
-        _check_some_labels_are_trained(trainer.train_dataset, cfg.data.train)
+    if cfg.method == "sft" and not cfg.data.streaming:
+        _check_some_labels_are_trained(trainer.train_dataset, train_data.path)
     return trainer
-
-
-def _as_dataset(data: TrainingData, sft: bool = False):
-    """The records as a datasets.Dataset.
-
-    A file already in TRL's shape is loaded through `load_dataset("json")` (not
-    `Dataset.from_list`): the data then has a fingerprint from the file's content, so
-    TRL's tokenization lands in the datasets cache keyed by data + tokenizer + template
-    + max length; a relaunch or a resume reuses it, and on several processes TRL lets
-    the main process tokenize first while the others wait for the cache.
-    """
-    from datasets import Dataset, load_dataset
-
-    from ft_cli.data.chat_templates import uses_tools
-
-    if sft and any(uses_tools(record) for record in data.records):
-        # Arrow would give every call's arguments (and every tool's schema) the keys of all the others, as
-        # nulls the template then writes, and refuses an argument that is a number here and a string there:
-        # tool-calling records cross datasets as JSON text, decoded again by tokenize_sft.
-        import json
-
-        from ft_cli.train.data import RECORD_JSON
-
-        return Dataset.from_list([{RECORD_JSON: json.dumps(record, ensure_ascii=False)} for record in data.records])
-    if not data.converted:
-        try:
-            return load_dataset("json", data_files=str(data.path), split="train")
-        except Exception:  # columns pyarrow cannot unify (e.g. mixed types across records): keep it in memory
-            pass
-    return Dataset.from_list(data.records)
 
 
 def _quiet_library_noise() -> None:
