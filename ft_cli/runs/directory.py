@@ -173,7 +173,7 @@ def run_record(loaded: LoadedConfig) -> dict:
         record[section][key] = absolute_path(record[section][key])
     record["run"] = {
         "versions": {name: package_version(name) for name in PACKAGES},
-        "data_sha256": {name: file_sha256(path) for name, path in files.items() if Path(path).is_file()},
+        "data_sha256": {name: _data_sha256(path) for name, path in files.items() if Path(path).is_file()},
         "git_commit": _git_commit(),
         "base_architecture": architecture_of(loaded.config.model.path),  # ft merge --base checks it
     }
@@ -206,6 +206,19 @@ def _git_commit() -> str | None:
 
 # Keys holding local paths: recorded absolute in ft_run.yaml, so a run resumes from any working directory.
 PATH_KEYS = ("model.path", "data.train", "data.eval")
+
+
+_HASHED: dict[tuple, str] = {}
+
+
+def _data_sha256(path: str) -> str:
+    """A data file's sha256, computed once per process while the file is unchanged: ft_run.yaml is rewritten at
+    each state change, and a streamed data set can be many GB."""
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHED:
+        _HASHED[key] = file_sha256(path)
+    return _HASHED[key]
 
 
 def _source_mapping(source) -> dict:
