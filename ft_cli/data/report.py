@@ -41,6 +41,8 @@ class Stats:
     tools_offered: set[str] = field(default_factory=set)  # distinct function names offered
     images: ImageStats = field(default_factory=ImageStats)
     shape_has_images: bool = False  # records carry an images column (TRL's vision shape)
+    near_threshold: float | None = None  # --dedupe near: duplicates are near ones, at this Jaccard similarity
+    mix: dict | None = None  # several sources mixed: the manifest's `sources` and `mix` (ft_cli.data.prepare_mix)
 
     def count_tools(self, record: dict) -> None:
         from ft_cli.data.tool_formats import tool_counts
@@ -82,7 +84,8 @@ def report_rows(stats: Stats) -> list[tuple[str, str]]:
         counted = "; tokens count each as its text marker, not the processor's image tokens" if stats.token_lengths else ""
         rows.append(("images", stats.images.row() + counted))
     dropped = " (dropped)" if stats.dropped_duplicates else " (kept; --dedupe drops them)" if stats.duplicates else ""
-    rows.append(("exact duplicates", f"{stats.duplicates}{dropped}"))
+    kind = f"near duplicates (Jaccard >= {stats.near_threshold:g})" if stats.near_threshold else "exact duplicates"
+    rows.append((kind + (" across sources" if stats.mix else ""), f"{stats.duplicates}{dropped}"))
     if stats.token_lengths:
         t = stats.token_lengths
         rows.append(("tokens per record", f"min {t['min']}, median {t['median']:g}, p95 {t['p95']}, max {t['max']}"))
@@ -144,6 +147,11 @@ def print_report(stats: Stats, console=None) -> None:
     for what, value in report_rows(stats):
         table.add_row(what, value)
     console.print(table)
+    if stats.mix:
+        from ft_cli.data.prepare_mix import mix_lines
+
+        for line in mix_lines(stats.mix):
+            console.print(line, highlight=False, markup=False, soft_wrap=True)  # one line per source, however narrow
     for warning in report_warnings(stats):
         console.print(f"warning: {warning}", style="yellow", highlight=False, soft_wrap=True)
 
