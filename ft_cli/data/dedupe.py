@@ -9,8 +9,9 @@ Near duplicates are judged on word shingles of the text a model trains on: every
 prompt and completion(s), or the text, lowercased and split on whitespace, in 5-word shingles (the unit
 Lee et al. 2022, "Deduplicating Training Data Makes Language Models Better", and BigCode's near-dedup use).
 The default threshold, Jaccard 0.8, is the similarity those pipelines flag as a near duplicate (datasketch's
-MinHashLSH defaults to 0.9, which misses a two-word edit of a 100-word answer). LSH gives candidates; a
-candidate counts only when its estimated Jaccard (the signatures' agreement) reaches the threshold too.
+MinHashLSH defaults to 0.9, which misses a two-word edit of a 100-word answer). LSH gives candidates (its
+bands tuned for recall); a candidate counts only when its estimated Jaccard (the share of equal signature
+values, standard error about 0.035 at 0.8 with 128 permutations) reaches the threshold too.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ DEDUPE_MODES = ("exact", "near")
 DEFAULT_THRESHOLD = 0.8
 SHINGLE_WORDS = 5
 NUM_PERM = 128  # datasketch's default: the estimate's standard error is about 0.03 near J = 0.8
+LSH_WEIGHTS = (0.05, 0.95)  # (false positive, false negative) weights of datasketch's band choice
 INSTALL = 'pip install "ft-cli[dedupe]" (or: pip install datasketch)'
 
 
@@ -77,7 +79,10 @@ class NearDuplicates:
 
         self.threshold = threshold
         self.num_perm = num_perm
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        # Bands chosen for recall: a candidate costs one signature comparison, a missed duplicate stays in the
+        # data. datasketch's default weighs both alike (9 bands of 13 at 0.8: a pair at J = 0.85 is missed 31%
+        # of the time); (0.05, 0.95) gives 16 bands of 8: missed 0.6% at J = 0.85, 5% at exactly 0.8.
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=LSH_WEIGHTS)
         self.signatures: list = []  # of the kept records, by their key in the index
 
     def seen(self, record: dict) -> bool:
