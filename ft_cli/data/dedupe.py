@@ -106,6 +106,23 @@ def near_first_occurrences(lines: Iterable[str | bytes], threshold: float) -> li
     return [not finder.seen(json.loads(line)) for line in lines]
 
 
+def count_duplicates(keys) -> int:
+    """Records whose hash an earlier record has. Sorts `keys` in place: no copy, so memory stays flat."""
+    if len(keys) < 2:
+        return 0
+    keys.sort()
+    return int(len(keys) - 1 - (keys[1:] != keys[:-1]).sum())
+
+
+def first_occurrences(keys):
+    """A mask keeping the first record of each distinct hash."""
+    import numpy as np
+
+    first = np.zeros(len(keys), dtype=bool)
+    first[np.unique(keys, return_index=True)[1]] = True
+    return first
+
+
 def check_dedupe_options(dedupe, threshold: float) -> list[str]:
     """Problems with --dedupe / --dedupe-threshold, for prepare's option check."""
     problems = []

@@ -28,7 +28,7 @@ from ft_cli.data.convert import (
     parse_mapping,
     unused_mapping_error,
 )
-from ft_cli.data.dedupe import check_dedupe_options, dedupe_mode, near_first_occurrences, require_datasketch
+from ft_cli.data.dedupe import check_dedupe_options, count_duplicates, dedupe_mode, first_occurrences, near_first_occurrences, require_datasketch
 from ft_cli.data.formats import ALIASES, FORMATS, RecordProblem, canonical_format
 from ft_cli.data.images import DEFAULT_MAX_PIXELS, ImageStore, text_view
 from ft_cli.data.manifest import manifest_path, write_manifest
@@ -204,7 +204,8 @@ def prepare(opts: PrepareOptions) -> PrepareResult:
         if sources is None:
             staging = _convert_all(opts, converter, tokenizer, stats, staged, rejects)
         else:
-            staging = convert_mixed(opts, sources, converter, tokenizer, stats, staged, rejects)
+            first_pass = lambda options, writer, held: _convert_all(options, converter, tokenizer, stats, writer, held)  # noqa: E731
+            staging = convert_mixed(opts, sources, first_pass, _Staging, stats, staged, rejects)
         stats.formats, stats.shape = converter.formats, converter.output_shape
         stats.shape_has_images = converter.first is not None and converter.first[0].vision
         if (problem := unused_mapping_error(converter)) is not None:
@@ -332,12 +333,12 @@ def _finish(opts: PrepareOptions, staged: AtomicJsonl, staging: _Staging, stats:
     mode = dedupe_mode(opts.dedupe)
     if mode == "near":
         with open(staged.temp_path, "rb") as lines:
-            keep = np.array(near_first_occurrences(lines, opts.dedupe_threshold), dtype=bool)
+            keep = np.array(nearfirst_occurrences(lines, opts.dedupe_threshold), dtype=bool)
     elif mode == "exact":
-        keep = _first_occurrences(keys)
+        keep = first_occurrences(keys)
     else:
         keep = np.ones(count, dtype=bool)
-        stats.duplicates += _count_duplicates(keys)  # a mix counted its sources' before (its own hashes are none)
+        stats.duplicates += count_duplicates(keys)  # a mix counted its sources' before (its own hashes are none)
     if mode:
         stats.duplicates = stats.dropped_duplicates = int(count - keep.sum())
     kept = int(keep.sum())
@@ -397,23 +398,6 @@ def _held_out(opts: PrepareOptions, sources, kept: int) -> set[int]:
         raise UsageError(f"--eval-split {opts.eval_split:g}: {len(groups)} input record(s) leave none for training")
     chosen = set(rng.sample(groups, size))
     return {position for position, source in enumerate(sources.tolist()) if source in chosen}
-
-
-def _count_duplicates(keys) -> int:
-    """Records whose hash an earlier record has. Sorts `keys` in place: no copy, so memory stays flat."""
-    if len(keys) < 2:
-        return 0
-    keys.sort()
-    return int(len(keys) - 1 - (keys[1:] != keys[:-1]).sum())
-
-
-def _first_occurrences(keys):
-    """A mask keeping the first record of each distinct hash."""
-    import numpy as np
-
-    first = np.zeros(len(keys), dtype=bool)
-    first[np.unique(keys, return_index=True)[1]] = True
-    return first
 
 
 def _publish(opts: PrepareOptions, finals: list[AtomicJsonl], rejects: AtomicJsonl | None, stats: Stats, tokenizer) -> None:

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ft_cli.config.sources import EXHAUSTED_RULES, MIX_MODES, Source, check_sources, parse_source_spec, shares
+from ft_cli.config.sources import EXHAUSTED_RULES, MIX_MODES, Source, check_sources, parse_source_spec
 from ft_cli.core.errors import DataError, UsageError
 from ft_cli.data.writer import AtomicJsonl
 
@@ -69,11 +69,12 @@ class _Held:
         self.writer.write(record)
 
 
-def convert_mixed(opts, sources: list[Source], converter, tokenizer, stats, staged: AtomicJsonl, rejects: AtomicJsonl | None):
-    """Convert each source, drop duplicates across them, and write the mix to `staged`. Returns the mix's
-    staging (prepare._Staging) and fills `stats.mix` (the report's table and the manifest's sources)."""
+def convert_mixed(opts, sources: list[Source], first_pass, new_staging, stats, staged: AtomicJsonl, rejects: AtomicJsonl | None):
+    """Convert each source, drop duplicates across them, and write the mix to `staged`. `first_pass(opts,
+    writer, rejects)` is prepare's conversion of one input (its staging: hashes, lengths, labels, previews),
+    `new_staging()` an empty one. Returns the mix's staging and fills `stats.mix` (the report's table and the
+    manifest's sources)."""
     from ft_cli.core.files import file_sha256
-    from ft_cli.data.prepare import _convert_all
 
     parts: list[_Part] = []
     try:
@@ -83,9 +84,9 @@ def convert_mixed(opts, sources: list[Source], converter, tokenizer, stats, stag
                 part = _Part(source, AtomicJsonl(opts.output, commit=False))
                 parts.append(part)
                 part.sha256 = file_sha256(source.path)
-                part.staging = _convert_all(replace(opts, inputs=[source.path]), converter, tokenizer, stats, part.writer, held)
+                part.staging = first_pass(replace(opts, inputs=[source.path]), part.writer, held)
         _dedupe(opts, parts, stats)
-        return _mix(opts, parts, stats, staged)
+        return _mix(opts, parts, stats, staged, new_staging())
     finally:
         for part in parts:
             part.writer.discard()
@@ -103,18 +104,17 @@ def _dedupe(opts, parts: list[_Part], stats) -> None:
     """Duplicates across the sources, in the order given: each part's keep mask, and the counts."""
     import numpy as np
 
-    from ft_cli.data.dedupe import dedupe_mode, near_first_occurrences
-    from ft_cli.data.prepare import _count_duplicates, _first_occurrences
+    from ft_cli.data.dedupe import count_duplicates, dedupe_mode, first_occurrences, near_first_occurrences
 
     mode = dedupe_mode(opts.dedupe)
     keys = np.concatenate([np.frombuffer(part.staging.hashes, dtype=np.uint64) for part in parts])
     if mode == "exact":
-        keep = _first_occurrences(keys)
+        keep = first_occurrences(keys)
     elif mode == "near":
         keep = np.array(near_first_occurrences(_all_lines(parts), opts.dedupe_threshold), dtype=bool)
     else:
         keep = np.ones(len(keys), dtype=bool)
-        stats.duplicates = _count_duplicates(keys)
+        stats.duplicates = count_duplicates(keys)
     if mode:
         stats.duplicates = stats.dropped_duplicates = int(len(keep) - keep.sum())
     start = 0
@@ -131,10 +131,9 @@ def _all_lines(parts: list[_Part]):
             yield from handle
 
 
-def _mix(opts, parts: list[_Part], stats, staged: AtomicJsonl):
-    """The kept records drawn by the mixer `ft train` uses, written to `staged` with their numbers."""
+def _mix(opts, parts: list[_Part], stats, staged: AtomicJsonl, out):
+    """The kept records drawn by the mixer `ft train` uses, written to `staged`, their numbers to `out`."""
     from ft_cli.data.mixing import Mixer
-    from ft_cli.data.prepare import _Staging
 
     offsets, total = [], 0
     for part in parts:
@@ -149,7 +148,6 @@ def _mix(opts, parts: list[_Part], stats, staged: AtomicJsonl):
                     yield position, line.rstrip(b"\n")
 
     mixer = Mixer([part.source for part in parts], open_source, opts.mix, opts.exhausted, opts.seed)
-    out = _Staging()
     with staged:
         for index, (position, line) in mixer:
             staged.write_encoded(line)
@@ -193,29 +191,3 @@ def mix_summary(opts, parts: list[_Part], mixer) -> dict:
             "ended_by": parts[ended].source.path if ended is not None else None,
         },
     }
-
-
-def mix_lines(summary: dict) -> list[str]:
-    """The report's mix table, one line per source: records, asked, taken, share, repeats, duplicates dropped."""
-    mix, rows = summary["mix"], summary["sources"]
-    sources = [Source(row["path"], row["weight"], row["count"]) for row in rows]
-    expected = shares(sources)
-    total = sum(row["taken"] for row in rows) or 1
-    if mix["mode"] == "concat":
-        how = "one after the other"
-    elif rows[0]["count"] is not None:
-        how = "interleaved, exact counts"
-    else:
-        how = "interleaved, " + ("ends when a source runs out" if mix["exhausted"] == "stop" else "sources that run out start over")
-    ended = f"; {mix['ended_by']} ran out first" if mix["ended_by"] else ""
-    table = [("source", "records", "asked", "taken", "share", "repeats", "duplicates dropped")]
-    for row, share in zip(rows, expected):
-        asked = f"weight {row['weight']:g} ({share:.1%})" if row["weight"] is not None else f"n={row['count']}" if row["count"] is not None else "all"
-        taken = row["taken"]
-        table.append((row["path"], str(row["records"]), asked, str(taken), f"{taken / total:.1%}", str(row["passes"] - 1), str(row["dropped_duplicates"])))
-    widths = [max(len(line[column]) for line in table) for column in range(len(table[0]))]
-    lines = [f"mix: {len(rows)} sources, {how} (seed {mix['seed']}){ended}"]
-    for line in table:
-        cells = [line[0].ljust(widths[0])] + [cell.rjust(width) if n != 2 else cell.ljust(width) for n, (cell, width) in enumerate(zip(line, widths)) if n]
-        lines.append("  " + "  ".join(cells).rstrip())
-    return lines

@@ -148,12 +148,38 @@ def print_report(stats: Stats, console=None) -> None:
         table.add_row(what, value)
     console.print(table)
     if stats.mix:
-        from ft_cli.data.prepare_mix import mix_lines
-
         for line in mix_lines(stats.mix):
             console.print(line, highlight=False, markup=False, soft_wrap=True)  # one line per source, however narrow
     for warning in report_warnings(stats):
         console.print(f"warning: {warning}", style="yellow", highlight=False, soft_wrap=True)
+
+
+def mix_lines(summary: dict) -> list[str]:
+    """The report's mix table, one line per source: records, asked, taken, share, repeats, duplicates dropped."""
+    from ft_cli.config.sources import Source, shares
+
+    mix, rows = summary["mix"], summary["sources"]
+    sources = [Source(row["path"], row["weight"], row["count"]) for row in rows]
+    expected = shares(sources)
+    total = sum(row["taken"] for row in rows) or 1
+    if mix["mode"] == "concat":
+        how = "one after the other"
+    elif rows[0]["count"] is not None:
+        how = "interleaved, exact counts"
+    else:
+        how = "interleaved, " + ("ends when a source runs out" if mix["exhausted"] == "stop" else "sources that run out start over")
+    ended = f"; {mix['ended_by']} ran out first" if mix["ended_by"] else ""
+    table = [("source", "records", "asked", "taken", "share", "repeats", "duplicates dropped")]
+    for row, share in zip(rows, expected):
+        asked = f"weight {row['weight']:g} ({share:.1%})" if row["weight"] is not None else f"n={row['count']}" if row["count"] is not None else "all"
+        taken = row["taken"]
+        table.append((row["path"], str(row["records"]), asked, str(taken), f"{taken / total:.1%}", str(row["passes"] - 1), str(row["dropped_duplicates"])))
+    widths = [max(len(line[column]) for line in table) for column in range(len(table[0]))]
+    lines = [f"mix: {len(rows)} sources, {how} (seed {mix['seed']}){ended}"]
+    for line in table:
+        cells = [line[0].ljust(widths[0])] + [cell.rjust(width) if n != 2 else cell.ljust(width) for n, (cell, width) in enumerate(zip(line, widths)) if n]
+        lines.append("  " + "  ".join(cells).rstrip())
+    return lines
 
 
 def print_preview(records: list[dict], tokenizer=None, console=None) -> None:
