@@ -294,3 +294,29 @@ def test_bad_specs_are_one_line_exit_2_and_leave_nothing(ft, tmp_path, specs, op
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_bad_record_in_a_later_source_or_a_mix_option_without_weights_leaves_nothing(ft, tmp_path):
+    a = numbered(tmp_path / "a.jsonl", "a", 20)
+    b = write_source(tmp_path / "b.jsonl", [chat("b:0", "fine"), {"messages": [{"role": "user", "content": "no answer"}]}])
+    out = tmp_path / "out"
+    result = ft("prepare", f"{a}:0.5", f"{b}:0.5", "-o", str(out / "mix.jsonl"))
+    assert result.returncode == 2 and f"{b}:2" in result.stderr
+    result = ft("prepare", str(a), str(b), "--mix", "concat", "-o", str(out / "mix.jsonl"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: --mix: mix inputs given with a weight or a count (a.jsonl:0.7 b.jsonl:0.3, or a.jsonl:n=500); these inputs have none"]
+    assert not out.exists() or not any(out.iterdir())  # no output, no staged source left behind
+
+
+def test_near_dedupe_of_a_single_input(tmp_path):
+    from ft_cli.data.prepare import PrepareOptions
+    from ft_cli.data.prepare import prepare as run_prepare
+
+    rng = random.Random(1)
+    texts = [[f"w{rng.randrange(5000)}" for _ in range(80)] for _ in range(30)]
+    texts += [t[:40] + ["edited"] + t[41:] for t in texts[:8]]  # one word changed: J = 71/81
+    path = write_source(tmp_path / "c.jsonl", [{"text": " ".join(t)} for t in texts])
+    result = run_prepare(PrepareOptions([str(path)], tmp_path / "out.jsonl", dedupe="near"))
+    assert len(read(tmp_path / "out.jsonl")) == 30
+    assert (result.stats.dropped_duplicates, result.stats.near_threshold) == (8, 0.8)
+    assert json.loads((tmp_path / "out.manifest.json").read_text())["dedupe"] == "near"

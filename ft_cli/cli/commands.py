@@ -85,8 +85,12 @@ def prepare(
         Optional[str], typer.Option("--dedupe", help="Drop duplicates, the first kept: exact (--dedupe alone) or near (MinHash over the trained text's words; needs datasketch).")
     ] = None,
     dedupe_threshold: Annotated[float, typer.Option("--dedupe-threshold", help="--dedupe near: the Jaccard similarity (of 5-word shingles) that makes a duplicate.")] = 0.8,
-    mix: Annotated[str, typer.Option("--mix", help="Inputs with weights or counts (a.jsonl:0.7, b.jsonl:n=500): interleave or concat them.")] = "interleave",
-    exhausted: Annotated[str, typer.Option("--exhausted", help="--mix interleave with weights: a source that runs out stops the mix, or starts over (recycle).")] = "stop",
+    mix: Annotated[
+        Optional[str], typer.Option("--mix", help="Inputs with weights or counts (a.jsonl:0.7, b.jsonl:n=500): interleave (default) or concat them.", show_default=False)
+    ] = None,
+    exhausted: Annotated[
+        Optional[str], typer.Option("--exhausted", help="--mix interleave with weights: a source that runs out ends the mix (stop, default) or starts over (recycle).", show_default=False)
+    ] = None,
     preview: Annotated[int, typer.Option(help="Print N rendered records with trained tokens highlighted.")] = 0,
     unpair: Annotated[
         bool, typer.Option("--unpair", help="Split each preference pair into two KTO records: (prompt, chosen, label true) and (prompt, rejected, label false).")

@@ -58,8 +58,8 @@ class PrepareOptions:
     seed: int = 42  # the eval split's and the mix's
     dedupe: bool | str | None = False  # exact | near (True: exact); ft_cli.data.dedupe
     dedupe_threshold: float = 0.8  # --dedupe near: Jaccard similarity of the trained text's word shingles
-    mix: str = "interleave"  # inputs with weights or counts (a.jsonl:0.7): ft_cli.data.prepare_mix
-    exhausted: str = "stop"
+    mix: str | None = None  # interleave | concat (None: interleave) for inputs with weights or counts: prepare_mix.py
+    exhausted: str | None = None  # stop | recycle (None: stop)
     preview: int = 0
     unpair: bool = False  # preference pairs → KTO records (prompt, chosen, true) + (prompt, rejected, false)
     chat_template: str | None = None  # replaces --model's chat template: a name ft ships (chatml_tools) or a .jinja file
@@ -170,7 +170,7 @@ def _output_problems(opts: PrepareOptions) -> list[str]:
 def prepare(opts: PrepareOptions) -> PrepareResult:
     sources = mix_sources(opts.inputs, opts.mix, opts.exhausted)  # a.jsonl:0.7 b.jsonl:0.3: a mix (prepare_mix.py)
     if sources is not None:
-        opts = replace(opts, inputs=[source.path for source in sources])
+        opts = replace(opts, inputs=[source.path for source in sources], mix=opts.mix or "interleave", exhausted=opts.exhausted or "stop")
     check_options(opts)
     if dedupe_mode(opts.dedupe) == "near":
         require_datasketch()
@@ -333,7 +333,7 @@ def _finish(opts: PrepareOptions, staged: AtomicJsonl, staging: _Staging, stats:
     mode = dedupe_mode(opts.dedupe)
     if mode == "near":
         with open(staged.temp_path, "rb") as lines:
-            keep = np.array(nearfirst_occurrences(lines, opts.dedupe_threshold), dtype=bool)
+            keep = np.array(near_first_occurrences(lines, opts.dedupe_threshold), dtype=bool)
     elif mode == "exact":
         keep = first_occurrences(keys)
     else:

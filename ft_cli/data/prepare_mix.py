@@ -19,10 +19,13 @@ from ft_cli.core.errors import DataError, UsageError
 from ft_cli.data.writer import AtomicJsonl
 
 
-def mix_sources(inputs: list[str], mode: str, exhausted: str) -> list[Source] | None:
+def mix_sources(inputs: list[str], mode: str | None, exhausted: str | None) -> list[Source] | None:
     """The inputs as mix sources when any carries `:WEIGHT` or `:n=COUNT`; None for a plain list of inputs
-    (concatenated as always). A file whose name ends in `:1` is a path, not a weight."""
+    (concatenated as always). A file whose name ends in `:1` is a path, not a weight. `mode` and `exhausted`
+    are --mix and --exhausted as given (None: not given)."""
     problems = []
+    given = [f"--{name}" for name, value in (("mix", mode), ("exhausted", exhausted)) if value is not None]
+    mode, exhausted = mode or "interleave", exhausted or "stop"
     if mode not in MIX_MODES:
         problems.append(f"--mix {mode}: expected one of {', '.join(MIX_MODES)}")
     if exhausted not in EXHAUSTED_RULES:
@@ -31,6 +34,8 @@ def mix_sources(inputs: list[str], mode: str, exhausted: str) -> list[Source] | 
         raise UsageError(problems[0] if len(problems) == 1 else f"ft prepare: {len(problems)} problems:", problems if len(problems) > 1 else None)
     sources = [parse_source_spec(spec, exists=os.path.exists) for spec in inputs]
     if not any(source.weight is not None or source.count is not None for source in sources):
+        if given:  # a plain list is concatenated: an option that would change nothing is a mistake to say
+            raise UsageError(f"{' and '.join(given)}: mix inputs given with a weight or a count (a.jsonl:0.7 b.jsonl:0.3, or a.jsonl:n=500); these inputs have none")
         return None
     if mode == "concat" and any(source.weight is not None for source in sources):
         raise UsageError("ft prepare: weights need --mix interleave (--mix concat puts the sources one after the other); give counts (PATH:n=COUNT) instead")
