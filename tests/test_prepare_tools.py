@@ -238,7 +238,7 @@ def test_tool_records_reach_the_trainer_exactly(family_model_dir):
     """datasets would give each call's arguments the other records' keys as nulls (which the template writes)."""
     from ft_cli.data.tokens import load_tokenizer, sft_features
     from ft_cli.train.data import TrainingData, tokenize_sft
-    from ft_cli.train.run import _as_dataset
+    from ft_cli.train.data_sources import as_dataset as _as_dataset
 
     tokenizer = load_tokenizer(str(family_model_dir("smollm2")), "chatml_tools")
     records = [openai_record({"city": "Paris"}), openai_record({"city": "Rome", "unit": "C"})]

@@ -80,8 +80,17 @@ def prepare(
     max_seq_length: Annotated[Optional[int], typer.Option(help="Report (or drop) records longer than this.")] = None,
     long: Annotated[str, typer.Option("--long", help="Records over --max-seq-length: truncate|drop|error.")] = "truncate",
     eval_split: Annotated[float, typer.Option(help="Fraction written to a separate eval file.")] = 0.0,
-    seed: Annotated[int, typer.Option(help="Seed for the eval split.")] = 42,
-    dedupe: Annotated[bool, typer.Option(help="Drop exact duplicate records.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for the eval split and the mix.")] = 42,
+    dedupe: Annotated[
+        Optional[str], typer.Option("--dedupe", help="Drop duplicates, the first kept: exact (--dedupe alone) or near (MinHash over the trained text's words; needs datasketch).")
+    ] = None,
+    dedupe_threshold: Annotated[float, typer.Option("--dedupe-threshold", help="--dedupe near: the Jaccard similarity (of 5-word shingles) that makes a duplicate.")] = 0.8,
+    mix: Annotated[
+        Optional[str], typer.Option("--mix", help="Inputs with weights or counts (a.jsonl:0.7, b.jsonl:n=500): interleave (default) or concat them.", show_default=False)
+    ] = None,
+    exhausted: Annotated[
+        Optional[str], typer.Option("--exhausted", help="--mix interleave with weights: a source that runs out ends the mix (stop, default) or starts over (recycle).", show_default=False)
+    ] = None,
     preview: Annotated[int, typer.Option(help="Print N rendered records with trained tokens highlighted.")] = 0,
     unpair: Annotated[
         bool, typer.Option("--unpair", help="Split each preference pair into two KTO records: (prompt, chosen, label true) and (prompt, rejected, label false).")
@@ -108,7 +117,7 @@ def prepare(
     options = PrepareOptions(
         inputs=inputs, output=output, data_format=data_format, template=template, mapping=map_ or [], text_field=text_field,
         subset=subset, split=split, skip_invalid=skip_invalid, model=model, max_seq_length=max_seq_length, long=long,
-        eval_split=eval_split, seed=seed, dedupe=dedupe, preview=preview, unpair=unpair, chat_template=chat_template, answers=answers,
+        eval_split=eval_split, seed=seed, dedupe=dedupe, dedupe_threshold=dedupe_threshold, mix=mix, exhausted=exhausted, preview=preview, unpair=unpair, chat_template=chat_template, answers=answers,
         max_image_pixels=max_image_pixels,
     )  # fmt: skip
     if as_json and not (preview and model):
@@ -360,6 +369,19 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
 
 
+def _dedupe_value(args: list[str]) -> list[str]:
+    """`ft prepare --dedupe` alone means exact: Typer has no option with an optional value, so a `--dedupe`
+    not followed by exact or near gets its value here (a following input file stays an input)."""
+    if next((arg for arg in args if not arg.startswith("-")), None) != "prepare" or "--dedupe" not in args:
+        return args
+    out = []
+    for position, arg in enumerate(args):
+        out.append(arg)
+        if arg == "--dedupe" and (position + 1 == len(args) or args[position + 1] not in ("exact", "near")):
+            out[-1] = "--dedupe=exact"
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app and turn user errors into one line and an exit code.
 
@@ -369,7 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     from typer.main import get_command
 
     try:
-        get_command(app).main(args=argv, prog_name="ft")
+        import sys
+
+        get_command(app).main(args=_dedupe_value(sys.argv[1:] if argv is None else argv), prog_name="ft")
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except FtError as exc:

@@ -14,7 +14,7 @@ import difflib
 import hashlib
 import random
 from array import array
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ft_cli.core.errors import DataError, UsageError
@@ -28,9 +28,11 @@ from ft_cli.data.convert import (
     parse_mapping,
     unused_mapping_error,
 )
+from ft_cli.data.dedupe import check_dedupe_options, count_duplicates, dedupe_mode, first_occurrences, near_first_occurrences, require_datasketch
 from ft_cli.data.formats import ALIASES, FORMATS, RecordProblem, canonical_format
 from ft_cli.data.images import DEFAULT_MAX_PIXELS, ImageStore, text_view
 from ft_cli.data.manifest import manifest_path, write_manifest
+from ft_cli.data.prepare_mix import convert_mixed, mix_sources
 from ft_cli.data.report import Stats, summarize_lengths
 from ft_cli.data.templates import TOKENIZER, load_template, template_tokens
 from ft_cli.data.writer import AtomicJsonl, encode_json_line, remove_stale_temp_files
@@ -53,8 +55,11 @@ class PrepareOptions:
     max_seq_length: int | None = None
     long: str = "truncate"
     eval_split: float = 0.0
-    seed: int = 42
-    dedupe: bool = False
+    seed: int = 42  # the eval split's and the mix's
+    dedupe: bool | str | None = False  # exact | near (True: exact); ft_cli.data.dedupe
+    dedupe_threshold: float = 0.8  # --dedupe near: Jaccard similarity of the trained text's word shingles
+    mix: str | None = None  # interleave | concat (None: interleave) for inputs with weights or counts: prepare_mix.py
+    exhausted: str | None = None  # stop | recycle (None: stop)
     preview: int = 0
     unpair: bool = False  # preference pairs → KTO records (prompt, chosen, true) + (prompt, rejected, false)
     chat_template: str | None = None  # replaces --model's chat template: a name ft ships (chatml_tools) or a .jinja file
@@ -121,6 +126,7 @@ def check_options(opts: PrepareOptions) -> None:
         problems.append(f"--chat-template {problem}")
     if opts.answers and opts.data_format not in ("auto", "bfcl"):
         problems.append(f"--answers is BFCL's ground truth: it goes with --format bfcl (or auto), not --format {opts.data_format}")
+    problems.extend(check_dedupe_options(opts.dedupe, opts.dedupe_threshold))
     if len(problems) == 1:
         raise UsageError(problems[0])
     if problems:
@@ -162,7 +168,12 @@ def _output_problems(opts: PrepareOptions) -> list[str]:
 
 
 def prepare(opts: PrepareOptions) -> PrepareResult:
+    sources = mix_sources(opts.inputs, opts.mix, opts.exhausted)  # a.jsonl:0.7 b.jsonl:0.3: a mix (prepare_mix.py)
+    if sources is not None:
+        opts = replace(opts, inputs=[source.path for source in sources], mix=opts.mix or "interleave", exhausted=opts.exhausted or "stop")
     check_options(opts)
+    if dedupe_mode(opts.dedupe) == "near":
+        require_datasketch()
     remove_stale_temp_files(path for what, path in output_paths(opts).items() if what != "images directory")
     mapping = parse_mapping(opts.mapping)
     template = load_template(opts.template)
@@ -185,16 +196,21 @@ def prepare(opts: PrepareOptions) -> PrepareResult:
     stats = Stats(
         detected=opts.data_format == "auto", template=opts.template, chat_template=opts.chat_template, long_policy=opts.long, max_seq_length=opts.max_seq_length
     )
+    stats.near_threshold = opts.dedupe_threshold if dedupe_mode(opts.dedupe) == "near" else None
     staged = AtomicJsonl(opts.output, commit=False)
     rejects = AtomicJsonl(rejects_path(opts.output), commit=False) if opts.skip_invalid else None
     finals: list[AtomicJsonl] = []
     try:
-        staging = _convert_all(opts, converter, tokenizer, stats, staged, rejects)
+        if sources is None:
+            staging = _convert_all(opts, converter, tokenizer, stats, staged, rejects)
+        else:
+            first_pass = lambda options, writer, held: _convert_all(options, converter, tokenizer, stats, writer, held)  # noqa: E731
+            staging = convert_mixed(opts, sources, first_pass, _Staging, stats, staged, rejects)
         stats.formats, stats.shape = converter.formats, converter.output_shape
         stats.shape_has_images = converter.first is not None and converter.first[0].vision
         if (problem := unused_mapping_error(converter)) is not None:
             raise problem
-        finals = _finish(opts, staged, staging, stats)
+        finals = _finish(opts if sources is None else replace(opts, dedupe=None), staged, staging, stats)  # a mix deduped its sources
         store.publish()  # the images first: a published JSONL never names a missing image
         if store.staged:
             stats.outputs["images"] = (store.final_dir, len(store.staged))
@@ -314,17 +330,22 @@ def _finish(opts: PrepareOptions, staged: AtomicJsonl, staging: _Staging, stats:
 
     count, lengths = staged.count, staging.lengths
     keys = np.frombuffer(staging.hashes, dtype=np.uint64)
-    if opts.dedupe:
-        keep = _first_occurrences(keys)
-        stats.duplicates = stats.dropped_duplicates = int(count - keep.sum())
+    mode = dedupe_mode(opts.dedupe)
+    if mode == "near":
+        with open(staged.temp_path, "rb") as lines:
+            keep = np.array(near_first_occurrences(lines, opts.dedupe_threshold), dtype=bool)
+    elif mode == "exact":
+        keep = first_occurrences(keys)
     else:
         keep = np.ones(count, dtype=bool)
-        stats.duplicates = _count_duplicates(keys)
+        stats.duplicates += count_duplicates(keys)  # a mix counted its sources' before (its own hashes are none)
+    if mode:
+        stats.duplicates = stats.dropped_duplicates = int(count - keep.sum())
     kept = int(keep.sum())
     if len(lengths):
         stats.token_lengths = summarize_lengths(np.frombuffer(lengths, dtype=np.uint32)[keep].tolist())
 
-    held_out = _held_out(opts, np.frombuffer(staging.sources, dtype=np.uint64)[keep] if opts.unpair else None, kept)
+    held_out = _held_out(opts, np.frombuffer(staging.sources, dtype=np.uint64)[keep] if len(staging.sources) else None, kept)
     if stats.shape == "unpaired-preference":
         labels = np.frombuffer(staging.labels, dtype=np.int8)[keep]
         in_eval = np.zeros(kept, dtype=bool)
@@ -364,7 +385,7 @@ def _held_out(opts: PrepareOptions, sources, kept: int) -> set[int]:
     if opts.eval_split <= 0:
         return set()
     rng = random.Random(opts.seed)
-    if not opts.unpair:
+    if sources is None:
         size = max(1, round(kept * opts.eval_split))
         if size >= kept:
             raise UsageError(f"--eval-split {opts.eval_split:g}: {kept} record(s) leave none for training")
@@ -377,23 +398,6 @@ def _held_out(opts: PrepareOptions, sources, kept: int) -> set[int]:
         raise UsageError(f"--eval-split {opts.eval_split:g}: {len(groups)} input record(s) leave none for training")
     chosen = set(rng.sample(groups, size))
     return {position for position, source in enumerate(sources.tolist()) if source in chosen}
-
-
-def _count_duplicates(keys) -> int:
-    """Records whose hash an earlier record has. Sorts `keys` in place: no copy, so memory stays flat."""
-    if len(keys) < 2:
-        return 0
-    keys.sort()
-    return int(len(keys) - 1 - (keys[1:] != keys[:-1]).sum())
-
-
-def _first_occurrences(keys):
-    """A mask keeping the first record of each distinct hash."""
-    import numpy as np
-
-    first = np.zeros(len(keys), dtype=bool)
-    first[np.unique(keys, return_index=True)[1]] = True
-    return first
 
 
 def _publish(opts: PrepareOptions, finals: list[AtomicJsonl], rejects: AtomicJsonl | None, stats: Stats, tokenizer) -> None:
@@ -429,13 +433,15 @@ def _publish(opts: PrepareOptions, finals: list[AtomicJsonl], rejects: AtomicJso
             "counts": counts,
             "eval_split": opts.eval_split,
             "seed": opts.seed,
-            "dedupe": opts.dedupe,
+            "dedupe": dedupe_mode(opts.dedupe),
+            "dedupe_threshold": opts.dedupe_threshold if dedupe_mode(opts.dedupe) == "near" else None,
             "tokenizer": None,
             "max_seq_length": opts.max_seq_length,
             "long": opts.long if opts.max_seq_length else None,
             "token_lengths": stats.token_lengths,
             "ft_version": __version__,
         }
+        manifest.update(stats.mix or {})  # a mix: its sources (hash, weight or count, taken) and how it was drawn
         if stats.images.records or stats.shape_has_images:
             manifest["images"] = {**stats.images.as_dict(), "max_image_pixels": opts.max_image_pixels}
         if split in stats.labels:

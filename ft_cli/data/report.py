@@ -41,6 +41,8 @@ class Stats:
     tools_offered: set[str] = field(default_factory=set)  # distinct function names offered
     images: ImageStats = field(default_factory=ImageStats)
     shape_has_images: bool = False  # records carry an images column (TRL's vision shape)
+    near_threshold: float | None = None  # --dedupe near: duplicates are near ones, at this Jaccard similarity
+    mix: dict | None = None  # several sources mixed: the manifest's `sources` and `mix` (ft_cli.data.prepare_mix)
 
     def count_tools(self, record: dict) -> None:
         from ft_cli.data.tool_formats import tool_counts
@@ -82,7 +84,8 @@ def report_rows(stats: Stats) -> list[tuple[str, str]]:
         counted = "; tokens count each as its text marker, not the processor's image tokens" if stats.token_lengths else ""
         rows.append(("images", stats.images.row() + counted))
     dropped = " (dropped)" if stats.dropped_duplicates else " (kept; --dedupe drops them)" if stats.duplicates else ""
-    rows.append(("exact duplicates", f"{stats.duplicates}{dropped}"))
+    kind = f"near duplicates (Jaccard >= {stats.near_threshold:g})" if stats.near_threshold else "exact duplicates"
+    rows.append((kind + (" across sources" if stats.mix else ""), f"{stats.duplicates}{dropped}"))
     if stats.token_lengths:
         t = stats.token_lengths
         rows.append(("tokens per record", f"min {t['min']}, median {t['median']:g}, p95 {t['p95']}, max {t['max']}"))
@@ -144,8 +147,39 @@ def print_report(stats: Stats, console=None) -> None:
     for what, value in report_rows(stats):
         table.add_row(what, value)
     console.print(table)
+    if stats.mix:
+        for line in mix_lines(stats.mix):
+            console.print(line, highlight=False, markup=False, soft_wrap=True)  # one line per source, however narrow
     for warning in report_warnings(stats):
         console.print(f"warning: {warning}", style="yellow", highlight=False, soft_wrap=True)
+
+
+def mix_lines(summary: dict) -> list[str]:
+    """The report's mix table, one line per source: records, asked, taken, share, repeats, duplicates dropped."""
+    from ft_cli.config.sources import Source, shares
+
+    mix, rows = summary["mix"], summary["sources"]
+    sources = [Source(row["path"], row["weight"], row["count"]) for row in rows]
+    expected = shares(sources)
+    total = sum(row["taken"] for row in rows) or 1
+    if mix["mode"] == "concat":
+        how = "one after the other"
+    elif rows[0]["count"] is not None:
+        how = "interleaved, exact counts"
+    else:
+        how = "interleaved, " + ("ends when a source runs out" if mix["exhausted"] == "stop" else "sources that run out start over")
+    ended = f"; {mix['ended_by']} ran out first" if mix["ended_by"] else ""
+    table = [("source", "records", "asked", "taken", "share", "repeats", "duplicates dropped")]
+    for row, share in zip(rows, expected):
+        asked = f"weight {row['weight']:g} ({share:.1%})" if row["weight"] is not None else f"n={row['count']}" if row["count"] is not None else "all"
+        taken = row["taken"]
+        table.append((row["path"], str(row["records"]), asked, str(taken), f"{taken / total:.1%}", str(row["passes"] - 1), str(row["dropped_duplicates"])))
+    widths = [max(len(line[column]) for line in table) for column in range(len(table[0]))]
+    lines = [f"mix: {len(rows)} sources, {how} (seed {mix['seed']}){ended}"]
+    for line in table:
+        cells = [line[0].ljust(widths[0])] + [cell.rjust(width) if n != 2 else cell.ljust(width) for n, (cell, width) in enumerate(zip(line, widths)) if n]
+        lines.append("  " + "  ".join(cells).rstrip())
+    return lines
 
 
 def print_preview(records: list[dict], tokenizer=None, console=None) -> None:
