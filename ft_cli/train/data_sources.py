@@ -124,11 +124,19 @@ class StreamedSource:
                 yield {**example.record, "ft_place": str(item.location)}
 
 
-def streamed_records(cfg, on_skip=None, special_tokens: dict | None = None) -> Iterator[dict]:
+def _special_tokens(cfg, source: Source) -> dict | None:
+    """A prompt template's special tokens from the model's tokenizer, as load_training_records gives them."""
+    from ft_cli.data.templates import special_tokens_of
+
+    template = source.template or cfg.data.template
+    return special_tokens_of(cfg.model.path) if template not in (None, "tokenizer") else None
+
+
+def streamed_records(cfg, on_skip=None) -> Iterator[dict]:
     """The endless mixed stream of data.train's records (each with `ft_place`, where it came from)."""
     data = cfg.data
     sources = data.sources()
-    streams = [StreamedSource(source, data.format, data.template, special_tokens, on_skip) for source in sources]
+    streams = [StreamedSource(source, data.format, data.template, _special_tokens(cfg, source), on_skip) for source in sources]
     for _, _, record in endless(lambda seed: Mixer(sources, lambda index: streams[index], data.mix, data.exhausted, seed), mix_seed(cfg)):
         yield record
 
@@ -138,7 +146,7 @@ def stream_head(cfg, count: int = STREAM_CHECK_RECORDS) -> TrainingData:
     data = cfg.data
     records, shape = [], None
     for source in data.sources():
-        stream = StreamedSource(source, data.format, data.template, None)
+        stream = StreamedSource(source, data.format, data.template, _special_tokens(cfg, source))
         head = list(islice(stream, count))
         if stream.skipped and not head:
             raise DataError(f"{source.path}: the first records cannot be trained", stream.skipped[:SKIPPED_SHOWN])
