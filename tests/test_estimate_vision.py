@@ -114,6 +114,15 @@ def test_tower_activations_frozen_vs_trained_and_images_per_example(family_model
     assert trained == pytest.approx(facts.vision.layers * frozen, rel=0.01)
     assert tower(3) == pytest.approx(3 * frozen) and tower(3, freeze_vision_tower=False) == pytest.approx(3 * trained)
 
+    # step time: the language model's parameters per token, the frozen tower's forward per patch of each image
+    def flops(images: int) -> float:
+        facts.vision.images_per_example = images
+        config = _config(directory, training={"gradient_checkpointing": False, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 3})
+        return estimate(config, facts, device="cpu").flops_per_step_per_gpu
+
+    images_per_step = 2 * 3
+    assert flops(3) - flops(1) == pytest.approx(2 * facts.vision.tower_params * facts.vision.patches * images_per_step * 2)
+
 
 def test_ft_estimate_reports_image_tokens_and_reads_images_per_example_from_the_data(family_model_dir, tiny_model_dir, tmp_path, ft):
     from PIL import Image

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from ft_cli.config.loading import Config
 from ft_cli.core.errors import ConfigError
 from ft_cli.estimate.model import ModelFacts, lora_param_count, lora_targets, modules_to_save_params
-from ft_cli.estimate.vision import frozen_params, tower_lora_params, tower_term
+from ft_cli.estimate.vision import frozen_params, tower_flops, tower_lora_params, tower_term
 
 GiB = 1024**3
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -417,19 +417,23 @@ def estimate(
     # Time: 2N FLOPs per token forward, 2N for the input gradients, 2N for the weight gradients
     # (skipped by LoRA's frozen base), 2N more to recompute with gradient checkpointing.
     tokens = t.per_device_train_batch_size * seq * t.gradient_accumulation_steps * n
-    per_token = 4 * facts.total_params + (2 * facts.total_params if not lora else 6 * trainable)
+    # a VLM: the language model's parameters per token; its tower's per patch of each image
+    lm_params = facts.total_params - (vision.tower_params + vision.projector_params if vision else 0)
+    per_token = 4 * lm_params + (2 * lm_params if not lora else 6 * trainable)
     if t.gradient_checkpointing:
-        per_token += 2 * facts.total_params
+        per_token += 2 * lm_params
     per_token *= per_example  # every sequence of an example is trained
     if needs_reference:
-        per_token += per_example * 2 * facts.total_params  # the reference's forward pass
+        per_token += per_example * 2 * lm_params  # the reference's forward pass
     per_token += sum(2 * other.total_params for _, other in others)  # teacher / reward model forward passes
     flops = per_token * tokens / n
+    if vision:
+        flops += tower_flops(config, vision, tokens // seq * per_example * vision.images_per_example, needs_reference) / n
     if method.samples and config.grpo.uses_tools:
         # An agent's rollout is up to 1 + max_tool_calls generation passes; each pass after a tool result reads the
         # whole context again (TRL regenerates from the tokens so far): counted here as full-length forward passes.
         calls = config.grpo.max_tool_calls
-        flops += calls * 2 * facts.total_params * tokens / n
+        flops += calls * 2 * lm_params * tokens / n
         notes.append(
             f"{config.method} with tools: each rollout is up to {calls + 1} generation passes (one more after each of "
             f"up to {calls} tool calls), each re-reading its context; the calls, tool results and answer share "

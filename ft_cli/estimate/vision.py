@@ -227,3 +227,12 @@ def tower_term(config: Config, vision: VisionFacts, batch: int, dtype_bytes: int
     if in_sequence >= m.max_seq_length:
         notes.append(f"the images alone take {in_sequence} tokens per example, model.max_seq_length is {m.max_seq_length}: ft train refuses records that do not fit")
     return acts, note, notes
+
+
+def tower_flops(config: Config, vision: VisionFacts, images: int, reference: bool = False) -> float:
+    """The tower's FLOPs for `images` images: 2 per parameter per patch forward (twice with a reference model, which
+    sees the images too); trained, 4 more for the backward (2 more to recompute with gradient checkpointing). Frozen,
+    with a frozen projector, nothing runs backward in it."""
+    trained = not config.model.freeze_vision_tower
+    per_patch = 2 * (1 + reference) + (4 + 2 * config.training.gradient_checkpointing if trained else 0)
+    return per_patch * vision.tower_params * vision.patches * images
