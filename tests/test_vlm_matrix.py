@@ -78,8 +78,7 @@ def adapter_weights(adapter: Path) -> list[str]:
         return list(weights.keys())
 
 
-@pytest.mark.slow
-@pytest.mark.cost(120)  # seven ft commands; measured 64-118 s per family on a loaded 2-core machine
+@pytest.mark.slow  # eight ft commands: 37-43 s per family on a quiet 2-core machine, 64-118 s on a loaded one
 @pytest.mark.parametrize("family", FAMILIES)
 def test_vlm_family_goes_through_the_whole_pipeline(family, family_model_dir, tmp_path, ft):
     base = family_model_dir(family)
