@@ -302,6 +302,7 @@ def estimate(
     gpus: Annotated[int, typer.Option("--gpus", help="Number of GPUs (sharding with distributed: fsdp / deepspeed_zero*).", min=1)] = 1,
     tflops: Annotated[float, typer.Option("--tflops", help="Peak TFLOPS per GPU (default: H100 dense bf16).")] = 989.0,
     mfu: Annotated[float, typer.Option("--mfu", help="Model FLOPs utilisation assumed for the step time.")] = 0.4,
+    images_per_example: Annotated[Optional[int], typer.Option("--images-per-example", help="Vision-language models: images per example (default: the most in data.train's first records, else 1).", min=1, show_default=False)] = None,
 ) -> None:
     """Will it fit? Peak memory per GPU and step time, from the model's config alone.
 
@@ -312,7 +313,7 @@ def estimate(
     from ft_cli.config.loading import load_config
     from ft_cli.estimate import run_estimate
 
-    run_estimate(load_config(config, overrides).config, gpu_mem=gpu_mem, gpus=gpus, tflops=tflops, mfu=mfu)
+    run_estimate(load_config(config, overrides).config, gpu_mem=gpu_mem, gpus=gpus, tflops=tflops, mfu=mfu, images_per_example=images_per_example)
 
 
 @config_app.command("show")

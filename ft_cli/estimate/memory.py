@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from ft_cli.config.loading import Config
 from ft_cli.core.errors import ConfigError
 from ft_cli.estimate.model import ModelFacts, lora_param_count, lora_targets, modules_to_save_params
+from ft_cli.estimate.vision import frozen_params, tower_flops, tower_lora_params, tower_term
 
 GiB = 1024**3
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -91,6 +92,8 @@ def weight_bytes(facts: ModelFacts, dtype: str, load_in_4bit: bool = False, load
     if not (load_in_4bit or load_in_8bit):
         return facts.total_params * DTYPE_BYTES[dtype]
     linears = [(i, o) for n, i, o in facts.linears if n != facts.output_layer]
+    if facts.vision:  # bitsandbytes quantizes the vision tower's and projector's linear layers too
+        linears += [(i, o) for _, i, o in facts.vision.tower_linears + facts.vision.projector_linears]
     quantized = sum(i * o for i, o in linears)
     rest = facts.total_params - quantized
     if load_in_4bit:
@@ -259,6 +262,7 @@ def estimate(
     dbytes = DTYPE_BYTES[dtype]
     quantized = m.load_in_4bit or m.load_in_8bit
     lora = config.lora if config.uses_lora else None
+    vision = facts.vision
     if overhead_bytes is None:
         overhead_bytes = DEFAULT_OVERHEAD_BYTES if device == "cuda" else 0.0
     notes: list[str] = []
@@ -291,6 +295,9 @@ def estimate(
             raise ConfigError(f"lora.target_modules: {lora.target_modules!r} matches no linear layer of {facts.name}")
         adapters = lora_param_count(facts, lora.r, lora.target_modules, lora.use_dora)
         saved = modules_to_save_params(facts, lora.modules_to_save)
+        if vision:  # a VLM: LoRA on the tower too when it trains; a trained projector is saved in full (ft_cli/train/vision.py)
+            adapters += 0 if m.freeze_vision_tower else tower_lora_params(vision, lora.r, lora.target_modules, lora.use_dora)
+            saved += 0 if m.freeze_multi_modal_projector else vision.projector_params
         trainable = adapters + saved
         # peft keeps adapters in fp32 and the copies of modules_to_save in the base dtype
         adapter_dtype = dbytes if deepspeed else 4
@@ -303,11 +310,11 @@ def estimate(
             adapter_note += f" + modules_to_save {saved / 1e6:,.1f}M"
     else:
         targets = None
-        trainable = facts.total_params
+        trainable = facts.total_params - frozen_params(config, vision)  # a VLM's frozen tower and projector
         adapter = 0.0
         if fsdp_upcast:
             base = facts.total_params * 4
-        grads = base
+        grads = base * trainable / facts.total_params
         mode = "full"
         adapter_note = "full fine-tuning"
     param_bytes = grads / trainable  # bytes per trainable parameter (and per gradient)
@@ -344,6 +351,8 @@ def estimate(
         quantized, m.attn_implementation == "eager", device, lora.r if lora else 0,
     )  # fmt: skip
     logits = logits_bytes(batch, seq, facts.vocab_size)
+    tower_acts, tower_note, tower_notes = tower_term(config, vision, batch, dbytes) if vision else (0.0, "", [])
+    notes += tower_notes
     # bitsandbytes dequantizes one weight matrix at a time into the compute dtype
     dequant = max((i * o for name, i, o in facts.linears if name != facts.output_layer), default=0) * dbytes if quantized else 0.0
     # in full fine-tuning backward starts with the output layer's gradient, while every activation is alive
@@ -364,6 +373,8 @@ def estimate(
     # torch's unfused AdamW (foreach on GPU) makes a full-size temporary in its step, when activations are gone
     step_temp = grads if t.optim == "adamw_torch" else 0.0
     weights_note = f"{facts.total_params / 1e6:,.1f}M params, " + ("4-bit" if m.load_in_4bit else "8-bit" if m.load_in_8bit else dtype)
+    if vision:
+        weights_note += f" (vision tower {vision.tower_params / 1e6:,.1f}M + projector {vision.projector_params / 1e6:,.1f}M included)"
     if fsdp_upcast and not lora:
         weights_note = f"{facts.total_params / 1e6:,.1f}M params, fp32 (FSDP mixed precision upcasts trainable params)"
     terms = [
@@ -375,6 +386,8 @@ def estimate(
         Term("activations", acts, f"{batch} seq x {seq} tokens, " + ("checkpointed" if t.gradient_checkpointing else "all layers kept")),
         Term("logits + loss", logits, f"{batch} x {seq} x {facts.vocab_size} vocab x {LOSS_BYTES_PER_LOGIT} B (fp32 loss buffers)"),
     ]
+    if vision:
+        terms.append(Term("vision tower activations", tower_acts, tower_note))
     if generation:
         terms.append(Term("generation KV cache", generation, f"{config.method} sampling"))
     if others:
@@ -394,7 +407,7 @@ def estimate(
     # Peak: with accumulation the previous micro-batches' gradients live next to the next
     # micro-batch's activations; without it (gradients set to None after each step) they grow
     # as activations are freed, the output layer's first.
-    working = acts + logits + dequant + other_work
+    working = acts + logits + dequant + other_work + tower_acts
     if t.gradient_accumulation_steps > 1:
         peak_work = grads + max(working, generation, step_temp)
     else:
@@ -404,19 +417,23 @@ def estimate(
     # Time: 2N FLOPs per token forward, 2N for the input gradients, 2N for the weight gradients
     # (skipped by LoRA's frozen base), 2N more to recompute with gradient checkpointing.
     tokens = t.per_device_train_batch_size * seq * t.gradient_accumulation_steps * n
-    per_token = 4 * facts.total_params + (2 * facts.total_params if not lora else 6 * trainable)
+    # a VLM: the language model's parameters per token; its tower's per patch of each image
+    lm_params = facts.total_params - (vision.tower_params + vision.projector_params if vision else 0)
+    per_token = 4 * lm_params + (2 * lm_params if not lora else 6 * trainable)
     if t.gradient_checkpointing:
-        per_token += 2 * facts.total_params
+        per_token += 2 * lm_params
     per_token *= per_example  # every sequence of an example is trained
     if needs_reference:
-        per_token += per_example * 2 * facts.total_params  # the reference's forward pass
+        per_token += per_example * 2 * lm_params  # the reference's forward pass
     per_token += sum(2 * other.total_params for _, other in others)  # teacher / reward model forward passes
     flops = per_token * tokens / n
+    if vision:
+        flops += tower_flops(config, vision, tokens // seq * per_example * vision.images_per_example, needs_reference) / n
     if method.samples and config.grpo.uses_tools:
         # An agent's rollout is up to 1 + max_tool_calls generation passes; each pass after a tool result reads the
         # whole context again (TRL regenerates from the tokens so far): counted here as full-length forward passes.
         calls = config.grpo.max_tool_calls
-        flops += calls * 2 * facts.total_params * tokens / n
+        flops += calls * 2 * lm_params * tokens / n
         notes.append(
             f"{config.method} with tools: each rollout is up to {calls + 1} generation passes (one more after each of "
             f"up to {calls} tool calls), each re-reading its context; the calls, tool results and answer share "

@@ -5,9 +5,12 @@
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ft_cli.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ft_cli.estimate.vision import VisionFacts
 
 
 @dataclass
@@ -29,6 +32,8 @@ class ModelFacts:
     q_dim: int = 0  # num_attention_heads x head_dim (0: hidden_size)
     # parameters of every module that owns some (for lora.modules_to_save and FSDP units)
     module_params: dict[str, int] = field(default_factory=dict, repr=False)
+    # a vision-language model's tower and projector (their linears are not in `linears`, which are the language model's)
+    vision: "VisionFacts | None" = None
 
     def __post_init__(self) -> None:
         self.q_dim = self.q_dim or self.hidden_size
@@ -84,13 +89,15 @@ def read_model_config(path: str, revision: str | None = None, trust_remote_code:
 
 
 def model_facts(hf_config: Any, name: str = "model", trust_remote_code: bool = False) -> ModelFacts:
-    """Build the model on the meta device (no memory, no weights) and count its parameters."""
+    """Build the model on the meta device (no memory, no weights) and count its parameters. A vision-language model
+    (a vision_config) is built as ft train loads it, AutoModelForImageTextToText; its tower is described apart."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
+    vlm = getattr(hf_config, "vision_config", None) is not None
     try:
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=trust_remote_code)
+            model = (AutoModelForImageTextToText if vlm else AutoModelForCausalLM).from_config(hf_config, trust_remote_code=trust_remote_code)
     except (ValueError, KeyError, AttributeError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"model.path: {name}: not a causal language model transformers can build ({first})") from None
@@ -104,6 +111,13 @@ def model_facts(hf_config: Any, name: str = "model", trust_remote_code: bool = F
     linears = [
         (n, m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
     ]
+    vision = None
+    if vlm:
+        from ft_cli.estimate.vision import vision_facts
+
+        vision = vision_facts(model, hf_config, name)
+        apart = {lin[0] for lin in vision.tower_linears + vision.projector_linears}
+        linears = [lin for lin in linears if lin[0] not in apart]
     module_params = {
         n: sum(p.numel() for p in m.parameters(recurse=False)) for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))
     }
@@ -121,6 +135,7 @@ def model_facts(hf_config: Any, name: str = "model", trust_remote_code: bool = F
         tied_embeddings=bool(getattr(text, "tie_word_embeddings", getattr(hf_config, "tie_word_embeddings", False))),
         q_dim=heads * head_dim,
         module_params=module_params,
+        vision=vision,
     )
 
 

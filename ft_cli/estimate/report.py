@@ -86,6 +86,13 @@ def render(
         f"parameters: {facts.total_params:,} total, {result.trainable_params:,} trainable "
         f"({100 * result.trainable_params / facts.total_params:.2f}%)"
     )
+    if facts.vision:
+        v = facts.vision
+        console.print(f"image tokens per image: {v.image_tokens} (from {v.tokens_source})")
+        console.print(
+            f"images per example: {v.images_per_example} ({v.images_source}): {v.image_tokens * v.images_per_example} image tokens "
+            f"inside model.max_seq_length {config.model.max_seq_length} (counted with the text), the tower's activations apart"
+        )
     for note in result.notes:
         console.print(f"note: {note}")
     verdict = "fits" if result.peak_bytes <= budget else "does NOT fit"
@@ -119,8 +126,12 @@ def render(
         console.print(f"  {rank}. {combo.label}  ->  {human(combo.estimate.peak_bytes)}, step {human_seconds(combo.estimate.step_seconds)}")
 
 
-def run_estimate(config: Config, gpu_mem: str = "80GiB", gpus: int = 1, tflops: float = DEFAULT_TFLOPS, mfu: float = DEFAULT_MFU) -> Estimate:
-    """`ft estimate`: read the model's config, estimate, print the table and the verdict."""
+def run_estimate(
+    config: Config, gpu_mem: str = "80GiB", gpus: int = 1, tflops: float = DEFAULT_TFLOPS, mfu: float = DEFAULT_MFU,
+    images_per_example: int | None = None,
+) -> Estimate:
+    """`ft estimate`: read the model's config, estimate, print the table and the verdict. images_per_example: for a
+    vision-language model (default: the most in data.train's first records when it is a local file, else 1)."""
     if gpus < 1:
         raise UsageError(f"--gpus: expected 1 or more, got {gpus}")
     if not 0 < mfu <= 1:
@@ -129,7 +140,16 @@ def run_estimate(config: Config, gpu_mem: str = "80GiB", gpus: int = 1, tflops: 
         raise UsageError(f"--tflops: expected a positive number, got {tflops}")
     budget = parse_memory(gpu_mem)
     m = config.model
+    if images_per_example is not None and images_per_example < 1:
+        raise UsageError(f"--images-per-example: expected 1 or more, got {images_per_example}")
     facts = model_facts(read_model_config(m.path, m.revision, m.trust_remote_code), m.path, m.trust_remote_code)
+    if facts.vision is None and images_per_example is not None:
+        raise UsageError(f"--images-per-example: model.path {m.path} is not a vision-language model (no vision_config in its config.json)")
+    if facts.vision is not None:
+        from ft_cli.estimate.vision import images_per_example as from_data
+
+        given = (images_per_example, "--images-per-example") if images_per_example is not None else from_data(config)
+        facts.vision.images_per_example, facts.vision.images_source = given
     others = [(key, model_facts(read_model_config(path, key=key), path)) for key, path in other_models(config)]
     result = estimate(config, facts, gpus, tflops, mfu, others=others)
     fixes = None if result.peak_bytes <= budget else suggestions(config, facts, budget, gpus, tflops=tflops, mfu=mfu, others=others)
