@@ -225,3 +225,19 @@ def test_a_streamed_mix_on_two_processes_killed_and_resumed_trains_exactly_like_
     rank0 = {row for _, rows in trace(root / "ddp-full") for row in rows}
     rank1 = {row for _, rows in trace(root / "ddp-full", "data_trace.rank1.jsonl") for row in rows}
     assert len(rank0) == len(rank1) == 24 and not rank0 & rank1
+
+
+def test_a_packed_stream_trains_several_records_per_row(sources, tiny_model_dir):
+    """training.packing on a stream: TRL packs the records as they come (blocks of 1000), so each 64-token row
+    of a 2-row micro-batch holds two of these ~26-token chats: more sequences per step than rows."""
+    root = sources["root"]
+    path = config(root, tiny_model_dir, "packed", str(sources["alpha"]), steps=2, streaming=True, shuffle=False)
+    document = yaml.safe_load(path.read_text())
+    document["training"]["packing"] = True
+    path.write_text(yaml.safe_dump(document))
+    result = run_ft("train", path)
+    assert result.returncode == 0, result.stderr
+    steps = trace(root / "packed")
+    assert [step for step, _ in steps] == [1, 2]
+    assert all(len(rows) > 4 for _, rows in steps), steps  # 2 micro-batches x 2 rows, each row packed
+    assert all(int(row.split(":")[1]) < 64 for _, rows in steps for row in rows)
