@@ -89,7 +89,8 @@ def _trainer_args(loaded: LoadedConfig, method: Method, output_dir: Path, shape:
         save_total_limit=None,  # retention runs after a checkpoint is committed (checkpoints.py)
         seed=t.seed,
         data_seed=t.seed,
-        train_sampling_strategy="random" if cfg.data.shuffle else "sequential",  # a stream shuffles in data_sources
+        # data.shuffle: false keeps file order; otherwise the method's own default (KTO's TRL config needs "sequential")
+        **({} if cfg.data.shuffle else {"train_sampling_strategy": "sequential"}),
         **tracker_options(cfg),
         run_name=redact_text(t.run_name, declared_secrets(cfg.model_dump(mode="python"))) if t.run_name else None,
         bf16=dtype == torch.bfloat16,
