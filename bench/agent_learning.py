@@ -157,7 +157,9 @@ def held_out_success(model_dir: Path, max_turns: int = 4, max_new_tokens: int = 
         active = still
     rewards = [environment.get_reward() for environment in environments]
     return {
-        "success": sum(rewards) / len(rewards), "solved": int(sum(rewards)), "prompts": len(rewards),
+        # success: the mean environment reward (1.0 for the right number submitted, less 0.25 per call after it);
+        # solved: episodes that submitted the right number at all
+        "success": sum(rewards) / len(rewards), "solved": sum(reward > 0 for reward in rewards), "prompts": len(rewards),
         "calls_per_episode": sum(calls) / len(calls), "example": chats[0][2:],
     }
 
@@ -238,7 +240,7 @@ def main() -> None:
     for key in ("held_out_before", "held_out_after"):
         if key in summary:
             h = summary[key]
-            print(f"{key}: {h['solved']}/{h['prompts']} solved, {h['calls_per_episode']:.2f} calls per episode")
+            print(f"{key}: mean reward {h['success']:.3f}, {h['solved']}/{h['prompts']} solved, {h['calls_per_episode']:.2f} calls per episode")
     print(f"wall: {json.dumps({k: round(v) for k, v in summary['wall_s'].items()})}")
 
 
