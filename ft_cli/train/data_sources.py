@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
@@ -167,7 +168,9 @@ def stream_head(cfg, count: int = STREAM_CHECK_RECORDS) -> TrainingData:
 
 
 def streamed_dataset(cfg, tokenizer, say):
-    """data.train as a tokenized datasets IterableDataset: converted, mixed, shuffled and masked as it is read."""
+    """data.train as a tokenized datasets IterableDataset: read, converted and mixed (records as JSON text, so
+    records of any shape cross datasets unchanged), shuffled through the buffer, then masked and tokenized.
+    Shuffling before tokenizing keeps the buffer cheap to fill: only the records a step trains are tokenized."""
     from datasets import Features, IterableDataset, Sequence, Value
 
     from ft_cli.data.formats import RecordProblem
@@ -181,26 +184,34 @@ def streamed_dataset(cfg, tokenizer, say):
         if skipped["count"] <= SKIPPED_SHOWN:
             say(f"warning: {line} (record skipped)")
         elif skipped["count"] == SKIPPED_SHOWN + 1:
-            say("warning: more records skipped; the run's end says how many")
+            say(f"warning: more records skipped (the first {SKIPPED_SHOWN} are shown)")
 
-    def tokenized():
+    def records():
         for record in streamed_records(cfg, skip):
-            place = record.pop("ft_place")
-            try:
-                tokens = sft_features(capped(record, max_length, tokenizer), tokenizer)
-            except RecordProblem as problem:
-                skip(f"{place}: {problem}")
-                continue
-            if not any(tokens["assistant_masks"][:max_length]):
-                skip(f"{place}: no answer token within model.max_seq_length={max_length}")
-                continue
-            yield {key: value[:max_length] for key, value in tokens.items()}
+            yield {RECORD: json.dumps(record, ensure_ascii=False)}
 
-    features = Features({"input_ids": Sequence(Value("int32")), "assistant_masks": Sequence(Value("int8"))})
-    dataset = IterableDataset.from_generator(tokenized, features=features)
+    def tokenize(example: dict) -> dict:
+        record = json.loads(example[RECORD])
+        place = record.pop("ft_place")
+        try:
+            tokens = sft_features(capped(record, max_length, tokenizer), tokenizer)
+        except RecordProblem as problem:
+            skip(f"{place}: {problem}")
+            return {"input_ids": [], "assistant_masks": []}
+        if not any(tokens["assistant_masks"][:max_length]):
+            skip(f"{place}: no answer token within model.max_seq_length={max_length}")
+            return {"input_ids": [], "assistant_masks": []}
+        return {key: value[:max_length] for key, value in tokens.items()}
+
+    dataset = IterableDataset.from_generator(records, features=Features({RECORD: Value("string")}))
     if cfg.data.shuffle:
         dataset = dataset.shuffle(seed=mix_seed(cfg), buffer_size=cfg.data.shuffle_buffer)
-    return dataset
+    features = Features({"input_ids": Sequence(Value("int32")), "assistant_masks": Sequence(Value("int8"))})
+    dataset = dataset.map(tokenize, remove_columns=[RECORD], features=features)
+    return dataset.filter(lambda example: len(example["input_ids"]) > 0)
+
+
+RECORD = "ft_stream_record"
 
 
 # ---------------------------------------------------------------- what ft train loads
