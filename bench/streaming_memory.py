@@ -57,7 +57,7 @@ def config(root: Path, model: Path, name: str, sources: list[str], streaming: bo
 
     document = {
         "method": "sft",
-        "model": {"path": str(model), "max_seq_length": 128, "dtype": "fp32"},
+        "model": {"path": str(model), "max_seq_length": 512, "dtype": "fp32"},
         "data": {"train": sources, "streaming": streaming},
         "training": {"output_dir": str(root / name), "max_steps": steps, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1,
                      "save_steps": 1000, "logging_steps": 1, "gradient_checkpointing": False},

@@ -241,3 +241,14 @@ def test_a_packed_stream_trains_several_records_per_row(sources, tiny_model_dir)
     assert [step for step, _ in steps] == [1, 2]
     assert all(len(rows) > 4 for _, rows in steps), steps  # 2 micro-batches x 2 rows, each row packed
     assert all(int(row.split(":")[1]) < 64 for _, rows in steps for row in rows)
+
+
+def test_a_stream_whose_answers_all_fall_past_max_seq_length_is_refused_before_training(sources, tiny_model_dir):
+    """The in-memory path refuses a file where every label is masked; a stream would skip records for ever."""
+    root = sources["root"]
+    long_prompts = [{"messages": [{"role": "user", "content": "word " * 300}, {"role": "assistant", "content": "yes"}]} for _ in range(30)]
+    path = write_jsonl(root / "long.jsonl", long_prompts)
+    result = run_ft("train", config(root, tiny_model_dir, "long", str(path), steps=2, streaming=True), "--dry-run")
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert "none of the first 30 records has an answer token within model.max_seq_length=64" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -27,6 +27,7 @@ from ft_cli.train.data import SHAPES, TrainingData, load_training_records
 # (wrong format, a template that cannot render them) costs seconds, not a job; later bad records are skipped.
 STREAM_CHECK_RECORDS = 200
 SKIPPED_SHOWN = 5
+SKIPPED_IN_A_ROW = 1000
 
 
 def mix_label(sources: list[Source]) -> str:
@@ -167,6 +168,24 @@ def stream_head(cfg, count: int = STREAM_CHECK_RECORDS) -> TrainingData:
     return TrainingData(label, records, shape, converted=True, mix_table=table)
 
 
+def check_stream_head(data: TrainingData, tokenizer, max_length: int) -> None:
+    """The first records of a stream must train something within model.max_seq_length, as the in-memory path
+    requires of the whole file (a stream whose records all fall out would skip records for ever)."""
+    from ft_cli.data.formats import RecordProblem
+    from ft_cli.data.tokens import capped, sft_features
+
+    for record in data.records:
+        try:
+            if any(sft_features(capped(record, max_length, tokenizer), tokenizer)["assistant_masks"][:max_length]):
+                return
+        except RecordProblem:
+            continue
+    raise DataError(
+        f"{data.path}: none of the first {len(data.records)} records has an answer token within model.max_seq_length={max_length}: "
+        "nothing would be trained; raise model.max_seq_length or check that records have answers"
+    )
+
+
 def streamed_dataset(cfg, tokenizer, say):
     """data.train as a tokenized datasets IterableDataset: read, converted and mixed (records as JSON text, so
     records of any shape cross datasets unchanged), shuffled through the buffer, then masked and tokenized.
@@ -177,10 +196,13 @@ def streamed_dataset(cfg, tokenizer, say):
     from ft_cli.data.tokens import capped, sft_features
 
     max_length = cfg.model.max_seq_length
-    skipped = {"count": 0}
+    skipped = {"count": 0, "in_a_row": 0}
 
     def skip(line: str) -> None:  # a stream is not checked in full before training: a bad record is skipped and said
         skipped["count"] += 1
+        skipped["in_a_row"] += 1
+        if skipped["in_a_row"] >= SKIPPED_IN_A_ROW:  # an endless stream of records that cannot train would never end
+            raise DataError(f"data.train: {SKIPPED_IN_A_ROW} records in a row cannot be trained (the last: {line}); fix the data or model.max_seq_length")
         if skipped["count"] <= SKIPPED_SHOWN:
             say(f"warning: {line} (record skipped)")
         elif skipped["count"] == SKIPPED_SHOWN + 1:
@@ -201,6 +223,7 @@ def streamed_dataset(cfg, tokenizer, say):
         if not any(tokens["assistant_masks"][:max_length]):
             skip(f"{place}: no answer token within model.max_seq_length={max_length}")
             return {"input_ids": [], "assistant_masks": []}
+        skipped["in_a_row"] = 0
         return {key: value[:max_length] for key, value in tokens.items()}
 
     dataset = IterableDataset.from_generator(records, features=Features({RECORD: Value("string")}))

@@ -193,6 +193,10 @@ def train(
             token_lengths, problems = count_tokens(records, load_tokenizer(cfg.model), cfg.model.max_seq_length)
         if problems:
             raise template_problems_error(train_data, problems)
+        if cfg.data.streaming:
+            from ft_cli.train.data_sources import check_stream_head
+
+            check_stream_head(train_data, load_tokenizer(cfg.model), cfg.model.max_seq_length)
     plan = make_plan(cfg, records, shape, len(eval_records or []), token_lengths)
     plan.streamed, plan.mix_lines = cfg.data.streaming, getattr(train_data, "mix_table", [])
     plan.batching = None if trains_on_images(cfg) else plan.batching  # image records are padded, never packed
