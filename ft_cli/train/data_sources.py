@@ -21,7 +21,7 @@ from pathlib import Path
 from ft_cli.config.sources import Source
 from ft_cli.core.errors import ConfigError, DataError
 from ft_cli.data.mixing import Mixer, endless
-from ft_cli.train.data import SHAPES, TrainingData, load_training_records
+from ft_cli.train.data import SHAPES, TrainingData, detect_shape, load_training_records
 
 # Records of each streamed source converted and tokenized before the model loads: a systematic problem
 # (wrong format, a template that cannot render them) costs seconds, not a job; later bad records are skipped.
@@ -154,8 +154,6 @@ def stream_head(cfg, count: int = STREAM_CHECK_RECORDS) -> TrainingData:
             raise DataError(f"{source.path}: the first records cannot be trained", stream.skipped[:SKIPPED_SHOWN])
         if not head:
             raise DataError(f"{source.path}: no records")
-        from ft_cli.train.data import detect_shape
-
         this = detect_shape(head[0])
         if this not in SHAPES:
             raise DataError(f"{source.path}: {this or 'unknown'} data: a stream trains SFT data ({', '.join(SHAPES)})")

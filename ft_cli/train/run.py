@@ -190,13 +190,14 @@ def train(
         if trains_on_images(cfg):  # image tokens counted by the processor, as training will see them
             token_lengths, problems = dry_run_lengths(cfg, train_data), []
         else:
-            token_lengths, problems = count_tokens(records, load_tokenizer(cfg.model), cfg.model.max_seq_length)
+            tokenizer = load_tokenizer(cfg.model)
+            token_lengths, problems = count_tokens(records, tokenizer, cfg.model.max_seq_length)
         if problems:
             raise template_problems_error(train_data, problems)
         if cfg.data.streaming:
             from ft_cli.train.data_sources import check_stream_head
 
-            check_stream_head(train_data, load_tokenizer(cfg.model), cfg.model.max_seq_length)
+            check_stream_head(train_data, tokenizer, cfg.model.max_seq_length)
     plan = make_plan(cfg, records, shape, len(eval_records or []), token_lengths)
     plan.streamed, plan.mix_lines = cfg.data.streaming, getattr(train_data, "mix_table", [])
     plan.batching = None if trains_on_images(cfg) else plan.batching  # image records are padded, never packed
